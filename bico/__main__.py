@@ -1,0 +1,3 @@
+from bico.cli import main
+import sys
+sys.exit(main())

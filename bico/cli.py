@@ -1,0 +1,116 @@
+"""Command line: ``bico train|eval|demo|data``.
+
+Errors a user can fix (bad recipe keys, missing files, malformed data, over-long rows) print
+one line ``bico: error: ...`` and exit with status 2; set ``BICO_DEBUG=1`` for a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bico.config import RecipeError, load_recipe
+
+
+def _user_errors() -> tuple[type, ...]:
+    from bico.data import DataError
+    from bico.models import ModelError
+    from bico.train import TrainingError
+
+    return (RecipeError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError)
+
+
+def run_train(args) -> int:
+    from bico.train import train
+    from bico.evaluate import evaluate, write_report
+    from bico.data import resolve_data_dir
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    result = train(recipe)
+    print(f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}, "
+          f"{result['tokens_per_s']} tokens/s -> {recipe.train.output_dir}")
+    if recipe.eval.enabled:
+        scores = evaluate(result["model"], result["tokenizer"], resolve_data_dir(recipe.data.dir), recipe.eval.splits,
+                          max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                          limit=recipe.eval.limit, seed=recipe.train.seed, progress=recipe.train.progress)
+        paths = write_report({recipe.objective.name: scores}, recipe.train.output_dir)
+        print(paths["md"].read_text(), end="")
+    return 0
+
+
+def run_eval(args) -> int:
+    from bico.config import ModelConfig
+    from bico.data import resolve_data_dir
+    from bico.evaluate import evaluate, write_report
+    from bico.models import load_model
+
+    model, tokenizer = load_model(ModelConfig(name=args.model))
+    splits = args.splits or ["p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test",
+                             "d2p_reverse_prompts_test"]
+    scores = evaluate(model, tokenizer, resolve_data_dir(args.data), splits, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, limit=args.limit)
+    paths = write_report({args.label or Path(args.model).name: scores}, args.out)
+    print(paths["md"].read_text(), end="")
+    return 0
+
+
+def run_demo(args) -> int:
+    from bico.demo import demo
+
+    demo(out=args.out, quick=args.quick, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bico", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="finetune a model from a YAML recipe, then evaluate it")
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 objective.name=bico")
+    p.set_defaults(handler=run_train)
+
+    p = sub.add_parser("eval", help="reversal-curse evaluation of a saved model folder")
+    p.add_argument("--model", required=True, help="model folder (e.g. runs/x/model), or a preset")
+    p.add_argument("--data", default=None, help="Berglund-format data folder")
+    p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files")
+    p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
+    p.add_argument("--label", default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N rows per split")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(handler=run_eval)
+
+    p = sub.add_parser("demo", help="NTP vs BICO on SmolLM2-135M and generated facts (CPU, < 15 min)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="tiny-random model, seconds (smoke test)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to both demo recipes")
+    p.set_defaults(handler=run_demo)
+
+    from bico.data.cli import add_data_parser, run_data
+
+    add_data_parser(sub).set_defaults(handler=run_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except _user_errors() as err:
+        if os.environ.get("BICO_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"bico: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bico: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

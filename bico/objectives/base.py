@@ -1,0 +1,87 @@
+"""What every objective produces, and the base class objectives share.
+
+An objective turns one example (prompt, completion) plus an RNG into a :class:`Sample`:
+token ids, per-position prediction targets, position ids and an interval mask (see
+:mod:`bico.masks`). ``targets[t]`` is the token the model must predict *from the output at
+position t* (-100 = no loss there), so the trainer never shifts anything: shifted and
+unshifted objectives, and packed documents, line up by construction.
+
+Some choices are per batch (BICO flips a coin per batch between an NTP and a denoising
+step), so the trainer calls :meth:`Objective.start_batch` once per batch and hands the state
+to :meth:`Objective.encode` for each example of that batch.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One training example, tokenized once and reused by every objective and epoch."""
+
+    prompt: str
+    completion: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    meta: dict = field(default_factory=dict)  # e.g. entity spans, for objectives that use them
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor  # [T] int64
+    targets: torch.Tensor  # [T] int64, token predicted from position t, IGNORE = none
+    position_ids: torch.Tensor  # [T] int64
+    lo: torch.Tensor  # [T] int32, first query row that sees key t
+    hi: torch.Tensor  # [T] int32, one past the last query row that sees key t
+    weights: torch.Tensor | None = None  # [T] float per-target loss weight (None = 1)
+    mirror_rope: bool = False  # BICO's mirrored RoPE for keys after the query
+
+    def __len__(self) -> int:
+        return self.input_ids.numel()
+
+
+def next_token_targets(ids: list[int], first_target: int = 1) -> torch.Tensor:
+    """Targets of plain next-token prediction: position t predicts ids[t+1].
+
+    Only tokens at index >= ``first_target`` are predicted (1 = every token after the first).
+    """
+    targets = torch.full((len(ids),), IGNORE, dtype=torch.long)
+    if len(ids) > 1:
+        targets[:-1] = torch.tensor(ids[1:], dtype=torch.long)
+        targets[: max(first_target - 1, 0)] = IGNORE
+    return targets
+
+
+class Objective:
+    """Base class. Subclasses set ``name`` and implement :meth:`encode`."""
+
+    name: str = ""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no EOS token; bico appends EOS to every training text")
+        self.eos_id = int(eos)
+        self.special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+
+    def start_batch(self, rng: random.Random) -> Any:
+        """Per-batch decision shared by all examples of the batch (default: none)."""
+        return None
+
+    def encode(self, example: Example, rng: random.Random, state: Any = None) -> Sample:
+        raise NotImplementedError
+
+    def text_ids(self, example: Example) -> list[int]:
+        """prompt + completion + EOS, as the Berglund and BICO training code build it."""
+        return example.prompt_ids + example.completion_ids + [self.eos_id]
+
+    def describe(self) -> dict:
+        """The options this objective was built with (logged with every run)."""
+        return {"name": self.name}

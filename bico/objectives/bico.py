@@ -1,0 +1,106 @@
+"""``bico``: BICO (Lv et al. 2023, arXiv 2311.07468), as its released code trains.
+
+Per batch, with probability ``ntp_mix`` a plain NTP step (causal, loss on every token);
+otherwise a denoising step:
+
+* every non-special token is masked independently with probability ``mask_ratio`` and
+  replaced in place by the mask id (100% replacement, no 80/10/10, no spans);
+* masked positions are hidden as keys from every query; attention is otherwise fully
+  bidirectional;
+* mirrored RoPE (``rope="mirrored"``): a key d positions after the query is scored like a
+  key d positions before it;
+* loss on masked tokens only, shifted (``shift=True``): masked token t is predicted from the
+  output at position t-1, keeping the pretrained LM head's next-token alignment. With
+  ``shift=False`` token t is predicted at its own position.
+
+``mask_token``: ``"unk"`` (the paper: Llama's ``<unk>``), ``"pad"``, ``"added"`` (a new
+``<|mask|>`` special token; the trainer resizes the embeddings) or any existing token string.
+"""
+from __future__ import annotations
+
+import torch
+
+from bico import masks
+from bico.objectives.base import IGNORE, Example, Objective, Sample
+from bico.objectives.ntp import NextTokenPrediction
+from bico.objectives.registry import register
+
+ADDED_MASK_TOKEN = "<|mask|>"
+
+
+def resolve_mask_id(tokenizer, mask_token: str) -> int:
+    """The id of the mask token; ``"added"`` adds ``<|mask|>`` to the tokenizer if needed."""
+    if mask_token == "unk":
+        token_id = tokenizer.unk_token_id
+    elif mask_token == "pad":
+        token_id = tokenizer.pad_token_id
+    elif mask_token == "added":
+        if ADDED_MASK_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [ADDED_MASK_TOKEN]})
+        token_id = tokenizer.convert_tokens_to_ids(ADDED_MASK_TOKEN)
+    else:
+        token_id = tokenizer.convert_tokens_to_ids(mask_token)
+        if token_id == tokenizer.unk_token_id and mask_token != tokenizer.unk_token:
+            token_id = None
+    if token_id is None:
+        raise ValueError(
+            f"mask_token {mask_token!r} does not exist in this tokenizer; use unk, pad, added or an existing token"
+        )
+    return int(token_id)
+
+
+@register("bico")
+class Bico(Objective):
+    def __init__(
+        self,
+        tokenizer,
+        mask_ratio: float = 0.15,
+        ntp_mix: float = 0.5,
+        mask_token: str = "unk",
+        rope: str = "mirrored",
+        shift: bool = True,
+    ):
+        super().__init__(tokenizer)
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"bico.mask_ratio must be in (0, 1), got {mask_ratio}")
+        if not 0.0 <= ntp_mix < 1.0:
+            raise ValueError(f"bico.ntp_mix must be in [0, 1), got {ntp_mix}")
+        if rope not in ("mirrored", "standard"):
+            raise ValueError(f"bico.rope must be 'mirrored' or 'standard', got {rope!r}")
+        self.mask_ratio, self.ntp_mix, self.rope, self.shift = mask_ratio, ntp_mix, rope, bool(shift)
+        self.mask_token = mask_token
+        self.mask_id = resolve_mask_id(tokenizer, mask_token)
+        self.special_ids = self.special_ids | {self.mask_id}
+        self._ntp = NextTokenPrediction(tokenizer)
+
+    def start_batch(self, rng) -> str:
+        return "ntp" if rng.random() < self.ntp_mix else "denoise"
+
+    def encode(self, example: Example, rng, state: str | None = None) -> Sample:
+        if state == "ntp":
+            return self._ntp.encode(example)
+        ids = torch.tensor(self.text_ids(example), dtype=torch.long)
+        n = ids.numel()
+        eligible = torch.tensor([int(i) not in self.special_ids for i in ids.tolist()])
+        if self.shift:
+            eligible[0] = False  # nothing precedes position 0 to predict it from
+        draws = torch.tensor([rng.random() for _ in range(n)])
+        masked = eligible & (draws < self.mask_ratio)
+        targets = torch.full((n,), IGNORE, dtype=torch.long)
+        where = masked.nonzero().flatten()
+        targets[where - 1 if self.shift else where] = ids[where]
+        lo, hi = masks.bico(n, masked)
+        return Sample(
+            input_ids=ids.masked_fill(masked, self.mask_id),
+            targets=targets,
+            position_ids=torch.arange(n),
+            lo=lo,
+            hi=hi,
+            mirror_rope=self.rope == "mirrored",
+        )
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "mask_ratio": self.mask_ratio, "ntp_mix": self.ntp_mix,
+            "mask_token": self.mask_token, "mask_id": self.mask_id, "rope": self.rope, "shift": self.shift,
+        }

@@ -1,0 +1,196 @@
+"""The training loop: short enough to read in one sitting.
+
+Every source of randomness is derived from ``(train.seed, step)``: which examples form a step,
+the objective's per-batch choices and its masking. Resuming from a checkpoint therefore
+replays exactly the batches an uninterrupted run would have seen (torch's own RNG, used by
+LoRA dropout, is saved in the checkpoint). The optimizer/backward/step mechanics live behind
+an *engine* (:mod:`bico.engine`); objectives, data and evaluation do not know which one runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from bico.attention import rope_tables
+from bico.collate import collate
+from bico.config import Recipe
+from bico.engine import build_engine, latest_checkpoint
+from bico.models import apply_finetuning, count_parameters, fit_embeddings, load_model, save_model
+from bico.objectives import Example, build_objective
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+def tokenize_examples(rows: list[dict], tokenizer, max_length: int, source: str = "data") -> list[Example]:
+    """Tokenize once (prompt with the tokenizer's special tokens, completion without)."""
+    examples = []
+    for i, row in enumerate(rows):
+        prompt_ids = tokenizer(row["prompt"]).input_ids
+        completion_ids = tokenizer(row["completion"], add_special_tokens=False).input_ids
+        length = len(prompt_ids) + len(completion_ids) + 1
+        if length > max_length:
+            raise TrainingError(
+                f"{source}: row {i + 1} has {length} tokens, more than data.max_length={max_length}; "
+                "raise data.max_length or shorten the row"
+            )
+        examples.append(Example(row["prompt"], row["completion"], prompt_ids, completion_ids, row.get("meta", {})))
+    return examples
+
+
+def load_training_rows(recipe: Recipe) -> list[dict]:
+    from bico.data import load_jsonl, resolve_data_dir
+
+    folder = resolve_data_dir(recipe.data.dir)
+    rows = []
+    for name in recipe.data.train_files:
+        rows.extend(load_jsonl(Path(folder) / name))
+    return rows
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class StepPlan:
+    """Which examples make up optimizer step ``step``: a seeded permutation per epoch."""
+
+    def __init__(self, num_examples: int, batch_size: int, grad_accum: int, seed: int):
+        self.n, self.batch_size, self.grad_accum, self.seed = num_examples, batch_size, grad_accum, seed
+        self.per_step = batch_size * grad_accum
+        self.steps_per_epoch = math.ceil(num_examples / self.per_step)
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = list(range(self.n))
+        random.Random(f"order-{self.seed}-{epoch}").shuffle(order)
+        chosen = order[index * self.per_step : (index + 1) * self.per_step]
+        return [chosen[i : i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
+
+
+def make_batch(objective, examples, indices, seed: int, step: int, micro: int, pad_id: int, data_cfg) -> dict:
+    rng = random.Random(f"objective-{seed}-{step}-{micro}")
+    state = objective.start_batch(rng)
+    samples = [objective.encode(examples[i], rng, state) for i in indices]
+    batch = collate(samples, pad_id, pack=data_cfg.pack, max_length=data_cfg.max_length)
+    batch["mode"] = state if isinstance(state, str) else objective.name
+    return batch
+
+
+def batch_loss(model, batch: dict, device: torch.device) -> torch.Tensor:
+    """Summed weighted cross-entropy over the batch's targets (the caller normalises)."""
+    input_ids = batch["input_ids"].to(device)
+    position_ids = batch["position_ids"].to(device)
+    kwargs = dict(lo=batch["lo"].to(device), hi=batch["hi"].to(device), position_ids=position_ids)
+    if batch["mirror_rope"]:
+        kwargs["mirror_rope"] = rope_tables(model, position_ids)
+    logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
+    targets = batch["targets"].to(device)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
+    return (losses * batch["weights"].to(device).flatten()).sum()
+
+
+def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
+    """Train as the recipe says; returns a summary. ``stop_after`` simulates an interruption."""
+    cfg = recipe.train
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+
+    model, tokenizer = load_model(recipe.model)
+    objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
+    new_ids = fit_embeddings(model, tokenizer)
+    model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
+    trainable, total = count_parameters(model)
+    rows = load_training_rows(recipe)
+    examples = tokenize_examples(rows, tokenizer, recipe.data.max_length)
+
+    plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
+    engine = build_engine(model, recipe, total_steps, device)
+    start = 0
+    checkpoint = latest_checkpoint(out) if cfg.resume else None
+    if checkpoint is not None:
+        start = engine.load_checkpoint(checkpoint)
+        logger.info("resumed from %s at step %d", checkpoint, start)
+    metrics_path = out / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    logger.info(
+        "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
+        recipe.model.name, len(examples), total_steps, objective.describe(), f"{trainable:,}", f"{total:,}", device,
+    )
+
+    pad_id = tokenizer.pad_token_id
+    tokens_seen, began, loss_value = 0, time.time(), float("nan")
+    bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress, initial=start,
+               total=total_steps)
+    for step in bar:
+        batches = [
+            make_batch(objective, examples, idx, cfg.seed, step, m, pad_id, recipe.data)
+            for m, idx in enumerate(plan.micro_batches(step))
+        ]
+        num_targets = sum(b["num_targets"] for b in batches)
+        loss_sum = 0.0
+        for batch in batches:
+            if batch["num_targets"] == 0:
+                continue  # e.g. a denoising batch where no token drew a mask
+            loss = engine.backward_loss(lambda b=batch: batch_loss(engine.module, b, device), num_targets)
+            loss_sum += loss
+            tokens_seen += batch["num_tokens"]
+        loss_value = loss_sum / max(num_targets, 1)
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss became {loss_value} at step {step + 1}; lower train.lr, enable train.max_grad_norm "
+                "or use train.precision=fp32"
+            )
+        grad_norm = engine.step()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == start:
+            record = {
+                "step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": round(loss_value, 6),
+                "lr": engine.lr(), "grad_norm": grad_norm, "targets": num_targets,
+                "mode": ",".join(sorted({b["mode"] for b in batches})), "tokens": tokens_seen,
+                "elapsed_s": round(time.time() - began, 2),
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            engine.save_checkpoint(out, step + 1, keep=cfg.keep_checkpoints)
+        if stop_after is not None and step + 1 >= stop_after:
+            bar.close()
+            return {"steps": step + 1, "interrupted": True, "loss": loss_value}
+    bar.close()
+    wall = time.time() - began
+    summary = {
+        "steps": total_steps, "final_loss": loss_value, "tokens": tokens_seen, "wall_time_s": round(wall, 2),
+        "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 else None, "objective": objective.describe(),
+        "trainable_params": trainable, "total_params": total, "device": str(device),
+    }
+    if cfg.save_model and engine.is_main_process:
+        save_model(engine.unwrapped_model(), tokenizer, out / "model")
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    summary["model"], summary["tokenizer"] = engine.unwrapped_model(), tokenizer
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume keep only the log lines up to the checkpoint, so the curve has no duplicates."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

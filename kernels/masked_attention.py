@@ -1,0 +1,465 @@
+"""Fused masked attention in Triton: forward, dK/dV and dQ kernels plus the autograd Function.
+
+Mask: query row i sees key j iff lo[b, j] <= i < hi[b, j]. Tiles are walked through the compact
+lists of :func:`bico_kernels.blocks.classify_blocks`; FULL tiles skip the elementwise mask.
+Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta, computed
+here from the cos/sin tables and only in tiles that contain such pairs.
+
+Head-dim layout: the two RoPE halves of a head (columns [0, D/2) and [D/2, D)) each occupy a
+power-of-two half tile of HP columns, so any even D works (D=96 -> two halves of 48 in 2x64) and
+rotate_half is a swap of the two half tiles.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .blocks import BlockClassification, cached_classify_blocks
+from .reference import mirror_rotate_transpose
+
+__all__ = ["masked_attention", "MaskedAttentionFunction", "default_config"]
+
+_LOG2E = 1.4426950408889634
+# @triton.jit picks interpreter or compiler when this module is imported, so record it now.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _cols(HALF: tl.constexpr, HP: tl.constexpr):
+    c = tl.arange(0, 2 * HP)
+    side = c // HP
+    within = c % HP
+    col = side * HALF + within            # real column of tile column c
+    pcol = (1 - side) * HALF + within     # column that rotate_half reads for c
+    sign = tl.where(side == 0, -1.0, 1.0)  # rotate_half(x) = cat(-x2, x1)
+    return col, pcol, within < HALF, sign
+
+
+@triton.jit
+def _load_rows(ptr, rows, stride, col, cvalid, T):
+    return tl.load(ptr + rows[:, None] * stride + col[None, :],
+                   mask=(rows[:, None] < T) & cvalid[None, :], other=0.0)
+
+
+@triton.jit
+def _mirror(x, ptr, rows, stride, cos_p, sin_p, cs_stride, col, pcol, cvalid, sign, T):
+    # R_{-2 theta} x = x*cos2 - rotate_half(x)*sin2 for a tile x already loaded from ptr.
+    m = (rows[:, None] < T) & cvalid[None, :]
+    xr = tl.load(ptr + rows[:, None] * stride + pcol[None, :], mask=m, other=0.0).to(tl.float32)
+    c = tl.load(cos_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
+    s = tl.load(sin_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
+    return (x.to(tl.float32) * (c * c - s * s) - xr * sign[None, :] * (2.0 * s * c)).to(x.dtype)
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:  # interpreter: bf16 is stored as raw uint16 and its dot multiplies bit patterns.
+        # Products of two bf16 values are exact in fp32, so this matches a bf16 MMA up to summation order.
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR: tl.constexpr, PREC: tl.constexpr,
+            UPCAST: tl.constexpr):
+    # Raw q.k scores; with MIRROR, pairs j > i use the mirrored tiles. `up`/`low` say whether the
+    # tile has any j > i / j <= i pair, so one-sided tiles do a single dot.
+    if MIRROR:
+        if up:
+            s = _dot(qm, tl.trans(km), PREC, UPCAST)
+            if low:
+                s = tl.where(offs_n[None, :] > offs_m[:, None], s,
+                             _dot(q, tl.trans(k), PREC, UPCAST))
+        else:
+            s = _dot(q, tl.trans(k), PREC, UPCAST)
+    else:
+        s = _dot(q, tl.trans(k), PREC, UPCAST)
+    return s
+
+
+@triton.jit
+def _visible(lo_p, hi_p, offs_m, offs_n, T):
+    nm = offs_n < T
+    lo = tl.load(lo_p + offs_n, mask=nm, other=1)  # out-of-range keys: empty interval
+    hi = tl.load(hi_p + offs_n, mask=nm, other=0)
+    return (lo[None, :] <= offs_m[:, None]) & (offs_m[:, None] < hi[None, :]) & (offs_m[:, None] < T)
+
+
+@triton.jit
+def _store_unmirror(ptr, rows, stride, acc, accm, cos_p, sin_p, cs_stride, T,
+                    HALF: tl.constexpr, HP: tl.constexpr, R: tl.constexpr):
+    # Store acc + R_{+2 theta} accm (the transpose of the mirror rotation), one RoPE half at a time.
+    a1, a2 = tl.split(tl.permute(tl.reshape(acc, (R, 2, HP)), (0, 2, 1)))
+    m1, m2 = tl.split(tl.permute(tl.reshape(accm, (R, 2, HP)), (0, 2, 1)))
+    w = tl.arange(0, HP)
+    msk = (rows[:, None] < T) & (w[None, :] < HALF)
+    c = tl.load(cos_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
+    s = tl.load(sin_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
+    c2 = c * c - s * s
+    s2 = 2.0 * s * c
+    base = ptr + rows[:, None] * stride + w[None, :]
+    tl.store(base, (a1 + m1 * c2 - m2 * s2).to(ptr.dtype.element_ty), mask=msk)
+    tl.store(base + HALF, (a2 + m2 * c2 + m1 * s2).to(ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
+                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, scb, sct,
+                H, GROUP, T, NM, NN, qk_scale,
+                HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    mb = tl.load(M_ORD + b * NM + tl.program_id(0))
+    start_m = mb * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    col, pcol, cvalid, sign = _cols(HALF, HP)
+    b64 = b.to(tl.int64)
+    q_p = Q + b64 * sqb + h * sqh
+    k_p = K + b64 * skb + hk * skh
+    v_p = V + b64 * svb + hk * svh
+    cos_p = COS + b64 * scb
+    sin_p = SIN + b64 * scb
+    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    if MIRROR:
+        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+    else:
+        qm = q
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
+    row = b * NM + mb
+    for t in range(0, tl.load(KV_CNT + row)):
+        nb = tl.load(KV_IDX + row * NN + t)
+        kind = tl.load(CLS + row * NN + nb)
+        start_n = nb * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
+        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+        up = start_n + BLOCK_N - 1 > start_m
+        low = start_n < start_m + BLOCK_M
+        km = k
+        if MIRROR:
+            if up:  # mirrored key tile only where some key lies after some query
+                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
+        if kind == 1:  # PARTIAL: elementwise interval test
+            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
+        m_i = m_new
+    empty = l_i == 0.0  # no visible key: output 0, lse = +inf so exp2(s - lse) = 0 in backward
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_p = O + b64 * sqb + h * sqh  # O is allocated with q's strides
+    tl.store(o_p + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),
+             mask=(offs_m[:, None] < T) & cvalid[None, :])
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)),
+             mask=offs_m < T)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+                     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+                     H, HKV, GROUP, T, NM, NN, qk_scale, scale,
+                     HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MIRROR: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
+                     UPCAST: tl.constexpr):
+    # One program per (key block, batch, kv head); loops over the GROUP query heads sharing it, so
+    # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style).
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    nb = tl.load(N_ORD + b * NN + tl.program_id(0))
+    start_n = nb * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    col, pcol, cvalid, sign = _cols(HALF, HP)
+    b64 = b.to(tl.int64)
+    k_p = K + b64 * skb + hk * skh
+    v_p = V + b64 * svb + hk * svh
+    cos_p = COS + b64 * scb
+    sin_p = SIN + b64 * scb
+    k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
+    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    if MIRROR:
+        km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+    else:
+        km = k
+    dk = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
+    dkm = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
+    dv = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
+    colrow = b * NN + nb
+    cnt = tl.load(Q_CNT + colrow)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_p = Q + b64 * sqb + h * sqh
+        do_p = DO + b64 * sdb + h * sdh
+        dq_p = DQ + b64 * sqb + h * sqh
+        dqm_p = DQM + b64 * sqb + h * sqh
+        stat = (b64 * H + h) * T
+        for t in range(0, cnt):
+            mb = tl.load(Q_IDX + colrow * NM + t)
+            kind = tl.load(CLS + (b * NM + mb) * NN + nb)
+            start_m = mb * BLOCK_M
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+            do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
+            lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
+            delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
+            up = start_n + BLOCK_N - 1 > start_m
+            low = start_n < start_m + BLOCK_M
+            qm = q
+            if MIRROR:
+                if up:
+                    qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+            s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
+            if kind == 1:
+                s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
+            p = tl.exp2(s - lse[:, None])
+            dv += _dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+            ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
+            rmask = (offs_m[:, None] < T) & cvalid[None, :]
+            if MIRROR:
+                ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
+                ds_n = (ds - ds_m).to(q.dtype)
+                ds_m = ds_m.to(q.dtype)
+                if low:
+                    dk += _dot(tl.trans(ds_n), q, PREC, UPCAST)
+                    if ATOMIC_DQ:
+                        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
+                                      _dot(ds_n, k, PREC, UPCAST) * scale, mask=rmask)
+                if up:
+                    dkm += _dot(tl.trans(ds_m), qm, PREC, UPCAST)
+                    if ATOMIC_DQ:
+                        tl.atomic_add(dqm_p + offs_m[:, None] * sqt + col[None, :],
+                                      _dot(ds_m, km, PREC, UPCAST) * scale, mask=rmask)
+            else:
+                ds16 = ds.to(q.dtype)
+                dk += _dot(tl.trans(ds16), q, PREC, UPCAST)
+                if ATOMIC_DQ:
+                    tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
+                                  _dot(ds16, k, PREC, UPCAST) * scale, mask=rmask)
+    nmask = (offs_n[:, None] < T) & cvalid[None, :]
+    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :],
+             dv.to(DV.dtype.element_ty), mask=nmask)
+    dk_p = DK + b64 * skb + hk * skh  # DK is allocated with k's strides
+    if MIRROR:
+        _store_unmirror(dk_p, offs_n, skt, dk * scale, dkm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_N)
+    else:
+        tl.store(dk_p + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty), mask=nmask)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
+                   sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+                   H, GROUP, T, NM, NN, qk_scale, scale,
+                   HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MIRROR: tl.constexpr, PREC: tl.constexpr):
+    # Deterministic dQ: one program per query block owns its rows; fixed summation order.
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    mb = tl.load(M_ORD + b * NM + tl.program_id(0))
+    start_m = mb * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    col, pcol, cvalid, sign = _cols(HALF, HP)
+    b64 = b.to(tl.int64)
+    q_p = Q + b64 * sqb + h * sqh
+    k_p = K + b64 * skb + hk * skh
+    v_p = V + b64 * svb + hk * svh
+    cos_p = COS + b64 * scb
+    sin_p = SIN + b64 * scb
+    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    do = _load_rows(DO + b64 * sdb + h * sdh, offs_m, sdt, col, cvalid, T)
+    stat = bh.to(tl.int64) * T
+    lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
+    delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
+    if MIRROR:
+        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+    else:
+        qm = q
+    dq = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
+    dqm = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
+    row = b * NM + mb
+    for t in range(0, tl.load(KV_CNT + row)):
+        nb = tl.load(KV_IDX + row * NN + t)
+        kind = tl.load(CLS + row * NN + nb)
+        start_n = nb * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
+        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+        up = start_n + BLOCK_N - 1 > start_m
+        low = start_n < start_m + BLOCK_M
+        km = k
+        if MIRROR:
+            if up:  # mirrored key tile only where some key lies after some query
+                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
+        if kind == 1:
+            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
+        p = tl.exp2(s - lse[:, None])
+        ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
+        if MIRROR:
+            ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
+            if low:
+                dq += _dot((ds - ds_m).to(k.dtype), k, PREC, UPCAST)
+            if up:
+                dqm += _dot(ds_m.to(k.dtype), km, PREC, UPCAST)
+        else:
+            dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
+    dq_p = DQ + b64 * sqb + h * sqh  # DQ is allocated with q's strides
+    if MIRROR:
+        _store_unmirror(dq_p, offs_m, sqt, dq * scale, dqm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_M)
+    else:
+        tl.store(dq_p + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=(offs_m[:, None] < T) & cvalid[None, :])
+
+
+# ----------------------------------------------------------------------------- host side
+
+def default_config(head_dim: int, device: torch.device):
+    """(block_m, block_n, num_warps, num_stages). GPU values are untuned first guesses (no GPU was
+    available while writing this); the interpreter gets 16x16 tiles so CPU tests stay fast."""
+    if device.type != "cuda":
+        return 16, 16, 1, 1
+    if head_dim <= 64:
+        return 64, 64, 4, 3
+    return 64, 64, 8, 2
+
+
+def _hp(D: int) -> int:
+    return max(8, triton.next_power_of_2(D // 2))  # half-tile width; 2*HP >= 16 for tl.dot
+
+
+def _kernel_ready(x: torch.Tensor) -> torch.Tensor:
+    # Kernels index [b, h, t] by strides and need unit stride on D; outputs are allocated with
+    # empty_like, which copies strides only for dense tensors, so copy anything else once.
+    dims = sorted((st, n) for n, st in zip(x.shape, x.stride()) if n != 1)
+    expect, dense = 1, x.stride(-1) == 1
+    for st, n in dims:
+        dense &= st == expect
+        expect *= n
+    return x if dense else x.contiguous()
+
+
+def _strides3(x):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+class MaskedAttentionFunction(torch.autograd.Function):
+    """autograd Function; use :func:`masked_attention` rather than calling ``apply`` directly."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch):
+        B, H, T, D = q.shape
+        hkv = k.shape[1]
+        mirror = cos is not None
+        cs, sn = (cos, sin) if mirror else (lo, lo)  # unused pointers when mirror is off
+        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
+        prec = "tf32" if q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" else "ieee"
+        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+        o = torch.empty_like(q)
+        lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+        warps, stages = launch
+        _fwd_kernel[(NM, B * H)](
+            q, k, v, o, lse, lo, hi, cs, sn, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            *_strides3(q), *_strides3(k), *_strides3(v), scb, sct,
+            H, H // hkv, T, NM, NN, scale * _LOG2E,
+            HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror, PREC=prec,
+            num_warps=warps, num_stages=stages)
+        ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
+        ctx.meta = (scale, blocks, deterministic, launch, prec)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, lo, hi, cos, sin = ctx.saved_tensors
+        scale, blocks, deterministic, (warps, stages), prec = ctx.meta
+        B, H, T, D = q.shape
+        hkv = k.shape[1]
+        mirror = cos is not None
+        cs, sn = (cos, sin) if mirror else (lo, lo)
+        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
+        if do.stride(-1) != 1:
+            do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1).contiguous()  # rowsum(dO * O), [B, H, T]
+        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        if deterministic:
+            dq = torch.empty_like(q)
+            dq32 = dqm = dq  # not touched by the dK/dV kernel
+        else:  # fp32 accumulators for atomic adds; mirrored part kept apart, rotated back below
+            dq32 = torch.zeros_like(q, dtype=torch.float32)
+            dqm = torch.zeros_like(dq32) if mirror else dq32
+        consts = dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
+                      MIRROR=mirror, PREC=prec, num_warps=warps, num_stages=stages)
+        strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct)
+        _bwd_dkdv_kernel[(NN, B * hkv)](
+            q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, *strides,
+            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale, ATOMIC_DQ=not deterministic, **consts)
+        if deterministic:
+            _bwd_dq_kernel[(NM, B * H)](
+                q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
+                blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, *strides,
+                H, H // hkv, T, NM, NN, scale * _LOG2E, scale, **consts)
+        else:
+            if mirror:
+                dq32 = dq32 + mirror_rotate_transpose(dqm, cos, sin)
+            dq = dq32.to(q.dtype)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, blocks=None,
+                     block_m=None, block_n=None, num_warps=None, num_stages=None):
+    """Fused masked attention (Triton). See ``bico_kernels.reference_masked_attention`` for the math.
+
+    q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] (pass them
+    int32 on q's device so the block classification cache hits); mirror_rope: None or (cos, sin),
+    each [B, T, D]. ``blocks``: a precomputed :func:`classify_blocks` result (its block sizes win).
+    ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of atomics).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    B, H, T, D = q.shape
+    if k.shape[0] != B or k.shape[2:] != q.shape[2:] or H % k.shape[1]:
+        raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} (need Hq % Hkv == 0)")
+    if q.dtype != k.dtype or q.dtype != v.dtype or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must share one of fp16/bf16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if D % 2 or not 16 <= D <= 256:
+        raise ValueError(f"head dim must be even and in [16, 256], got {D}")
+    if lo.shape != (B, T) or hi.shape != (B, T):
+        raise ValueError(f"lo/hi must be [B, T] = {(B, T)}, got {tuple(lo.shape)}, {tuple(hi.shape)}")
+    if q.device.type != "cuda" and not _INTERPRETED:
+        raise RuntimeError("masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    lo = lo.to(device=q.device, dtype=torch.int32).contiguous()  # no-op (same object) when already so
+    hi = hi.to(device=q.device, dtype=torch.int32).contiguous()
+    cos = sin = None
+    if mirror_rope is not None:
+        cos, sin = (t.to(q.device).contiguous() for t in mirror_rope)
+        if cos.shape != (B, T, D) or sin.shape != (B, T, D):
+            raise ValueError(f"mirror_rope tables must be [B, T, D] = {(B, T, D)}, got {tuple(cos.shape)}")
+    bm0, bn0, warps0, stages0 = default_config(D, q.device)
+    if blocks is None:
+        blocks = cached_classify_blocks(lo, hi, block_m or bm0, block_n or bn0)
+    elif not isinstance(blocks, BlockClassification) or blocks.seq_len != T or blocks.cls.shape[0] != B \
+            or blocks.cls.device != q.device or (block_m or blocks.block_m) != blocks.block_m \
+            or (block_n or blocks.block_n) != blocks.block_n:
+        raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
+    launch = (num_warps or warps0, num_stages or stages0)
+    q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
+    return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch)
