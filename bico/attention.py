@@ -98,7 +98,9 @@ def reference_interval_attention(
         # Keys after the query (j > i) take the mirrored score: offset |i - j| both ways.
         after = torch.ones(t, t, dtype=torch.bool, device=query.device).triu(1)
         scores = torch.where(after, mirrored, scores) * scale
-        scores = scores.float() + additive[:, :, None].float()
+        # Softmax in at least fp32 (float64 stays float64 for the exactness tests).
+        acc = torch.promote_types(scores.dtype, torch.float32)
+        scores = scores.to(acc) + additive[:, :, None].to(acc)
         probs = torch.softmax(scores, dim=-1).to(query.dtype)
         if dropout:
             probs = F.dropout(probs, p=dropout)

@@ -125,7 +125,24 @@ def _merge(obj: Any, values: dict, where: str) -> None:
                 raise RecipeError(f"recipe key {path!r} must be a mapping, got {value!r}")
             current.update(value)
         else:
-            setattr(obj, key, value)
+            setattr(obj, key, _coerce(value, str(fields[key].type), path))
+
+
+def _coerce(value: Any, annotation: str, path: str) -> Any:
+    """YAML reads ``1e-4`` as a string and ``3`` as an int; numbers go by the field's type."""
+    numeric = [t for t in ("float", "int") if t in annotation]
+    if not numeric or value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value) if "float" in numeric else int(value)
+        except ValueError:
+            raise RecipeError(f"recipe key {path!r} must be a number, got {value!r}") from None
+    if "float" in numeric and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, (int, float)):
+        raise RecipeError(f"recipe key {path!r} must be a number, got {value!r}")
+    return value
 
 
 def _dotted(key: str, value: Any) -> dict:

@@ -265,7 +265,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                    H, GROUP, T, NM, NN, qk_scale, scale,
                    HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   MIRROR: tl.constexpr, PREC: tl.constexpr):
+                   MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Deterministic dQ: one program per query block owns its rows; fixed summation order.
     bh = tl.program_id(1)
     b = bh // H
@@ -354,6 +354,10 @@ def _kernel_ready(x: torch.Tensor) -> torch.Tensor:
     return x if dense else x.contiguous()
 
 
+def _upcast(q):
+    return _INTERPRETED and q.dtype == torch.bfloat16
+
+
 def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
@@ -378,7 +382,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
             *_strides3(q), *_strides3(k), *_strides3(v), scb, sct,
             H, H // hkv, T, NM, NN, scale * _LOG2E,
             HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror, PREC=prec,
-            num_warps=warps, num_stages=stages)
+            UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
         ctx.meta = (scale, blocks, deterministic, launch, prec)
         return o
@@ -404,7 +408,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
             dq32 = torch.zeros_like(q, dtype=torch.float32)
             dqm = torch.zeros_like(dq32) if mirror else dq32
         consts = dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                      MIRROR=mirror, PREC=prec, num_warps=warps, num_stages=stages)
+                      MIRROR=mirror, PREC=prec, UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
         strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct)
         _bwd_dkdv_kernel[(NN, B * hkv)](
             q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,

@@ -329,8 +329,8 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
     env_dir.mkdir()
     monkeypatch.setenv("BICO_REVERSAL_DATA", str(env_dir))
     assert resolve_data_dir(None) == env_dir
-    with pytest.warns(UserWarning, match="does not exist"):
-        assert resolve_data_dir(tmp_path / "missing") == env_dir
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_data_dir(tmp_path / "missing")  # a given dir never falls back to other data
     monkeypatch.setenv("BICO_REVERSAL_DATA", str(tmp_path / "nope"))
     with pytest.raises(DataError, match="BICO_REVERSAL_DATA"):
         resolve_data_dir(None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import warnings
 from pathlib import Path
 from typing import Hashable, Sequence
 
@@ -117,15 +116,14 @@ def load_split(data_dir, split: str | dict, *, seed: int = 0) -> tuple[list[dict
 
 
 def resolve_data_dir(path_or_none=None) -> Path:
-    """The reversal data dir: the given one if it exists, else $BICO_REVERSAL_DATA, else
-    ../shared/data/reversal_curse/experiment1 (relative to the cwd) if present."""
+    """The reversal data dir: the given one (an error if it does not exist); with none given,
+    $BICO_REVERSAL_DATA, else ../shared/data/reversal_curse/experiment1 (relative to the cwd)."""
     if path_or_none is not None:
         p = Path(path_or_none).expanduser()
         if p.is_dir():
             return p
-        # Falling back silently could train on the wrong data; say so loudly.
-        warnings.warn(f"data dir {p} does not exist; looking for reversal data elsewhere",
-                      stacklevel=2)
+        # Falling back to other data would train on something the user did not ask for.
+        raise DataError(f"data dir {p} does not exist; generate data with `bico data reversal --out {p}`")
     env = os.environ.get(ENV_VAR)
     if env:
         p = Path(env).expanduser()

@@ -1,0 +1,185 @@
+"""The "bico" attention: exact SDPA equivalence without intervals, bidirectionality with them
+(every code path, batch size 1, padding), no leaks between packed documents, mirrored RoPE
+against a direct float64 construction."""
+import math
+import os
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from bico import masks
+from bico.attention import reference_interval_attention, rope_tables
+from conftest import make_llama, twin_models
+
+
+def _triton_ok():
+    try:
+        import bico_kernels
+
+        return os.environ.get("TRITON_INTERPRET") == "1" and bico_kernels.triton_available()
+    except Exception:
+        return False
+
+
+PATHS = [
+    pytest.param(("reference", False), id="reference"),
+    pytest.param(("reference", True), id="reference-mirror"),
+]
+
+
+def _forward(model, ids, lo, hi, backend, mirror, pos=None):
+    pos = pos if pos is not None else torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+    kwargs = dict(lo=lo, hi=hi, position_ids=pos, bico_backend=backend)
+    if mirror:
+        kwargs["mirror_rope"] = rope_tables(model, pos)
+    return model(ids, **kwargs).logits
+
+
+def test_without_intervals_equals_sdpa_with_and_without_padding():
+    bico_model, sdpa_model = twin_models()
+    ids = torch.randint(0, 128, (3, 11))
+    with torch.no_grad():
+        assert torch.allclose(bico_model(ids).logits, sdpa_model(ids).logits, atol=1e-5, rtol=0)
+        mask = torch.ones(3, 11, dtype=torch.long)
+        mask[1, :4] = 0
+        mask[2, :1] = 0
+        a = bico_model(ids, attention_mask=mask).logits
+        b = sdpa_model(ids, attention_mask=mask).logits
+    assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=0)
+
+
+def test_generate_matches_sdpa():
+    bico_model, sdpa_model = twin_models()
+    ids = torch.randint(0, 128, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    a = bico_model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    b = sdpa_model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_causal_intervals_equal_causal_attention(path):
+    backend, mirror = path
+    bico_model, sdpa_model = twin_models()
+    ids = torch.randint(0, 128, (2, 9))
+    lo, hi = masks.stack([masks.causal(9)] * 2)
+    with torch.no_grad():
+        # Mirroring changes nothing under a causal mask: no key is ever after its query.
+        got = _forward(bico_model, ids, lo, hi, backend, mirror)
+        assert torch.allclose(got, sdpa_model(ids).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_bidirectionality_takes_effect_at_batch_size_1(path, padded):
+    backend, mirror = path
+    model = make_llama()
+    t, n = 10, (7 if padded else 10)
+    ids = torch.randint(0, 128, (1, t))
+    lo, hi = masks.stack([masks.pad(masks.bidirectional(n), t, "left" if padded else "right")])
+    first = t - n  # first real token
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 128  # perturb the last real token
+    with torch.no_grad():
+        a = _forward(model, ids, lo, hi, backend, mirror)
+        b = _forward(model, changed, lo, hi, backend, mirror)
+        # The first real token sees the future under a bidirectional mask ...
+        assert (a[0, first] - b[0, first]).abs().max() > 1e-4
+        # ... and not under a causal one (guards the test itself).
+        clo, chi = masks.stack([masks.pad(masks.causal(n), t, "left" if padded else "right")])
+        c = _forward(model, ids, clo, chi, backend, mirror)
+        d = _forward(model, changed, clo, chi, backend, mirror)
+        assert torch.allclose(c[0, first], d[0, first], atol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+def test_packed_documents_never_leak(path, kind):
+    backend, mirror = path
+    model = make_llama()
+    builder = getattr(masks, kind)
+    lo, hi = masks.stack([masks.concat([builder(6), builder(5), masks.hidden(2)])])
+    pos = torch.cat([torch.arange(6), torch.arange(5), torch.zeros(2, dtype=torch.long)])[None]
+    ids = torch.randint(0, 128, (1, 13))
+    changed = ids.clone()
+    changed[0, 6:11] = (ids[0, 6:11] + 7) % 128  # rewrite document 2 entirely
+    with torch.no_grad():
+        a = _forward(model, ids, lo, hi, backend, mirror, pos)
+        b = _forward(model, changed, lo, hi, backend, mirror, pos)
+    assert torch.allclose(a[0, :6], b[0, :6], atol=1e-6)  # document 1 unchanged
+    assert (a[0, 6:11] - b[0, 6:11]).abs().max() > 1e-3
+
+
+def _rotation(theta: torch.Tensor, d: int) -> torch.Tensor:
+    """The RoPE rotation matrix (rotate-half layout) for angles theta [d/2], float64."""
+    r = torch.zeros(d, d, dtype=torch.float64)
+    h = d // 2
+    for k in range(h):
+        c, s = math.cos(theta[k]), math.sin(theta[k])
+        r[k, k], r[k, k + h], r[k + h, k], r[k + h, k + h] = c, -s, s, c
+    return r
+
+
+def test_mirrored_rope_matches_direct_float64_construction():
+    torch.manual_seed(0)
+    b, hq, hkv, t, d = 2, 4, 2, 9, 16
+    model = make_llama(hidden=64, heads=4, kv_heads=2)  # head_dim 16
+    pos = torch.stack([torch.arange(t), torch.arange(3, 3 + t)])
+    raw_q = torch.randn(b, hq, t, d, dtype=torch.float64)
+    raw_k = torch.randn(b, hkv, t, d, dtype=torch.float64)
+    v = torch.randn(b, hkv, t, d, dtype=torch.float64)
+    inv_freq = model.model.rotary_emb.inv_freq.double()
+    angles = pos[..., None].double() * inv_freq
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    model_cos, model_sin = rope_tables(model, pos)  # the model's own fp32 tables agree
+    assert torch.allclose(model_cos.double(), cos, atol=1e-5) and torch.allclose(model_sin.double(), sin, atol=1e-5)
+    q, k = apply_rotary_pos_emb(raw_q, raw_k, cos, sin)
+    lo, hi = masks.stack([masks.bico(t, torch.rand(t) < 0.3) for _ in range(b)])
+    got = reference_interval_attention(q, k, v, lo, hi, scale=d ** -0.5, mirror_rope=(cos, sin))
+
+    allowed = masks.to_dense(lo, hi)
+    expected = torch.zeros_like(got)
+    for bi in range(b):
+        rot = [_rotation(pos[bi, i] * inv_freq, d) for i in range(t)]
+        for h in range(hq):
+            kv = h // (hq // hkv)
+            scores = torch.full((t, t), -math.inf, dtype=torch.float64)
+            for i in range(t):
+                for j in range(t):
+                    if not allowed[bi, i, j]:
+                        continue
+                    if j <= i:  # ordinary RoPE: (R_i q)·(R_j k)
+                        s = (rot[i] @ raw_q[bi, h, i]) @ (rot[j] @ raw_k[bi, kv, j])
+                    else:  # mirrored: (R_{-i} q)·(R_{-j} k), the offset's sign flipped
+                        s = (rot[i].T @ raw_q[bi, h, i]) @ (rot[j].T @ raw_k[bi, kv, j])
+                    scores[i, j] = s * d ** -0.5
+            probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+            expected[bi, h] = probs @ v[bi, kv]
+    assert torch.allclose(got, expected, atol=1e-10)
+    # The mirrored scores really differ from plain RoPE on keys after the query.
+    plain = reference_interval_attention(q, k, v, lo, hi, scale=d ** -0.5)
+    assert (plain - got).abs().max() > 1e-3
+
+
+def test_rows_without_keys_output_zero_and_no_nan():
+    q = torch.randn(1, 2, 5, 8, requires_grad=True)
+    k = torch.randn(1, 2, 5, 8, requires_grad=True)
+    v = torch.randn(1, 2, 5, 8, requires_grad=True)
+    lo = torch.tensor([[2, 2, 0, 0, 0]], dtype=torch.int32)  # rows 0, 1 see nothing
+    hi = torch.tensor([[5, 5, 0, 0, 0]], dtype=torch.int32)
+    out = reference_interval_attention(q, k, v, lo, hi, scale=8 ** -0.5)
+    assert torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_interval_errors():
+    model = make_llama()
+    ids = torch.randint(0, 128, (1, 4))
+    lo, hi = masks.stack([masks.causal(4)])
+    with pytest.raises(ValueError, match="both lo= and hi="):
+        model(ids, lo=lo)
+    with pytest.raises(ValueError, match="BICO_ATTENTION_BACKEND"):
+        model(ids, lo=lo, hi=hi, bico_backend="nope")

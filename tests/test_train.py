@@ -1,0 +1,98 @@
+"""The training loop: exact resume, clear stops, recipes and their errors."""
+import json
+
+import pytest
+import torch
+
+from bico.config import RecipeError, load_recipe
+from bico.train import TrainingError, train
+
+TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
+        "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
+        "train.batch_size=4", "train.lr=1e-3", "train.log_every=1", "train.progress=false", "eval.enabled=false"]
+
+
+def tiny_recipe(tmp_path, reversal_dir, *extra):
+    return load_recipe(None, TINY + [f"data.dir={reversal_dir}", f"train.output_dir={tmp_path}"] + list(extra))
+
+
+def losses(folder):
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", ["ntp", "bico"])
+def test_resume_continues_exactly(tmp_path, reversal_dir, objective):
+    common = [f"objective.name={objective}", "train.max_steps=6", "train.save_every=3", "train.save_model=false",
+              "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
+    whole = train(tiny_recipe(tmp_path / "a", reversal_dir, *common))
+    train(tiny_recipe(tmp_path / "b", reversal_dir, *common), stop_after=4)  # dies after step 4
+    resumed = train(tiny_recipe(tmp_path / "b", reversal_dir, *common, "train.resume=true"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # bit-identical curve
+    assert len(losses(tmp_path / "b")) == 6
+    assert whole["final_loss"] == resumed["final_loss"]
+
+
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, reversal_dir):
+    summary = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=12", "finetune.method=full",
+                                "train.lr=3e-3"))
+    curve = losses(tmp_path)
+    assert curve[-1] < curve[0] - 0.5
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, summary["model"].eval()(ids).logits, atol=1e-5)
+
+
+def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
+    summary = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "finetune.method=lora",
+                                "finetune.lora_r=4", "train.lr=1e-2"))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    base = summary["model"].get_base_model()
+    assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = summary["model"].eval()(ids).logits
+        assert torch.allclose(merged(ids).logits, expected, atol=1e-4)
+    assert isinstance(summary["model"], PeftModel) and base is not None
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, reversal_dir, monkeypatch):
+    import bico.train as T
+
+    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="loss became nan at step 1"):
+        train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2"))
+
+
+def test_over_long_rows_are_refused(tmp_path, reversal_dir):
+    with pytest.raises(TrainingError, match="more than data.max_length=8"):
+        train(tiny_recipe(tmp_path, reversal_dir, "data.max_length=8"))
+
+
+def test_recipe_errors(tmp_path):
+    with pytest.raises(RecipeError, match="unknown recipe key 'train.lrr'"):
+        load_recipe(None, ["train.lrr=1"])
+    with pytest.raises(RecipeError, match="not key=value"):
+        load_recipe(None, ["train.lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nme: x\n")
+    with pytest.raises(RecipeError, match="unknown recipe key 'model.nme'"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+    r = load_recipe(None, ["objective.options.mask_ratio=0.3", "train.lr=2e-5"])
+    assert r.objective.options == {"mask_ratio": 0.3} and r.train.lr == 2e-5
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.glob("recipes/**/*.yaml"))
+    assert recipes
+    for path in recipes:
+        load_recipe(path)
