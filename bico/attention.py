@@ -50,16 +50,24 @@ def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:
     return choice
 
 
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply a further RoPE rotation given HF tables ``[B, T, D]`` to ``x`` ``[B, H, T, D]``."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
 def mirror_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate RoPE-rotated ``x`` by -2θ, giving ``R_{-θ} x_raw`` (BICO's flipped q/k).
 
     ``cos``/``sin`` are HF tables ``[B, T, D]`` (or broadcastable); x is ``[B, H, T, D]``.
     """
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    cos2, sin2 = cos * cos - sin * sin, 2 * sin * cos
-    half = x.shape[-1] // 2
-    rotated_half = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos2 - rotated_half * sin2
+    # cos(-2θ) = cos²θ - sin²θ, sin(-2θ) = -2 sinθ cosθ
+    return rotate(x, cos * cos - sin * sin, -2 * sin * cos)
 
 
 def reference_interval_attention(
@@ -120,6 +128,7 @@ def bico_attention_forward(
     lo: torch.Tensor | None = None,
     hi: torch.Tensor | None = None,
     mirror_rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    rope_2d: tuple[torch.Tensor, torch.Tensor] | None = None,
     bico_backend: str | None = None,
     **kwargs,
 ):
@@ -138,6 +147,10 @@ def bico_attention_forward(
             f"interval masks are for full sequences without a KV cache: query length {t}, "
             f"key length {key.shape[2]}, lo shape {tuple(lo.shape)}"
         )
+    if rope_2d is not None:
+        if mirror_rope is not None:
+            raise ValueError("mirrored RoPE and 2-D positions cannot be combined")
+        query, key = rotate(query, *rope_2d), rotate(key, *rope_2d)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     lo, hi = lo.to(device=query.device, dtype=torch.int32), hi.to(device=query.device, dtype=torch.int32)
     if resolve_backend(query, bico_backend) == "triton":
@@ -172,6 +185,21 @@ def rope_tables(model: torch.nn.Module, position_ids: torch.Tensor, dtype=torch.
         raise ValueError(f"mirrored RoPE needs attention_scaling 1.0, the model's RoPE has {scaling}")
     probe = torch.empty(0, dtype=dtype, device=position_ids.device)
     return rotary(probe, position_ids)
+
+
+def rope_2d_tables(model: torch.nn.Module, position_ids: torch.Tensor, block_position_ids: torch.Tensor):
+    """Tables that turn 1-D RoPE into 2-D RoPE inside attention (GLM's 2-D positions).
+
+    The model rotates every frequency pair by ``position_ids``. Rotating the upper half of the
+    pairs further by ``block_position_ids - position_ids`` leaves the lower half encoding the
+    position and the upper half encoding the block position: the head dimension split in two.
+    """
+    cos, sin = rope_tables(model, block_position_ids - position_ids)
+    pairs = cos.shape[-1] // 2
+    first = torch.zeros(pairs, dtype=torch.bool, device=cos.device)
+    first[: pairs // 2] = True
+    first = torch.cat([first, first])  # rotate-half layout: pair k is dims k and k + D/2
+    return cos.masked_fill(first, 1.0), sin.masked_fill(first, 0.0)
 
 
 def register() -> None:

@@ -36,7 +36,11 @@ def _join(parts: Sequence[Sample], length: int, pad_id: int) -> dict:
     fill = length - used
     lo, hi = masks.concat([(p.lo, p.hi) for p in parts] + [masks.hidden(fill)])
     weights = [p.weights if p.weights is not None else torch.ones(len(p)) for p in parts]
-    return {
+    row = {}
+    if any(p.block_position_ids is not None for p in parts):
+        blocks = [p.block_position_ids if p.block_position_ids is not None else p.position_ids for p in parts]
+        row["block_position_ids"] = torch.cat(blocks + [torch.zeros(fill, dtype=torch.long)])
+    return row | {
         "input_ids": torch.cat([p.input_ids for p in parts] + [torch.full((fill,), pad_id, dtype=torch.long)]),
         "targets": torch.cat([p.targets for p in parts] + [torch.full((fill,), IGNORE, dtype=torch.long)]),
         "position_ids": torch.cat([p.position_ids for p in parts] + [torch.zeros(fill, dtype=torch.long)]),
@@ -70,6 +74,9 @@ def collate(samples: Sequence[Sample], pad_id: int, *, pack: bool = False, max_l
         groups = [[s] for s in samples]
         length = longest
     rows = [_join(g, length, pad_id) for g in groups]
+    if any("block_position_ids" in r for r in rows):  # rows without 2-D positions use 1-D ones
+        for r in rows:
+            r.setdefault("block_position_ids", r["position_ids"])
     batch = {key: torch.stack([r[key] for r in rows]) for key in rows[0]}
     batch["mirror_rope"] = mirror.pop()
     batch["num_targets"] = int((batch["targets"] != IGNORE).sum())

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bico.attention import rope_tables
+from bico.attention import rope_2d_tables, rope_tables
 from bico.collate import collate
 from bico.config import Recipe
 from bico.engine import build_engine, latest_checkpoint
@@ -97,6 +97,8 @@ def batch_loss(model, batch: dict, device: torch.device) -> torch.Tensor:
     kwargs = dict(lo=batch["lo"].to(device), hi=batch["hi"].to(device), position_ids=position_ids)
     if batch["mirror_rope"]:
         kwargs["mirror_rope"] = rope_tables(model, position_ids)
+    if "block_position_ids" in batch:
+        kwargs["rope_2d"] = rope_2d_tables(model, position_ids, batch["block_position_ids"].to(device))
     logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits
     targets = batch["targets"].to(device)
     losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="none")
@@ -140,6 +142,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
     bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress, initial=start,
                total=total_steps)
     for step in bar:
+        objective.set_progress(step, total_steps)
         batches = [
             make_batch(objective, examples, idx, cfg.seed, step, m, pad_id, recipe.data)
             for m, idx in enumerate(plan.micro_batches(step))

@@ -183,3 +183,23 @@ def test_interval_errors():
         model(ids, lo=lo)
     with pytest.raises(ValueError, match="BICO_ATTENTION_BACKEND"):
         model(ids, lo=lo, hi=hi, bico_backend="nope")
+
+
+def test_rope_2d_splits_the_head_dimension_between_two_positions():
+    from bico.attention import rope_2d_tables, rotate
+
+    model = make_llama(hidden=64, heads=4, kv_heads=2)  # head_dim 16: 8 frequency pairs
+    t = 7
+    pos = torch.tensor([[0, 1, 2, 3, 3, 3, 3]])
+    block = torch.tensor([[0, 0, 0, 0, 1, 2, 3]])
+    raw = torch.randn(1, 1, t, 16)
+    cos1, sin1 = rope_tables(model, pos)
+    once = rotate(raw, cos1, sin1)  # what the model does
+    two_d = rotate(once, *rope_2d_tables(model, pos, block))
+    cos_b, sin_b = rope_tables(model, block)
+    direct = rotate(raw, cos_b, sin_b)
+    lower = torch.tensor([k % 8 < 4 for k in range(16)])  # pairs 0..3 keep the 1-D position
+    assert torch.allclose(two_d[..., lower], once[..., lower], atol=1e-5)
+    assert torch.allclose(two_d[..., ~lower], direct[..., ~lower], atol=1e-5)
+    same = rotate(once, *rope_2d_tables(model, pos, pos))
+    assert torch.allclose(same, once, atol=1e-6)

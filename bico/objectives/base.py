@@ -41,6 +41,9 @@ class Sample:
     hi: torch.Tensor  # [T] int32, one past the last query row that sees key t
     weights: torch.Tensor | None = None  # [T] float per-target loss weight (None = 1)
     mirror_rope: bool = False  # BICO's mirrored RoPE for keys after the query
+    # 2-D positions (GLM): a second position per token (e.g. the intra-span position). When
+    # set, the upper half of RoPE's frequency pairs rotates by it instead of position_ids.
+    block_position_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -74,6 +77,9 @@ class Objective:
     def start_batch(self, rng: random.Random) -> Any:
         """Per-batch decision shared by all examples of the batch (default: none)."""
         return None
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every optimizer step (schedules such as annealing)."""
 
     def encode(self, example: Example, rng: random.Random, state: Any = None) -> Sample:
         raise NotImplementedError
