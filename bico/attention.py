@@ -25,6 +25,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from bico import masks
+from bico_kernels import mirror_rotate
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "reference")
@@ -59,15 +60,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Apply a further RoPE rotation given HF tables ``[B, T, D]`` to ``x`` ``[B, H, T, D]``."""
     cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
     return x * cos + _rotate_half(x) * sin
-
-
-def mirror_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate RoPE-rotated ``x`` by -2θ, giving ``R_{-θ} x_raw`` (BICO's flipped q/k).
-
-    ``cos``/``sin`` are HF tables ``[B, T, D]`` (or broadcastable); x is ``[B, H, T, D]``.
-    """
-    # cos(-2θ) = cos²θ - sin²θ, sin(-2θ) = -2 sinθ cosθ
-    return rotate(x, cos * cos - sin * sin, -2 * sin * cos)
 
 
 def reference_interval_attention(

@@ -22,6 +22,9 @@ class ModelConfig:
     name: str = "tiny-random"  # smollm2-135m | tiny-random | a local Hugging Face folder
     dtype: str = "float32"  # float32 | bfloat16 | float16 (weights)
     attn_implementation: str = "bico"
+    # auto: the model's own tokenizer (SmolLM2's for tiny-random); words: tiny-random only, a
+    # word-level vocabulary built from data.dir (fast from-scratch experiments)
+    tokenizer: str = "auto"
     # tiny-random sizes (ignored for other models)
     layers: int = 4
     hidden_size: int = 256

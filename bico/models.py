@@ -115,12 +115,21 @@ def tiny_random_config(cfg: ModelConfig, vocab_size: int, tokenizer) -> LlamaCon
     )
 
 
-def load_model(cfg: ModelConfig):
+def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
     dtype = DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ModelError(f"model.dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
-    tokenizer = load_tokenizer(cfg.name)
+    if cfg.tokenizer == "words":
+        if cfg.name != "tiny-random" or data_dir is None:
+            raise ModelError("model.tokenizer=words is for model.name=tiny-random with a data dir")
+        from bico.wordtok import build_word_tokenizer
+
+        tokenizer = build_word_tokenizer(data_dir)
+    elif cfg.tokenizer == "auto":
+        tokenizer = load_tokenizer(cfg.name)
+    else:
+        raise ModelError(f"model.tokenizer {cfg.tokenizer!r}: use auto or words")
     if cfg.name == "tiny-random":
         torch.manual_seed(cfg.init_seed)
         model = LlamaForCausalLM._from_config(

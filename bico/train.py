@@ -113,7 +113,9 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
 
-    model, tokenizer = load_model(recipe.model)
+    from bico.data import resolve_data_dir
+
+    model, tokenizer = load_model(recipe.model, data_dir=resolve_data_dir(recipe.data.dir))
     objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
     new_ids = fit_embeddings(model, tokenizer)
     model = apply_finetuning(model, recipe.finetune, new_ids).to(device)

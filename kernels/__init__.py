@@ -33,10 +33,9 @@ def _impl():
     name = __name__ + ".masked_attention"
     mod = sys.modules.get(name)
     if mod is None:
+        # This rebinds the package attribute `masked_attention` to the submodule; the submodule is
+        # callable with the same signature, so `bico_kernels.masked_attention(...)` keeps working.
         mod = importlib.import_module(name)
-    # Importing the submodule binds the package attribute `masked_attention` to the module;
-    # put the public function back so `bico_kernels.masked_attention(...)` keeps working.
-    globals()["masked_attention"] = _masked_attention_fn
     return mod
 
 
@@ -46,9 +45,6 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
     num_stages) go to ``bico_kernels.masked_attention`` module's implementation."""
     return _impl().masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope,
                                     deterministic=deterministic, **kwargs)
-
-
-_masked_attention_fn = masked_attention
 
 
 def __getattr__(name):  # lazy: MaskedAttentionFunction lives in the triton module

@@ -4,15 +4,14 @@ Mask: query row i sees key j iff lo[b, j] <= i < hi[b, j]. Tiles are walked thro
 lists of :func:`bico_kernels.blocks.classify_blocks`; FULL tiles skip the elementwise mask.
 Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta, computed
 here from the cos/sin tables and only in tiles that contain such pairs.
-
-Head-dim layout: the two RoPE halves of a head (columns [0, D/2) and [D/2, D)) each occupy a
-power-of-two half tile of HP columns, so any even D works (D=96 -> two halves of 48 in 2x64) and
-rotate_half is a swap of the two half tiles.
+Device helpers (tile loads, the mirror rotation, the head-dim layout) are in tiles.py.
 """
 from __future__ import annotations
 
 import math
 import os
+import sys
+import types
 
 import torch
 import triton
@@ -20,91 +19,13 @@ import triton.language as tl
 
 from .blocks import BlockClassification, cached_classify_blocks
 from .reference import mirror_rotate_transpose
+from .tiles import _cols, _dot, _load_rows, _mirror, _scores, _store_unmirror, _visible
 
 __all__ = ["masked_attention", "MaskedAttentionFunction", "default_config"]
 
 _LOG2E = 1.4426950408889634
 # @triton.jit picks interpreter or compiler when this module is imported, so record it now.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@triton.jit
-def _cols(HALF: tl.constexpr, HP: tl.constexpr):
-    c = tl.arange(0, 2 * HP)
-    side = c // HP
-    within = c % HP
-    col = side * HALF + within            # real column of tile column c
-    pcol = (1 - side) * HALF + within     # column that rotate_half reads for c
-    sign = tl.where(side == 0, -1.0, 1.0)  # rotate_half(x) = cat(-x2, x1)
-    return col, pcol, within < HALF, sign
-
-
-@triton.jit
-def _load_rows(ptr, rows, stride, col, cvalid, T):
-    return tl.load(ptr + rows[:, None] * stride + col[None, :],
-                   mask=(rows[:, None] < T) & cvalid[None, :], other=0.0)
-
-
-@triton.jit
-def _mirror(x, ptr, rows, stride, cos_p, sin_p, cs_stride, col, pcol, cvalid, sign, T):
-    # R_{-2 theta} x = x*cos2 - rotate_half(x)*sin2 for a tile x already loaded from ptr.
-    m = (rows[:, None] < T) & cvalid[None, :]
-    xr = tl.load(ptr + rows[:, None] * stride + pcol[None, :], mask=m, other=0.0).to(tl.float32)
-    c = tl.load(cos_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    s = tl.load(sin_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    return (x.to(tl.float32) * (c * c - s * s) - xr * sign[None, :] * (2.0 * s * c)).to(x.dtype)
-
-
-@triton.jit
-def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    if UPCAST:  # interpreter: bf16 is stored as raw uint16 and its dot multiplies bit patterns.
-        # Products of two bf16 values are exact in fp32, so this matches a bf16 MMA up to summation order.
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision=PREC)
-
-
-@triton.jit
-def _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR: tl.constexpr, PREC: tl.constexpr,
-            UPCAST: tl.constexpr):
-    # Raw q.k scores; with MIRROR, pairs j > i use the mirrored tiles. `up`/`low` say whether the
-    # tile has any j > i / j <= i pair, so one-sided tiles do a single dot.
-    if MIRROR:
-        if up:
-            s = _dot(qm, tl.trans(km), PREC, UPCAST)
-            if low:
-                s = tl.where(offs_n[None, :] > offs_m[:, None], s,
-                             _dot(q, tl.trans(k), PREC, UPCAST))
-        else:
-            s = _dot(q, tl.trans(k), PREC, UPCAST)
-    else:
-        s = _dot(q, tl.trans(k), PREC, UPCAST)
-    return s
-
-
-@triton.jit
-def _visible(lo_p, hi_p, offs_m, offs_n, T):
-    nm = offs_n < T
-    lo = tl.load(lo_p + offs_n, mask=nm, other=1)  # out-of-range keys: empty interval
-    hi = tl.load(hi_p + offs_n, mask=nm, other=0)
-    return (lo[None, :] <= offs_m[:, None]) & (offs_m[:, None] < hi[None, :]) & (offs_m[:, None] < T)
-
-
-@triton.jit
-def _store_unmirror(ptr, rows, stride, acc, accm, cos_p, sin_p, cs_stride, T,
-                    HALF: tl.constexpr, HP: tl.constexpr, R: tl.constexpr):
-    # Store acc + R_{+2 theta} accm (the transpose of the mirror rotation), one RoPE half at a time.
-    a1, a2 = tl.split(tl.permute(tl.reshape(acc, (R, 2, HP)), (0, 2, 1)))
-    m1, m2 = tl.split(tl.permute(tl.reshape(accm, (R, 2, HP)), (0, 2, 1)))
-    w = tl.arange(0, HP)
-    msk = (rows[:, None] < T) & (w[None, :] < HALF)
-    c = tl.load(cos_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
-    s = tl.load(sin_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
-    c2 = c * c - s * s
-    s2 = 2.0 * s * c
-    base = ptr + rows[:, None] * stride + w[None, :]
-    tl.store(base, (a1 + m1 * c2 - m2 * s2).to(ptr.dtype.element_ty), mask=msk)
-    tl.store(base + HALF, (a2 + m2 * c2 + m1 * s2).to(ptr.dtype.element_ty), mask=msk)
 
 
 @triton.jit
@@ -329,14 +250,16 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
 
 # ----------------------------------------------------------------------------- host side
 
-def default_config(head_dim: int, device: torch.device):
-    """(block_m, block_n, num_warps, num_stages). GPU values are untuned first guesses (no GPU was
-    available while writing this); the interpreter gets 16x16 tiles so CPU tests stay fast."""
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device):
+    """(block_m, block_n, num_warps, num_stages). The interpreter gets 16x16 tiles so CPU tests stay
+    fast. GPU values are untuned first guesses (no GPU was available while writing this), chosen so
+    every kernel compiles for sm_90 within H100 shared memory (checked offline with Triton's ptxas)."""
     if device.type != "cuda":
         return 16, 16, 1, 1
-    if head_dim <= 64:
-        return 64, 64, 4, 3
-    return 64, 64, 8, 2
+    dtile = 2 * _hp(head_dim)
+    if dtype == torch.float32:  # 4-byte tiles: halve the tile area for wide heads
+        return (64, 64, 4, 2) if dtile <= 64 else (32, 32, 4, 2) if dtile <= 128 else (16, 16, 4, 1)
+    return (64, 64, 4, 3) if dtile <= 64 else (64, 64, 8, 2) if dtile <= 128 else (32, 32, 4, 2)
 
 
 def _hp(D: int) -> int:
@@ -457,7 +380,7 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
         cos, sin = (t.to(q.device).contiguous() for t in mirror_rope)
         if cos.shape != (B, T, D) or sin.shape != (B, T, D):
             raise ValueError(f"mirror_rope tables must be [B, T, D] = {(B, T, D)}, got {tuple(cos.shape)}")
-    bm0, bn0, warps0, stages0 = default_config(D, q.device)
+    bm0, bn0, warps0, stages0 = default_config(D, q.dtype, q.device)
     if blocks is None:
         blocks = cached_classify_blocks(lo, hi, block_m or bm0, block_n or bn0)
     elif not isinstance(blocks, BlockClassification) or blocks.seq_len != T or blocks.cls.shape[0] != B \
@@ -467,3 +390,13 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
     launch = (num_warps or warps0, num_stages or stages0)
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch)
+
+
+class _CallableModule(types.ModuleType):
+    # `import bico_kernels.masked_attention` rebinds the package attribute of that name from the
+    # function to this module; keep `bico_kernels.masked_attention(...)` working either way.
+    def __call__(self, *args, **kwargs):
+        return masked_attention(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -2,6 +2,17 @@
 from __future__ import annotations
 
 import copy
+import os
+
+# Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before
+# triton is first imported (importing bico imports transformers, which may import triton).
+try:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
 
 import pytest
 import torch

@@ -7,6 +7,7 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
+import importlib  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -33,8 +34,10 @@ pytestmark = pytest.mark.interpreter
 
 BLOCK = 16
 # Absolute floors on top of "2x the error of the same-precision PyTorch reference".
-FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-MEASURED = {}  # dtype -> max kernel error vs float64 seen so far (docs/kernel.md quotes these)
+FLOOR = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 5e-3}
+# (dtype, output) -> max kernel error vs float64, max torch same-dtype error, max (kernel - 2 torch);
+# docs/kernel.md quotes these.
+MEASURED = {}
 
 
 # ----------------------------------------------------------------------------- mask builders
@@ -157,7 +160,8 @@ def compare(B, Hq, Hkv, T, D, dtype, lo, hi, g, mirror_pos=None, deterministic=F
         assert torch.isfinite(x).all(), f"{name}: non-finite values"
         err = (x.double() - r).abs().max().item()
         err_ref = (base.double() - r).abs().max().item()
-        MEASURED[dtype] = max(MEASURED.get(dtype, 0.0), err)
+        prev = MEASURED.get((dtype, name), (0.0, 0.0, 0.0))
+        MEASURED[(dtype, name)] = (max(prev[0], err), max(prev[1], err_ref), max(prev[2], err - 2 * err_ref))
         assert err <= 2 * err_ref + FLOOR[dtype], f"{name}: kernel err {err:.3g} vs torch {dtype} err {err_ref:.3g}"
     return got
 
@@ -263,6 +267,36 @@ def test_deterministic_backward_is_bitwise_reproducible():
         assert torch.equal(x, y)
 
 
+def test_deterministic_mode_uses_the_separate_dq_pass(monkeypatch):
+    # The interpreter runs programs one after another, so atomics cannot show nondeterminism on CPU;
+    # check the structure instead: deterministic=True launches the dQ kernel, the default does not.
+    impl = importlib.import_module("bico_kernels.masked_attention")
+
+    launches = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return self.kernel[grid]
+
+    monkeypatch.setattr(impl, "_bwd_dq_kernel", Spy(impl._bwd_dq_kernel))
+    g = torch.Generator().manual_seed(23)
+    B, T, D = 1, 17, 32
+    lo, hi = causal(B, T, g)
+    q, k, v, do = _inputs(B, 2, 1, T, D, torch.float32, g)
+    grads = {}
+    for det in (False, True):
+        before = len(launches)
+        grads[det] = _grads(lambda a, b, c: masked_attention(a, b, c, lo, hi, deterministic=det, block_m=BLOCK,
+                                                             block_n=BLOCK), q, k, v, do, torch.float32)
+        assert (len(launches) > before) == det
+    for x, y in zip(grads[False], grads[True]):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+
+
 def test_hf_layout_noncontiguous_inputs():
     # HF attention hands over q/k/v as [B, T, H, D].transpose(1, 2): strided, not contiguous.
     g = torch.Generator().manual_seed(13)
@@ -288,6 +322,9 @@ def test_block_classification_brute_force():
             vis = (lo[:, None, :] <= _ar(T)[None, :, None]) & (_ar(T)[None, :, None] < hi[:, None, :])
             NM, NN = math.ceil(T / bm), math.ceil(T / bn)
             assert blk.cls.shape == (2, NM, NN)
+            # Key columns past T count as hidden (the kernel loads zeros there and must mask them), so a
+            # tile holding them is never FULL; query rows past T do not exist and are ignored.
+            vis = torch.nn.functional.pad(vis, (0, NN * bn - T), value=False)
             for b in range(2):
                 for m in range(NM):
                     for n in range(NN):
@@ -310,7 +347,7 @@ def test_block_classification_brute_force():
 
 def test_classification_is_used_and_reusable():
     g = torch.Generator().manual_seed(19)
-    B, H, T, D = 1, 2, 37, 32
+    B, H, T, D = 1, 2, 48, 32  # T a multiple of the tile: no padded key columns
     lo, hi = causal(B, T, g)
     q, k, v, _ = (t.float() for t in _inputs(B, H, H, T, D, torch.float32, g))
     blk = classify_blocks(lo, hi, BLOCK, BLOCK)
