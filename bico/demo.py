@@ -54,6 +54,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
             max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit,
             seed=recipe.train.seed, progress=recipe.train.progress,
         )
+        write_report({objective: runs[objective]}, out / objective)  # visible before the next arm ends
         timings[objective] = {"train_s": result["wall_time_s"], "total_s": round(time.time() - t0, 1),
                               "tokens": result["tokens"], "steps": result["steps"]}
         del result

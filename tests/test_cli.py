@@ -1,0 +1,90 @@
+"""The command line: one-line errors with exit status 2, and the commands end to end."""
+import json
+from pathlib import Path
+
+import pytest
+
+from bico.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(REPO / "recipes" / "demo" / "tiny.yaml")
+SMALL = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
+         "train.progress=false", "train.max_steps=2", "eval.limit=4"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("bico: error:")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_recipe_key(capsys, reversal_dir):
+    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", "train.lrate=1")
+    one_line_error(code, err, "unknown recipe key 'train.lrate'", "valid keys")
+
+
+def test_unknown_objective_and_option(capsys, reversal_dir, tmp_path):
+    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", "objective.name=mystery",
+                       f"train.output_dir={tmp_path}", *SMALL)
+    one_line_error(code, err, "unknown objective 'mystery'")
+    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", "objective.name=bico",
+                       "objective.options.ratio=0.2", f"train.output_dir={tmp_path}", *SMALL)
+    one_line_error(code, err, "has no option(s) ratio")
+
+
+def test_missing_and_malformed_data(capsys, tmp_path):
+    code, _, err = run(capsys, "train", TINY, f"data.dir={tmp_path / 'nowhere'}", f"train.output_dir={tmp_path}")
+    one_line_error(code, err, "does not exist", "bico data reversal")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "p2d_prompts_train.jsonl").write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c"}\n')
+    code, _, err = run(capsys, "train", TINY, f"data.dir={bad}", f"train.output_dir={tmp_path / 'o'}", *SMALL)
+    one_line_error(code, err, "p2d_prompts_train.jsonl", "line 2", "completion")
+    (bad / "p2d_prompts_train.jsonl").write_text("")
+    code, _, err = run(capsys, "train", TINY, f"data.dir={bad}", f"train.output_dir={tmp_path / 'o'}", *SMALL)
+    one_line_error(code, err, "p2d_prompts_train.jsonl")
+
+
+def test_missing_model_folder(capsys, reversal_dir, tmp_path):
+    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", f"model.name={tmp_path / 'nomodel'}")
+    one_line_error(code, err, "neither a preset", "config.json")
+
+
+def test_train_then_eval_end_to_end(capsys, reversal_dir, tmp_path):
+    code, out, _ = run(capsys, "train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={tmp_path}", *SMALL)
+    assert code == 0 and "| ntp | p2d_prompts_test |" in out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["splits"]) == {"p2d_prompts_test", "p2d_reverse_prompts_test"}
+    for metrics in report["splits"].values():
+        assert {"n", "exact_match", "substring_match", "mean_logprob", "logprob_win_rate"} <= set(metrics)
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    code, out, _ = run(capsys, "eval", "--model", str(tmp_path / "model"), "--data", str(reversal_dir),
+                       "--splits", "p2d_reverse_prompts_test", "--limit", "4", "--max-new-tokens", "8",
+                       "--out", str(tmp_path / "ev"))
+    again = json.loads((tmp_path / "ev" / "eval.json").read_text())["splits"]["p2d_reverse_prompts_test"]
+    # The saved model evaluates exactly like the in-memory one.
+    assert again == report["splits"]["p2d_reverse_prompts_test"]
+
+
+def test_demo_quick(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path), *SMALL[:-1])
+    assert code == 0
+    runs = json.loads((tmp_path / "demo.json").read_text())
+    assert set(runs) == {"ntp", "bico"}
+    assert (tmp_path / "demo.png").is_file() and "| bico | p2d_reverse_prompts_test |" in out
+
+
+def test_data_commands(capsys, tmp_path):
+    code, out, _ = run(capsys, "data", "reversal", "--out", str(tmp_path), "--facts", "2",
+                       "--train-paraphrases", "3", "--test-paraphrases", "2")
+    assert code == 0 and (tmp_path / "p2d_reverse_prompts_test_randomized.jsonl").is_file()
+    code, out, _ = run(capsys, "data", "check", str(tmp_path / "p2d_prompts_train.jsonl"))
+    assert code == 0 and "6 rows" in out
