@@ -176,7 +176,10 @@ def rope_tables(model: torch.nn.Module, position_ids: torch.Tensor, dtype=torch.
         # The mirror is derived from cos/sin as pure rotations; a scaled table breaks that.
         raise ValueError(f"mirrored RoPE needs attention_scaling 1.0, the model's RoPE has {scaling}")
     probe = torch.empty(0, dtype=dtype, device=position_ids.device)
-    return rotary(probe, position_ids)
+    # .forward, not __call__: no module hooks run. DeepSpeed ZeRO-3 records the order of module
+    # calls and requires every rank to agree, and whether this extra call happens depends on the
+    # batch (BICO's denoising vs NTP steps), so it must stay invisible to it.
+    return rotary.forward(probe, position_ids)
 
 
 def rope_2d_tables(model: torch.nn.Module, position_ids: torch.Tensor, block_position_ids: torch.Tensor):

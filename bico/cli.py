@@ -26,9 +26,12 @@ def run_train(args) -> int:
     from bico.train import train
     from bico.evaluate import evaluate, write_report
     from bico.data import resolve_data_dir
+    from bico.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe)
+    if not is_main_process():
+        return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)
     print(f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}, "
           f"{result['tokens_per_s']} tokens/s -> {recipe.train.output_dir}")
     if recipe.eval.enabled:
@@ -66,6 +69,8 @@ def run_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bico", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    # The deepspeed launcher passes --local_rank=N before the command; bico reads $LOCAL_RANK instead.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="finetune a model from a YAML recipe, then evaluate it")
@@ -90,9 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to both demo recipes")
     p.set_defaults(handler=run_demo)
 
+    from bico.plan import add_plan_parser
+
+    add_plan_parser(sub)
+    from bico.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     from bico.data.cli import add_data_parser, run_data
 
     add_data_parser(sub).set_defaults(handler=run_data)
+    from bico.ablate import add_ablate_parser
+
+    add_ablate_parser(sub)
     return parser
 
 

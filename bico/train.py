@@ -1,10 +1,13 @@
 """The training loop: short enough to read in one sitting.
 
 Every source of randomness is derived from ``(train.seed, step)``: which examples form a step,
-the objective's per-batch choices and its masking. Resuming from a checkpoint therefore
-replays exactly the batches an uninterrupted run would have seen (torch's own RNG, used by
-LoRA dropout, is saved in the checkpoint). The optimizer/backward/step mechanics live behind
-an *engine* (:mod:`bico.engine`); objectives, data and evaluation do not know which one runs.
+the objective's per-batch choices and its masking, and torch's own RNG (LoRA dropout), reseeded
+for every micro-batch. Resuming from a checkpoint therefore replays exactly the batches an
+uninterrupted run would have seen, and N ranks (each taking its share of a step's micro-batches,
+see :class:`StepPlan`) compute exactly the step of one process with the same global batch.
+The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.engine`, or
+:mod:`bico.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
+do not know which one runs.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bico import distributed
 from bico.attention import rope_2d_tables, rope_tables
 from bico.collate import collate
 from bico.config import Recipe
@@ -50,12 +54,20 @@ def tokenize_examples(rows: list[dict], tokenizer, max_length: int, source: str 
 
 
 def load_training_rows(recipe: Recipe) -> list[dict]:
-    from bico.data import load_jsonl, resolve_data_dir
+    """Training rows; where the data dir's facts are known, each row gets ``meta`` = its fact's
+    ``{"name", "description"}`` (entity spans for objectives such as entity-preserving reversal)."""
+    from bico.data import fact_groups, load_facts, load_jsonl, resolve_data_dir
 
     folder = resolve_data_dir(recipe.data.dir)
     rows = []
     for name in recipe.data.train_files:
         rows.extend(load_jsonl(Path(folder) / name))
+    facts = load_facts(folder)
+    if facts:
+        descriptions = {f["name"]: f["description"] for f in facts}
+        for row, name in zip(rows, fact_groups(rows, facts)):
+            if name is not None:
+                row["meta"] = {"name": name, "description": descriptions[name]}
     return rows
 
 
@@ -66,7 +78,12 @@ def pick_device(name: str) -> torch.device:
 
 
 class StepPlan:
-    """Which examples make up optimizer step ``step``: a seeded permutation per epoch."""
+    """Which examples make up optimizer step ``step``: a seeded permutation per epoch.
+
+    With several ranks the plan is built for the global batch (``grad_accum`` x ranks
+    micro-batches per step) and rank r takes micro-batches r, r + ranks, ... (:meth:`for_rank`):
+    the union over ranks is exactly the single-process step with the same global batch.
+    """
 
     def __init__(self, num_examples: int, batch_size: int, grad_accum: int, seed: int):
         self.n, self.batch_size, self.grad_accum, self.seed = num_examples, batch_size, grad_accum, seed
@@ -79,6 +96,15 @@ class StepPlan:
         random.Random(f"order-{self.seed}-{epoch}").shuffle(order)
         chosen = order[index * self.per_step : (index + 1) * self.per_step]
         return [chosen[i : i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
+
+    def for_rank(self, step: int, rank: int, world: int) -> list[tuple[int, list[int]]]:
+        """``(global micro-batch index, example indices)`` of this rank's share of the step."""
+        return [(m, idx) for m, idx in enumerate(self.micro_batches(step)) if m % world == rank]
+
+
+def torch_seed(seed: int, step: int, micro: int) -> int:
+    """Seed of torch's RNG (dropout) for one micro-batch: the same whichever rank runs it."""
+    return random.Random(f"torch-{seed}-{step}-{micro}").getrandbits(63)
 
 
 def make_batch(objective, examples, indices, seed: int, step: int, micro: int, pad_id: int, data_cfg) -> dict:
@@ -111,7 +137,13 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    if distributed.launched() and not cfg.deepspeed:
+        raise TrainingError(
+            f"started as {distributed.world_size()} ranks but train.deepspeed is not set; several ranks train "
+            "through DeepSpeed, e.g. train.deepspeed=recipes/deepspeed/zero2.json"
+        )
+    device = distributed.setup(pick_device(cfg.device), use_deepspeed=bool(cfg.deepspeed))
+    world, rank = distributed.world_size(), distributed.rank()
 
     from bico.data import resolve_data_dir
 
@@ -123,7 +155,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
     rows = load_training_rows(recipe)
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length)
 
-    plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+    plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
     engine = build_engine(model, recipe, total_steps, device)
     start = 0
@@ -131,9 +163,12 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
     if checkpoint is not None:
         start = engine.load_checkpoint(checkpoint)
         logger.info("resumed from %s at step %d", checkpoint, start)
+    main = engine.is_main_process  # only rank 0 writes logs, the recipe, the summary and the model
+    lockstep = getattr(engine, "lockstep", False)  # DeepSpeed: grad_accum passes per rank, always
     metrics_path = out / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
-    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    if main:
+        _truncate_metrics(metrics_path, start)
+        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     logger.info(
         "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
         recipe.model.name, len(examples), total_steps, objective.describe(), f"{trainable:,}", f"{total:,}", device,
@@ -141,23 +176,35 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
 
     pad_id = tokenizer.pad_token_id
     tokens_seen, began, loss_value = 0, time.time(), float("nan")
-    bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress, initial=start,
-               total=total_steps)
+    bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress or not main,
+               initial=start, total=total_steps)
     for step in bar:
         objective.set_progress(step, total_steps)
         batches = [
-            make_batch(objective, examples, idx, cfg.seed, step, m, pad_id, recipe.data)
-            for m, idx in enumerate(plan.micro_batches(step))
+            (m, make_batch(objective, examples, idx, cfg.seed, step, m, pad_id, recipe.data))
+            for m, idx in plan.for_rank(step, rank, world)
         ]
-        num_targets = sum(b["num_targets"] for b in batches)
+        # Normalise by the targets of the whole step on all ranks, so gradients match one process.
+        num_targets, step_tokens = (int(v) for v in distributed.all_reduce_sum(
+            [sum(b["num_targets"] for _, b in batches), sum(b["num_tokens"] for _, b in batches if b["num_targets"])],
+            device))
+        # (micro index, batch, weight); empty batches (e.g. a denoising batch where no token drew
+        # a mask) are skipped, except in lock step where they run (and padding runs) with no effect.
+        passes = [(m, b, 1.0) for m, b in batches if lockstep or b["num_targets"] > 0]
+        if lockstep:
+            filler = batches[0] if batches else (0, make_batch(objective, examples, plan.micro_batches(step)[0],
+                                                                cfg.seed, step, 0, pad_id, recipe.data))
+            passes += [(filler[0], filler[1], 0.0)] * (cfg.grad_accum - len(passes))
         loss_sum = 0.0
-        for batch in batches:
-            if batch["num_targets"] == 0:
-                continue  # e.g. a denoising batch where no token drew a mask
-            loss = engine.backward_loss(lambda b=batch: batch_loss(engine.module, b, device), num_targets)
-            loss_sum += loss
-            tokens_seen += batch["num_tokens"]
-        loss_value = loss_sum / max(num_targets, 1)
+        for m, batch, weight in passes:
+            torch.manual_seed(torch_seed(cfg.seed, step, m))
+            if weight == 1.0:
+                compute = lambda b=batch: batch_loss(engine.module, b, device)  # noqa: E731
+            else:
+                compute = lambda b=batch: batch_loss(engine.module, b, device) * 0.0  # noqa: E731
+            loss_sum += engine.backward_loss(compute, num_targets)
+        tokens_seen += step_tokens
+        loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / max(num_targets, 1)
         if not math.isfinite(loss_value):
             raise TrainingError(
                 f"loss became {loss_value} at step {step + 1}; lower train.lr, enable train.max_grad_norm "
@@ -168,12 +215,13 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
             record = {
                 "step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": round(loss_value, 6),
                 "lr": engine.lr(), "grad_norm": grad_norm, "targets": num_targets,
-                "mode": ",".join(sorted({b["mode"] for b in batches})), "tokens": tokens_seen,
+                "mode": ",".join(sorted({b["mode"] for _, b in batches})), "tokens": tokens_seen,
                 "elapsed_s": round(time.time() - began, 2),
             }
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if main:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{loss_value:.4f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             engine.save_checkpoint(out, step + 1, keep=cfg.keep_checkpoints)
         if stop_after is not None and step + 1 >= stop_after:
@@ -186,10 +234,13 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
         "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 else None, "objective": objective.describe(),
         "trainable_params": trainable, "total_params": total, "device": str(device),
     }
-    if cfg.save_model and engine.is_main_process:
-        save_model(engine.unwrapped_model(), tokenizer, out / "model")
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    summary["model"], summary["tokenizer"] = engine.unwrapped_model(), tokenizer
+    model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
+    if cfg.save_model and main:
+        save_model(model, tokenizer, out / "model")
+    if main:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    distributed.barrier()
+    summary["model"], summary["tokenizer"], summary["engine"] = model, tokenizer, engine
     return summary
 
 

@@ -1,0 +1,59 @@
+"""The claim, checked: the reversal curse under NTP, and BICO's effect on it.
+
+A tiny Llama (2 layers, width 128, word-level vocabulary) is trained from scratch on generated
+fictitious facts: the p2d facts are seen only as "name -> description", the "both" facts in both
+orders (which teaches the question format "description -> name"), as in Berglund et al.'s
+training set. Then it is asked the p2d facts in both directions.
+
+Measured over seeds 0, 1, 2 with exactly this configuration (see README, "Behavioural test"):
+
+    objective  forward EM        reverse EM        reverse likelihood win
+    ntp        0.77 0.40 0.70    0.00 0.00 0.00    0.37 0.47 0.40
+    bico       0.80 0.80 0.60    0.30 0.37 0.23    0.97 0.93 0.87
+
+The assertions use seed 0 and margins below the smallest gap seen over the three seeds.
+"""
+import pytest
+
+from bico.config import load_recipe
+from bico.data import generate_reversal_dataset
+from bico.evaluate import evaluate
+from bico.train import train
+
+SPLITS = ["p2d_prompts_test", "p2d_reverse_prompts_test"]
+
+
+def run(objective, data_dir, out_dir, seed=0):
+    recipe = load_recipe(None, [
+        "model.name=tiny-random", "model.tokenizer=words", "model.layers=2", "model.hidden_size=128",
+        "model.heads=4", "model.kv_heads=2", "model.intermediate_size=256", f"model.init_seed={seed}",
+        "finetune.method=full", f"objective.name={objective}", f"data.dir={data_dir}", "data.max_length=64",
+        "data.train_files=[p2d_prompts_train.jsonl,both_prompts_train.jsonl]",
+        "train.epochs=60", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=10", f"train.seed={seed}",
+        "train.progress=false", "train.save_model=false", "train.log_every=1000", f"train.output_dir={out_dir}",
+    ])
+    result = train(recipe)
+    scores = evaluate(result["model"], result["tokenizer"], data_dir, SPLITS, max_new_tokens=24, batch_size=64,
+                      progress=False)["splits"]
+    return {
+        "forward": scores["p2d_prompts_test"]["exact_match"],
+        "reverse": scores["p2d_reverse_prompts_test"]["exact_match"],
+        "reverse_win": scores["p2d_reverse_prompts_test"]["logprob_win_rate"],
+    }
+
+
+@pytest.mark.slow
+def test_reversal_curse_and_bico(tmp_path):
+    data = tmp_path / "facts"
+    generate_reversal_dataset(data, facts_per_subset=6, train_paraphrases=30, test_paraphrases=5, seed=0)
+    ntp = run("ntp", data, tmp_path / "ntp")
+    bico = run("bico", data, tmp_path / "bico")
+    print({"ntp": ntp, "bico": bico})
+    # The curse: NTP learns the trained direction and cannot answer the reverse one.
+    assert ntp["forward"] >= 0.4
+    assert ntp["reverse"] <= 0.05
+    assert ntp["reverse_win"] <= 0.6  # no better than chance (0.5) at telling the right name
+    # BICO: the reverse direction is learned, in generation and in likelihood.
+    assert bico["forward"] >= 0.4
+    assert bico["reverse"] >= ntp["reverse"] + 0.15
+    assert bico["reverse_win"] >= ntp["reverse_win"] + 0.25
