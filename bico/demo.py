@@ -19,7 +19,7 @@ from bico.config import load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
 OBJECTIVES = ("ntp", "bico")
-# Data sized for the 15-minute budget on 2 cores; see README "What the demo measured".
+# Data sized for the 15-minute budget on 2 cores (measured: 10.5 min); see README "What the demo measured".
 DATA = {"facts_per_subset": 10, "train_paraphrases": 20, "test_paraphrases": 10, "seed": 0}
 QUICK_DATA = {"facts_per_subset": 2, "train_paraphrases": 4, "test_paraphrases": 2, "seed": 0}
 

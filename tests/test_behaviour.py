@@ -11,9 +11,15 @@ Measured over seeds 0, 1, 2 with exactly this configuration (see README, "Behavi
     ntp        0.77 0.40 0.70    0.00 0.00 0.00    0.37 0.47 0.40
     bico       0.80 0.80 0.60    0.30 0.37 0.23    0.97 0.93 0.87
 
-The assertions use seed 0 and margins below the smallest gap seen over the three seeds.
+The seeds were measured with one torch thread; the test runs with one thread too. With two
+threads, seed 0 gave the same NTP numbers and BICO forward EM 0.80, likelihood win 0.97, but
+reverse EM 0.10 instead of 0.30: greedy reverse answers of this tiny model flip on float
+rounding, its likelihood does not. So the assertions on generation are loose (BICO answers at
+least 2 of the 30 reversed questions that NTP never answers) and the likelihood gap carries
+the claim, with margins below the smallest gap seen.
 """
 import pytest
+import torch
 
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
@@ -44,6 +50,15 @@ def run(objective, data_dir, out_dir, seed=0):
 
 @pytest.mark.slow
 def test_reversal_curse_and_bico(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as measured; results depend on float summation order
+    try:
+        _check(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check(tmp_path):
     data = tmp_path / "facts"
     generate_reversal_dataset(data, facts_per_subset=6, train_paraphrases=30, test_paraphrases=5, seed=0)
     ntp = run("ntp", data, tmp_path / "ntp")
@@ -55,5 +70,5 @@ def test_reversal_curse_and_bico(tmp_path):
     assert ntp["reverse_win"] <= 0.6  # no better than chance (0.5) at telling the right name
     # BICO: the reverse direction is learned, in generation and in likelihood.
     assert bico["forward"] >= 0.4
-    assert bico["reverse"] >= ntp["reverse"] + 0.15
+    assert bico["reverse"] >= ntp["reverse"] + 0.05
     assert bico["reverse_win"] >= ntp["reverse_win"] + 0.25
