@@ -334,7 +334,9 @@ def markdown(rows: list[dict]) -> str:
     groups = list(dict.fromkeys(r["group"] for r in rows))
     at = {(r["group"], r["split"]): r for r in rows}
     seeds = sorted({r["seeds"] for r in rows})
-    lines = [f"Exact match, mean ± 95% CI over {'/'.join(map(str, seeds))} seeds (t interval).", "",
+    header = (f"Exact match, mean ± 95% CI over {'/'.join(map(str, seeds))} seeds (t interval)."
+              if seeds != [1] else "Exact match, one seed (no interval).")
+    lines = [header, "",
              "| objective | " + " | ".join(splits) + " | train tokens | wall s |",
              "|---|" + "---:|" * (len(splits) + 2)]
     for g in groups:

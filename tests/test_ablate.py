@@ -3,6 +3,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,6 +23,18 @@ def test_mean_and_t_interval():
     assert mean == 2.0 and ci == pytest.approx(4.303 / math.sqrt(3))  # sd 1, t(0.975, 2) = 4.303
     assert ablate.mean_ci([0.5]) == (0.5, ablate.mean_ci([0.5])[1]) and math.isnan(ablate.mean_ci([0.5])[1])
     assert ablate.t975(1) == 12.706 and ablate.t975(1000) == pytest.approx(1.9623, abs=1e-3)
+
+
+def test_markdown_one_seed_and_several_seeds():
+    def result(group, seed, em):
+        metrics = {"exact_match": em, "substring_match": em, "logprob_win_rate": 0.5, "mean_logprob": -1.0, "n": 10}
+        return {"group": group, "objective": group, "options": {}, "seed": seed, "tokens": 100, "wall_s": 1.0,
+                "train_s": 1.0, "splits": {"p2d_prompts_test": metrics, "p2d_reverse_prompts_test": metrics}}
+    cells = [SimpleNamespace(group="a")]  # aggregate() reads only the group of each cell
+    one = ablate.markdown(ablate.aggregate([result("a", 0, 0.25)], cells))
+    assert one.startswith("Exact match, one seed (no interval).") and "| a | 0.250 | 0.250 | 0.250 |" in one
+    two = ablate.markdown(ablate.aggregate([result("a", 0, 0.2), result("a", 1, 0.4)], cells))
+    assert two.startswith("Exact match, mean ± 95% CI over 2 seeds") and "0.300 ± 1.271" in two
 
 
 def test_spec_errors(tmp_path):
