@@ -49,6 +49,27 @@ def resolve_mask_id(tokenizer, mask_token: str) -> int:
     return int(token_id)
 
 
+def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool) -> torch.Tensor:
+    """Which positions may be masked: non-special, and not position 0 when shifting."""
+    eligible = torch.tensor([int(i) not in special_ids for i in ids.tolist()], dtype=torch.bool)
+    if shift and eligible.numel():
+        eligible[0] = False  # nothing precedes position 0 to predict it from
+    return eligible
+
+
+def masked_targets(ids: torch.Tensor, selected: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Targets of a denoising sample: selected token t at position t-1 (shift) or t."""
+    targets = torch.full_like(ids, IGNORE)
+    where = selected.nonzero().flatten()
+    targets[where - 1 if shift else where] = ids[where]
+    return targets
+
+
+def check_rope(name: str, rope: str) -> None:
+    if rope not in ("standard", "mirrored"):
+        raise ValueError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
+
+
 @register("bico")
 class Bico(Objective):
     def __init__(
@@ -65,8 +86,7 @@ class Bico(Objective):
             raise ValueError(f"bico.mask_ratio must be in (0, 1), got {mask_ratio}")
         if not 0.0 <= ntp_mix < 1.0:
             raise ValueError(f"bico.ntp_mix must be in [0, 1), got {ntp_mix}")
-        if rope not in ("mirrored", "standard"):
-            raise ValueError(f"bico.rope must be 'mirrored' or 'standard', got {rope!r}")
+        check_rope("bico", rope)
         self.mask_ratio, self.ntp_mix, self.rope, self.shift = mask_ratio, ntp_mix, rope, bool(shift)
         self.mask_token = mask_token
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
@@ -81,18 +101,12 @@ class Bico(Objective):
             return self._ntp.encode(example)
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
-        eligible = torch.tensor([int(i) not in self.special_ids for i in ids.tolist()])
-        if self.shift:
-            eligible[0] = False  # nothing precedes position 0 to predict it from
         draws = torch.tensor([rng.random() for _ in range(n)])
-        masked = eligible & (draws < self.mask_ratio)
-        targets = torch.full((n,), IGNORE, dtype=torch.long)
-        where = masked.nonzero().flatten()
-        targets[where - 1 if self.shift else where] = ids[where]
+        masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < self.mask_ratio)
         lo, hi = masks.bico(n, masked)
         return Sample(
             input_ids=ids.masked_fill(masked, self.mask_id),
-            targets=targets,
+            targets=masked_targets(ids, masked, self.shift),
             position_ids=torch.arange(n),
             lo=lo,
             hi=hi,

@@ -20,8 +20,7 @@ import torch
 
 from bico import masks
 from bico.objectives.base import Example, Objective, Sample
-from bico.objectives.bico import resolve_mask_id
-from bico.objectives.mntp import check_rope, eligible_tokens, masked_targets
+from bico.objectives.bico import check_rope, eligible_tokens, masked_targets, resolve_mask_id
 from bico.objectives.registry import register
 
 

@@ -22,32 +22,11 @@ from __future__ import annotations
 import torch
 
 from bico import masks
-from bico.objectives.base import IGNORE, Example, Objective, Sample
-from bico.objectives.bico import resolve_mask_id
+from bico.objectives.base import Example, Objective, Sample
+from bico.objectives.bico import check_rope, eligible_tokens, masked_targets, resolve_mask_id
 from bico.objectives.registry import register
 
 REPLACEMENTS = ("80/10/10", "all_mask")
-
-
-def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool) -> torch.Tensor:
-    """Which positions may be masked: non-special, and not position 0 when shifting."""
-    eligible = torch.tensor([int(i) not in special_ids for i in ids.tolist()], dtype=torch.bool)
-    if shift and eligible.numel():
-        eligible[0] = False
-    return eligible
-
-
-def masked_targets(ids: torch.Tensor, selected: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Targets of a denoising sample: selected token t at position t-1 (shift) or t."""
-    targets = torch.full_like(ids, IGNORE)
-    where = selected.nonzero().flatten()
-    targets[where - 1 if shift else where] = ids[where]
-    return targets
-
-
-def check_rope(name: str, rope: str) -> None:
-    if rope not in ("standard", "mirrored"):
-        raise ValueError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
 
 
 @register("mntp")
