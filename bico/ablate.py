@@ -199,8 +199,7 @@ def run_cell(job: tuple) -> dict:
     folder = Path(folder)
     began = time.time()
     try:
-        from bico.data import resolve_data_dir
-        from bico.evaluate import evaluate
+        from bico.evaluate import evaluate_recipe
         from bico.train import train
 
         recipe = cell.recipe
@@ -208,10 +207,7 @@ def run_cell(job: tuple) -> dict:
             recipe.train.device = _DEVICE
         summary = train(recipe)
         trained = time.time()
-        ev = recipe.eval
-        scores = evaluate(summary["model"], summary["tokenizer"], resolve_data_dir(recipe.data.dir), ev.splits,
-                          max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, limit=ev.limit,
-                          seed=recipe.train.seed, progress=False)
+        scores = evaluate_recipe(summary["model"], summary["tokenizer"], recipe, progress=False)
         result = {
             "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
             "options": cell.options, "splits": scores["splits"], "tokens": summary["tokens"],

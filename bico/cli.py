@@ -24,8 +24,7 @@ def _user_errors() -> tuple[type, ...]:
 
 def run_train(args) -> int:
     from bico.train import train
-    from bico.evaluate import evaluate, write_report
-    from bico.data import resolve_data_dir
+    from bico.evaluate import evaluate_recipe, write_report
     from bico.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -35,9 +34,7 @@ def run_train(args) -> int:
     print(f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}, "
           f"{result['tokens_per_s']} tokens/s -> {recipe.train.output_dir}")
     if recipe.eval.enabled:
-        scores = evaluate(result["model"], result["tokenizer"], resolve_data_dir(recipe.data.dir), recipe.eval.splits,
-                          max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
-                          limit=recipe.eval.limit, seed=recipe.train.seed, progress=recipe.train.progress)
+        scores = evaluate_recipe(result["model"], result["tokenizer"], recipe)
         paths = write_report({recipe.objective.name: scores}, recipe.train.output_dir)
         print(paths["md"].read_text(), end="")
     return 0

@@ -92,6 +92,8 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     limit: int | None = None  # first N rows of each split
+    # Generate at most (longest target of the split, in tokens) + this many tokens; None = max_new_tokens
+    generation_margin: int | None = None
     enabled: bool = True
 
 

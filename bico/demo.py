@@ -33,7 +33,7 @@ def recipe_path(objective: str, quick: bool) -> Path:
 
 def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None) -> dict:
     from bico.data import generate_reversal_dataset
-    from bico.evaluate import evaluate, write_report
+    from bico.evaluate import evaluate_recipe, write_report
     from bico.train import train
 
     out = Path(out)
@@ -49,11 +49,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
              "train.save_model=false"] + list(overrides or []),
         )
         result = train(recipe)
-        runs[objective] = evaluate(
-            result["model"], result["tokenizer"], data_dir, recipe.eval.splits,
-            max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit,
-            seed=recipe.train.seed, progress=recipe.train.progress,
-        )
+        runs[objective] = evaluate_recipe(result["model"], result["tokenizer"], recipe)
         write_report({objective: runs[objective]}, out / objective)  # visible before the next arm ends
         timings[objective] = {"train_s": result["wall_time_s"], "total_s": round(time.time() - t0, 1),
                               "tokens": result["tokens"], "steps": result["steps"]}

@@ -86,9 +86,15 @@ def substring_match(generated: str, target: str) -> bool:
 
 
 def evaluate_split(model, tokenizer, rows: list[dict], randomized: list[dict], *, max_new_tokens=32,
-                   batch_size=32, progress=False) -> dict:
+                   batch_size=32, progress=False, generation_margin: int | None = None) -> dict:
+    """``generation_margin``: generate at most (longest target, in tokens) + margin new tokens
+    (capped by ``max_new_tokens``). Exact match only reads the target's length; substring match
+    then only looks that far."""
     prompts = [r["prompt"] for r in rows]
     targets = [r["completion"] for r in rows]
+    if generation_margin is not None and targets:
+        longest = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets)
+        max_new_tokens = min(max_new_tokens, longest + generation_margin)
     generated = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 progress=progress)
     correct = completion_logprobs(model, tokenizer, prompts, targets, batch_size=batch_size)
@@ -105,7 +111,8 @@ def evaluate_split(model, tokenizer, rows: list[dict], randomized: list[dict], *
 
 
 def evaluate(model, tokenizer, data_dir, splits: list, *, max_new_tokens: int = 32, batch_size: int = 32,
-             limit: int | None = None, seed: int = 0, progress: bool = True) -> dict:
+             limit: int | None = None, seed: int = 0, progress: bool = True,
+             generation_margin: int | None = None) -> dict:
     """Evaluate every split; returns ``{"splits": {name: metrics}}``."""
     from bico.data import load_split
 
@@ -120,10 +127,22 @@ def evaluate(model, tokenizer, data_dir, splits: list, *, max_new_tokens: int = 
             if limit:
                 rows, randomized = rows[:limit], randomized[:limit]
             results[name] = evaluate_split(model, tokenizer, rows, randomized, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, progress=progress)
+                                           batch_size=batch_size, progress=progress,
+                                           generation_margin=generation_margin)
     finally:
         model.train(was_training)
     return {"splits": results}
+
+
+def evaluate_recipe(model, tokenizer, recipe, *, progress: bool | None = None) -> dict:
+    """:func:`evaluate` on the recipe's data dir with its ``eval`` settings and seed."""
+    from bico.data import resolve_data_dir
+
+    ev = recipe.eval
+    return evaluate(model, tokenizer, resolve_data_dir(recipe.data.dir), ev.splits, max_new_tokens=ev.max_new_tokens,
+                    batch_size=ev.batch_size, limit=ev.limit, seed=recipe.train.seed,
+                    progress=recipe.train.progress if progress is None else progress,
+                    generation_margin=ev.generation_margin)
 
 
 COLUMNS = ("n", "exact_match", "substring_match", "mean_logprob", "logprob_win_rate")

@@ -61,6 +61,16 @@ def next_token_targets(ids: list[int], first_target: int = 1) -> torch.Tensor:
     return targets
 
 
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if out and a < out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 class Objective:
     """Base class. Subclasses set ``name`` and implement :meth:`encode`."""
 
@@ -73,6 +83,7 @@ class Objective:
             raise ValueError("the tokenizer has no EOS token; bico appends EOS to every training text")
         self.eos_id = int(eos)
         self.special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+        self._pieces: dict[int, str] = {}
 
     def start_batch(self, rng: random.Random) -> Any:
         """Per-batch decision shared by all examples of the batch (default: none)."""
@@ -91,3 +102,62 @@ class Objective:
     def describe(self) -> dict:
         """The options this objective was built with (logged with every run)."""
         return {"name": self.name}
+
+    # Token-level text helpers shared by objectives that work on words or entity spans.
+    def piece(self, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = self.tokenizer.decode([token])
+        return self._pieces[token]
+
+    def word_starts(self, content: list[int]) -> list[bool]:
+        return [i == 0 or self.piece(t)[:1].isspace() for i, t in enumerate(content)]
+
+    def entity_ranges(self, content: list[int], meta: dict, keys=("name", "description")) -> list[tuple[int, int]]:
+        """Token ranges of the example's entities (``meta[key]`` for each key, matched
+        case-insensitively), else capitalised-word runs."""
+        pieces = [self.piece(t) for t in content]
+        ends, total = [], 0
+        for p in pieces:
+            total += len(p)
+            ends.append(total)
+        starts = [e - len(p) for e, p in zip(ends, pieces)]
+        text = "".join(pieces).lower()
+        found = []
+        for key in keys:
+            entity = str(meta.get(key) or "").strip().lower()
+            at = text.find(entity) if entity else -1
+            while at >= 0:
+                tokens = [i for i in range(len(content)) if starts[i] < at + len(entity) and ends[i] > at]
+                found.append((tokens[0], tokens[-1] + 1))
+                at = text.find(entity, at + len(entity))
+        if found:
+            return _merge(found)
+        words = self.units_by_words(content)
+        caps = [self.piece(content[a]).strip()[:1].isupper() for a, _ in words]
+        runs, k = [], 0
+        while k < len(words):
+            m = k
+            while m < len(words) and caps[m]:
+                m += 1
+            if m - k >= 2:
+                runs.append((words[k][0], words[m - 1][1]))
+            k = max(m, k + 1)
+        return runs
+
+    def units_by_words(self, content: list[int], entities=()) -> list[tuple[int, int]]:
+        """Words as token ranges; an entity range is one unit (with any glued punctuation)."""
+        starts = self.word_starts(content)
+        entity_at = {a: b for a, b in entities}
+        units: list[list[int]] = []
+        i = 0
+        while i < len(content):
+            if i in entity_at:
+                units.append([i, entity_at[i]])
+                i = entity_at[i]
+                continue
+            if starts[i] or not units:
+                units.append([i, i + 1])
+            else:
+                units[-1][1] = i + 1
+            i += 1
+        return [(a, b) for a, b in units]

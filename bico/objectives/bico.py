@@ -13,6 +13,14 @@ otherwise a denoising step:
   output at position t-1, keeping the pretrained LM head's next-token alignment. With
   ``shift=False`` token t is predicted at its own position.
 
+Entity-aware masking (not in the paper; off by default): with ``entity_mask`` > 0, in a
+denoising step each example, with probability ``entity_mask``, also has one whole entity span
+masked — the fact's ``name`` (``entity="name"``), its ``description``, or either at random
+(``"any"``) — as found through ``Example.meta`` (the reversal data's ``facts.jsonl``; without it,
+runs of capitalised words). The model must then rebuild the whole name from the description
+around it, the association a reversed question asks for. With ``shift`` a span token at
+position 0 is masked but has no target (nothing precedes it; SmolLM2 adds no BOS).
+
 ``mask_token``: ``"unk"`` (the paper: Llama's ``<unk>``), ``"pad"``, ``"added"`` (a new
 ``<|mask|>`` special token; the trainer resizes the embeddings) or any existing token string.
 """
@@ -26,6 +34,7 @@ from bico.objectives.ntp import NextTokenPrediction
 from bico.objectives.registry import register
 
 ADDED_MASK_TOKEN = "<|mask|>"
+ENTITIES = ("name", "description", "any")
 
 
 def resolve_mask_id(tokenizer, mask_token: str) -> int:
@@ -80,6 +89,8 @@ class Bico(Objective):
         mask_token: str = "unk",
         rope: str = "mirrored",
         shift: bool = True,
+        entity_mask: float = 0.0,
+        entity: str = "name",
     ):
         super().__init__(tokenizer)
         if not 0.0 < mask_ratio < 1.0:
@@ -87,6 +98,11 @@ class Bico(Objective):
         if not 0.0 <= ntp_mix < 1.0:
             raise ValueError(f"bico.ntp_mix must be in [0, 1), got {ntp_mix}")
         check_rope("bico", rope)
+        if not 0.0 <= entity_mask <= 1.0:
+            raise ValueError(f"bico.entity_mask must be in [0, 1], got {entity_mask}")
+        if entity not in ENTITIES:
+            raise ValueError(f"bico.entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+        self.entity_mask, self.entity = float(entity_mask), entity
         self.mask_ratio, self.ntp_mix, self.rope, self.shift = mask_ratio, ntp_mix, rope, bool(shift)
         self.mask_token = mask_token
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
@@ -102,19 +118,37 @@ class Bico(Objective):
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
         draws = torch.tensor([rng.random() for _ in range(n)])
-        masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < self.mask_ratio)
+        eligible = eligible_tokens(ids, self.special_ids, self.shift)
+        masked = eligible & (draws < self.mask_ratio)
+        if self.entity_mask and rng.random() < self.entity_mask:
+            masked |= self.entity_span(ids, example.meta, rng)
+        predicted = masked.clone()
+        if self.shift and n:
+            predicted[0] = False  # an entity token at position 0: hidden, but nothing precedes it to predict it
         lo, hi = masks.bico(n, masked)
         return Sample(
             input_ids=ids.masked_fill(masked, self.mask_id),
-            targets=masked_targets(ids, masked, self.shift),
+            targets=masked_targets(ids, predicted, self.shift),
             position_ids=torch.arange(n),
             lo=lo,
             hi=hi,
             mirror_rope=self.rope == "mirrored",
         )
 
+    def entity_span(self, ids: torch.Tensor, meta: dict, rng) -> torch.Tensor:
+        """Boolean mask of one whole entity span of the example (none found: all False)."""
+        key = rng.choice(("name", "description")) if self.entity == "any" else self.entity
+        span = torch.zeros(ids.numel(), dtype=torch.bool)
+        ranges = self.entity_ranges(ids.tolist(), meta or {}, keys=(key,))
+        if ranges:
+            a, b = ranges[rng.randrange(len(ranges))]
+            span[a:b] = True
+        special = torch.tensor([int(i) in self.special_ids for i in ids.tolist()], dtype=torch.bool)
+        return span & ~special
+
     def describe(self) -> dict:
         return {
             "name": self.name, "mask_ratio": self.mask_ratio, "ntp_mix": self.ntp_mix,
             "mask_token": self.mask_token, "mask_id": self.mask_id, "rope": self.rope, "shift": self.shift,
+            "entity_mask": self.entity_mask, "entity": self.entity,
         }

@@ -31,16 +31,6 @@ MODES = ("token", "word", "entity", "segment")
 REV_TOKEN = "<|rev|>"
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a < out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
 @register("reverse")
 class ReverseTraining(Objective):
     def __init__(self, tokenizer, mode: str = "entity", segment_max: int = 25, forward: bool = True):
@@ -53,64 +43,6 @@ class ReverseTraining(Objective):
         self.rev_id = add_special_token(tokenizer, REV_TOKEN) if mode == "segment" else None
         if self.rev_id is not None:
             self.special_ids = self.special_ids | {self.rev_id}
-        self._pieces: dict[int, str] = {}
-
-    def piece(self, token: int) -> str:
-        if token not in self._pieces:
-            self._pieces[token] = self.tokenizer.decode([token])
-        return self._pieces[token]
-
-    def word_starts(self, content: list[int]) -> list[bool]:
-        return [i == 0 or self.piece(t)[:1].isspace() for i, t in enumerate(content)]
-
-    def entity_ranges(self, content: list[int], meta: dict) -> list[tuple[int, int]]:
-        """Token ranges of the example's entities (meta), else capitalised-word runs."""
-        pieces = [self.piece(t) for t in content]
-        ends, total = [], 0
-        for p in pieces:
-            total += len(p)
-            ends.append(total)
-        starts = [e - len(p) for e, p in zip(ends, pieces)]
-        text = "".join(pieces).lower()
-        found = []
-        for key in ("name", "description"):
-            entity = str(meta.get(key) or "").strip().lower()
-            at = text.find(entity) if entity else -1
-            while at >= 0:
-                tokens = [i for i in range(len(content)) if starts[i] < at + len(entity) and ends[i] > at]
-                found.append((tokens[0], tokens[-1] + 1))
-                at = text.find(entity, at + len(entity))
-        if found:
-            return _merge(found)
-        words = self.units_by_words(content)
-        caps = [self.piece(content[a]).strip()[:1].isupper() for a, _ in words]
-        runs, k = [], 0
-        while k < len(words):
-            m = k
-            while m < len(words) and caps[m]:
-                m += 1
-            if m - k >= 2:
-                runs.append((words[k][0], words[m - 1][1]))
-            k = max(m, k + 1)
-        return runs
-
-    def units_by_words(self, content: list[int], entities=()) -> list[tuple[int, int]]:
-        """Words as token ranges; an entity range is one unit (with any glued punctuation)."""
-        starts = self.word_starts(content)
-        entity_at = {a: b for a, b in entities}
-        units: list[list[int]] = []
-        i = 0
-        while i < len(content):
-            if i in entity_at:
-                units.append([i, entity_at[i]])
-                i = entity_at[i]
-                continue
-            if starts[i] or not units:
-                units.append([i, i + 1])
-            else:
-                units[-1][1] = i + 1
-            i += 1
-        return [(a, b) for a, b in units]
 
     def reverse_ids(self, ids: list[int], meta: dict, rng) -> list[int]:
         lead, content, tail = strip_specials(ids, self.special_ids)
