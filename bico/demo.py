@@ -1,37 +1,65 @@
-"""``bico demo``: the reversal curse and BICO's effect on it, on a 2-core CPU.
+"""``bico demo``: the reversal curse and what bico's objectives do about it, on a 2-core CPU.
 
-1. Generates fictitious facts (``bico data reversal``) and keeps the p2d subset: every fact is
-   trained only as "name -> description".
-2. Finetunes SmolLM2-135M-Instruct twice from the same weights, with NTP and with BICO
-   (recipes ``recipes/demo/smollm2_{ntp,bico}.yaml``).
-3. Evaluates both on held-out paraphrases in the trained direction (``p2d_prompts_test``) and
-   in the reverse direction (``p2d_reverse_prompts_test``: description -> name), prints the
-   table and writes ``demo.json``, ``demo.md`` and ``demo.png`` under ``--out``.
+1. Generates fictitious facts (``bico data reversal``) in the layout of Berglund et al. and the
+   BICO code: p2d facts trained only as "name -> description", d2p only as "description ->
+   name", "both" in both orders (``all_prompts_train``).
+2. Finetunes SmolLM2-135M-Instruct once per arm from the same weights (recipes
+   ``recipes/demo/smollm2_<arm>.yaml``: NTP, paper-faithful BICO, and the best configuration
+   the lab notebook found).
+3. Evaluates every arm on held-out paraphrases of the four Berglund cells (p2d and d2p facts,
+   each asked in the trained and in the reverse direction), prints the table and the machine's
+   CPU with the timings, and writes ``demo.json``, ``demo.md`` and ``demo.png`` under ``--out``.
 
 ``--quick`` runs the same pipeline on ``tiny-random`` in seconds (a smoke test, no claim).
 """
 from __future__ import annotations
 
+import platform
 import time
 from pathlib import Path
 
 from bico.config import load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
-OBJECTIVES = ("ntp", "bico")
-# Data sized for the 15-minute budget on 2 cores (measured: 10.5 min); see README "What the demo measured".
-DATA = {"facts_per_subset": 10, "train_paraphrases": 20, "test_paraphrases": 10, "seed": 0}
+# NTP, paper-faithful BICO, and the best configuration found (benchmarks/NOTES-reversal.md).
+ARMS = ("ntp", "bico", "bico_reverse")
+# Data sized for the budget (<= 10 minutes on the 2-core machine); see README "What the demo measured".
+DATA = {"facts_per_subset": 5, "train_paraphrases": 10, "test_paraphrases": 5, "seed": 0}
 QUICK_DATA = {"facts_per_subset": 2, "train_paraphrases": 4, "test_paraphrases": 2, "seed": 0}
 
 
-def recipe_path(objective: str, quick: bool) -> Path:
-    path = RECIPES / ("tiny.yaml" if quick else f"smollm2_{objective}.yaml")
+def recipe_path(arm: str, quick: bool = False) -> Path:
+    path = RECIPES / ("tiny.yaml" if quick else f"smollm2_{arm}.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"demo recipe {path} is missing; run the demo from a bico source checkout")
     return path
 
 
+def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list[str]):
+    """The arm's recipe; ``quick`` trains the arm's objective on tiny-random instead."""
+    common = [f"data.dir={data_dir}", f"train.output_dir={out / arm}", "train.save_model=false"] + overrides
+    recipe = load_recipe(recipe_path(arm), common)
+    if quick:
+        tiny = load_recipe(recipe_path(arm, quick=True), common)
+        tiny.objective = recipe.objective
+        return tiny
+    return recipe
+
+
+def cpu_model() -> str:
+    """The CPU's model name (timings are only comparable on the same kind of machine)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None) -> dict:
+    import torch
+
     from bico.data import generate_reversal_dataset
     from bico.evaluate import evaluate_recipe, write_report
     from bico.train import train
@@ -41,23 +69,28 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     data_dir = out / "data"
     generate_reversal_dataset(data_dir, **(QUICK_DATA if quick else DATA))
     runs, timings = {}, {}
-    for objective in OBJECTIVES:
+    for arm in ARMS:
         t0 = time.time()
-        recipe = load_recipe(
-            recipe_path(objective, quick),
-            [f"objective.name={objective}", f"data.dir={data_dir}", f"train.output_dir={out / objective}",
-             "train.save_model=false"] + list(overrides or []),
-        )
+        recipe = arm_recipe(arm, data_dir, out, quick, list(overrides or []))
         result = train(recipe)
-        runs[objective] = evaluate_recipe(result["model"], result["tokenizer"], recipe)
-        write_report({objective: runs[objective]}, out / objective)  # visible before the next arm ends
-        timings[objective] = {"train_s": result["wall_time_s"], "total_s": round(time.time() - t0, 1),
-                              "tokens": result["tokens"], "steps": result["steps"]}
+        trained = time.time()
+        runs[arm] = evaluate_recipe(result["model"], result["tokenizer"], recipe)
+        write_report({arm: runs[arm]}, out / arm)  # visible before the next arm ends
+        timings[arm] = {"train_s": result["wall_time_s"], "eval_s": round(time.time() - trained, 1),
+                        "total_s": round(time.time() - t0, 1), "tokens": result["tokens"], "steps": result["steps"],
+                        "tokens_per_s": result["tokens_per_s"]}
         del result
-    for objective in OBJECTIVES:
-        runs[objective]["timing"] = timings[objective]
+    machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    for arm in ARMS:
+        runs[arm]["timing"] = timings[arm]
+        runs[arm]["machine"] = machine
     paths = write_report(runs, out, stem="demo")
     total = time.time() - began
     print(paths["md"].read_text(), end="")
-    print(f"demo finished in {total / 60:.1f} min; results in {paths['json']} and {paths['png']}")
+    for arm in ARMS:
+        t = timings[arm]
+        print(f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s "
+              f"({t['tokens_per_s']} tokens/s), eval {t['eval_s']:.0f} s")
+    print(f"demo finished in {total / 60:.1f} min on {machine['cpu']} ({machine['torch_threads']} torch threads); "
+          f"results in {paths['json']} and {paths['png']}")
     return {"runs": runs, "total_s": total}
