@@ -387,16 +387,19 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
     plt.close(fig)
     reverse = [r for r in rows if r["split"] == "reverse (mean)"]
     if reverse:
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        for r in reverse:
-            err = 0 if math.isnan(r["exact_match_ci95"]) else r["exact_match_ci95"]
-            ax.errorbar(r["train_tokens"], r["exact_match_mean"], yerr=err, fmt="o", capsize=3, label=r["group"])
-        ax.set_xscale("log")
-        ax.set_xlabel("training tokens (mean per run)")
-        ax.set_ylabel("reverse exact match (mean of reverse splits)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("Reverse accuracy vs training cost")
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        for ax, key, label in ((axes[0], "train_tokens", "training tokens (mean per run)"),
+                               (axes[1], "train_s", "training time, minutes (mean per run)")):
+            for r in reverse:
+                err = 0 if math.isnan(r["exact_match_ci95"]) else r["exact_match_ci95"]
+                x = r[key] / 60 if key == "train_s" else r[key]
+                ax.errorbar(x, r["exact_match_mean"], yerr=err, fmt="o", capsize=3, label=r["group"])
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_ylim(-0.02, 1.02)
+        axes[0].set_ylabel("reverse exact match (mean of reverse splits)")
+        fig.suptitle("Reverse accuracy vs training cost")
+        axes[1].legend(fontsize=7)
         fig.tight_layout()
         paths["tokens_png"] = atomic_savefig(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
         plt.close(fig)
