@@ -59,7 +59,7 @@ def run_eval(args) -> int:
 def run_demo(args) -> int:
     from bico.demo import demo
 
-    demo(out=args.out, quick=args.quick, overrides=args.overrides)
+    demo(out=args.out, quick=args.quick, overrides=args.overrides, arms=args.arms.split(",") if args.arms else None)
     return 0
 
 
@@ -86,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(handler=run_eval)
 
-    p = sub.add_parser("demo", help="NTP vs BICO on SmolLM2-135M and generated facts (CPU, < 15 min)")
+    p = sub.add_parser("demo", help="the reversal curse and its cure on SmolLM2-135M and generated facts (CPU)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="tiny-random model, seconds (smoke test)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to both demo recipes")
+    p.add_argument("--arms", default=None,
+                   help="comma-separated arms, each recipes/demo/smollm2_ARM.yaml (default: ntp,bico,bico_heavy)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every demo recipe")
     p.set_defaults(handler=run_demo)
 
     from bico.plan import add_plan_parser

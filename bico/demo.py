@@ -22,7 +22,7 @@ from bico.config import load_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
 # NTP, paper-faithful BICO, and the best configuration found (benchmarks/NOTES-reversal.md).
-ARMS = ("ntp", "bico", "bico_reverse")
+ARMS = ("ntp", "bico", "bico_heavy")
 # Data sized for the budget (<= 10 minutes on the 2-core machine); see README "What the demo measured".
 DATA = {"facts_per_subset": 5, "train_paraphrases": 10, "test_paraphrases": 5, "seed": 0}
 QUICK_DATA = {"facts_per_subset": 2, "train_paraphrases": 4, "test_paraphrases": 2, "seed": 0}
@@ -57,19 +57,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None) -> dict:
+def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None,
+         arms: list[str] | None = None) -> dict:
     import torch
 
     from bico.data import generate_reversal_dataset
     from bico.evaluate import evaluate_recipe, write_report
     from bico.train import train
 
+    arms = tuple(arms or ARMS)
+    for arm in arms:
+        recipe_path(arm)  # a typo fails before anything trains
     out = Path(out)
     began = time.time()
     data_dir = out / "data"
     generate_reversal_dataset(data_dir, **(QUICK_DATA if quick else DATA))
     runs, timings = {}, {}
-    for arm in ARMS:
+    for arm in arms:
         t0 = time.time()
         recipe = arm_recipe(arm, data_dir, out, quick, list(overrides or []))
         result = train(recipe)
@@ -81,13 +85,13 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
                         "tokens_per_s": result["tokens_per_s"]}
         del result
     machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    for arm in ARMS:
+    for arm in arms:
         runs[arm]["timing"] = timings[arm]
         runs[arm]["machine"] = machine
-    paths = write_report(runs, out, stem="demo")
+    paths = write_report(runs, out, stem="demo", keyed=True)
     total = time.time() - began
     print(paths["md"].read_text(), end="")
-    for arm in ARMS:
+    for arm in arms:
         t = timings[arm]
         print(f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s "
               f"({t['tokens_per_s']} tokens/s), eval {t['eval_s']:.0f} s")

@@ -187,10 +187,13 @@ def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal cu
     return out
 
 
-def write_report(runs: dict[str, dict], folder: str | Path, stem: str = "eval") -> dict:
-    """``stem.json``, ``stem.md`` and ``stem.png`` in ``folder`` (each written atomically)."""
+def write_report(runs: dict[str, dict], folder: str | Path, stem: str = "eval", keyed: bool | None = None) -> dict:
+    """``stem.json``, ``stem.md`` and ``stem.png`` in ``folder`` (each written atomically).
+
+    The JSON maps each label to its run (``keyed``; default: when there are several runs)."""
     folder = Path(folder)
-    atomic_write_json(folder / f"{stem}.json", runs if len(runs) > 1 else next(iter(runs.values())))
+    keyed = len(runs) > 1 if keyed is None else keyed
+    atomic_write_json(folder / f"{stem}.json", runs if keyed else next(iter(runs.values())))
     atomic_write(folder / f"{stem}.md", markdown_table(runs))
     plot_runs(runs, folder / f"{stem}.png")
     return {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "png": folder / f"{stem}.png"}

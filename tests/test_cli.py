@@ -78,8 +78,8 @@ def test_demo_quick(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path), *SMALL[:-1])
     assert code == 0
     runs = json.loads((tmp_path / "demo.json").read_text())
-    assert set(runs) == {"ntp", "bico"}
-    assert (tmp_path / "demo.png").is_file() and "| bico | p2d_reverse_prompts_test |" in out
+    assert set(runs) == {"ntp", "bico", "bico_heavy"}
+    assert (tmp_path / "demo.png").is_file() and "| bico_heavy | p2d_reverse_prompts_test |" in out
 
 
 def test_data_commands(capsys, tmp_path):
@@ -88,3 +88,10 @@ def test_data_commands(capsys, tmp_path):
     assert code == 0 and (tmp_path / "p2d_reverse_prompts_test_randomized.jsonl").is_file()
     code, out, _ = run(capsys, "data", "check", str(tmp_path / "p2d_prompts_train.jsonl"))
     assert code == 0 and "6 rows" in out
+
+
+def test_demo_arms_option(capsys, tmp_path):
+    code, _, err = run(capsys, "demo", "--quick", "--arms", "ntp,nope", "--out", str(tmp_path))
+    assert code == 2 and "smollm2_nope.yaml" in err
+    code, out, _ = run(capsys, "demo", "--quick", "--arms", "ntp", "--out", str(tmp_path), *SMALL[:-1])
+    assert code == 0 and set(json.loads((tmp_path / "demo.json").read_text())) == {"ntp"}
