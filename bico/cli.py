@@ -35,18 +35,23 @@ def run_train(args) -> int:
         return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)
     out = Path(recipe.train.output_dir)
     if result.get("already_finished"):
-        print(f"the run in {out} is finished ({result['steps']} steps); nothing to do "
-              "(raise train.max_steps or train.epochs to train it further)")
-        if recipe.eval.enabled and not (out / "eval.json").is_file():
-            # Killed while evaluating: evaluate the saved model, as the finished run would have.
-            if not (out / "model").is_dir():
-                raise RecipeError(f"{out} has no eval.json and no saved model to evaluate (train.save_model=false)")
-            from bico.config import ModelConfig
-            from bico.models import load_model
+        from bico.rundir import EVAL_FILES
 
-            model, tokenizer = load_model(ModelConfig(name=str(out / "model"),
-                                                      attn_implementation=recipe.model.attn_implementation))
-            evaluate_run(recipe, model, tokenizer)
+        if not recipe.eval.enabled or all((out / name).is_file() for name in EVAL_FILES):
+            print(f"the run in {out} is finished ({result['steps']} steps); nothing to do "
+                  "(raise train.max_steps or train.epochs to train it further)")
+            return 0
+        # Killed while evaluating: evaluate the saved model, as the finished run would have.
+        if not (out / "model").is_dir():
+            raise RecipeError(f"the run in {out} is finished but not evaluated, and has no saved model to evaluate "
+                              "(train.save_model=false); train it again with train.overwrite=true")
+        print(f"the run in {out} is finished ({result['steps']} steps) but not evaluated; evaluating its model")
+        from bico.config import ModelConfig
+        from bico.models import load_model
+
+        model, tokenizer = load_model(ModelConfig(name=str(out / "model"),
+                                                  attn_implementation=recipe.model.attn_implementation))
+        evaluate_run(recipe, model, tokenizer)
         return 0
     final_loss = result["final_loss"]
     print(f"trained {result['steps']} steps, final loss {final_loss:.4f}, {result['tokens_per_s']} tokens/s -> {out}")

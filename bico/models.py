@@ -81,7 +81,10 @@ def smollm2_folder() -> Path:
         with _no_deepspeed_probe():
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, target)
+        if (target / "config.json").is_file():  # another process converted it meanwhile: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -118,6 +118,13 @@ class RunLock:
             self.fd = None
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def _read_holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -196,7 +203,7 @@ class RunDir:
             leftovers += [p for p in checkpoints.iterdir() if p.name.startswith(".")]
         for p in leftovers:
             logger.info("removing %s, left by a save that was interrupted", p)
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            _remove(p)
 
     def _run_entries(self) -> tuple[list[str], list[str]]:
         """(this folder's entries that a bico run writes, entries that are something else)."""
@@ -272,8 +279,7 @@ class RunDir:
         if self.to_delete:
             logger.info("train.overwrite=true: deleting the run in %s", self.path)
         for name in self.to_delete:
-            p = self.path / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            _remove(self.path / name)
         if self.resume:
             for name in (SUMMARY, *EVAL_FILES):  # a finished run trained further: its results are stale
                 (self.path / name).unlink(missing_ok=True)

@@ -214,7 +214,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     if finished is not None:
         logger.info("%s: the run finished after %d steps; nothing to do", cfg.output_dir, finished["steps"])
         return {**finished, "already_finished": True}
-    if run.state["step"] >= total_steps:
+    if run.state["step"] > total_steps:
         raise TrainingError(f"the checkpoint in {cfg.output_dir} is at step {run.state['step']}, past the "
                             f"{total_steps} steps this recipe asks for; raise train.max_steps or train.epochs")
     engine = build_engine(model, recipe, total_steps, device)
@@ -232,7 +232,8 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     )
 
     pad_id = tokenizer.pad_token_id
-    began, loss_value = time.time(), float("nan")
+    # A run killed after its last checkpoint but before its summary resumes with no step left to do.
+    began, loss_value = time.time(), float(run.state.get("loss", math.nan))
 
     def elapsed() -> float:  # training time over every resumption, not only this process's
         return counters["elapsed_s"] + (time.time() - began)
@@ -283,7 +284,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         # A checkpoint at the last step too, so that raising the step budget later goes on from there.
         if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps):
             state = {"step": step + 1, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
-                     "recipe": recipe.to_dict()}
+                     "loss": loss_value, "recipe": recipe.to_dict()}
             engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()
