@@ -228,6 +228,7 @@ _RANGES = {
     "train.seed": _AT_LEAST_0, "train.log_every": _AT_LEAST_1, "train.save_every": (lambda v: v >= 1, ">= 1 (or null)"),
     "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0: keep all)"),
     "eval.max_new_tokens": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.limit": (lambda v: v >= 1, ">= 1 (or null)"),
+    "eval.generation_margin": (lambda v: v >= 0, ">= 0 (or null)"),
 }
 # Objective options that are fractions, by name; each objective checks its own exact range too
 # (it needs the tokenizer to be built), this catches the typo before the model is loaded.
