@@ -177,12 +177,11 @@ class RunDir:
             raise RunDirError(f"train.output_dir {self.path} is a file, not a folder; choose another train.output_dir")
         if self.resume and not self.path.is_dir():
             raise RunDirError(f"train.resume=true but train.output_dir {self.path} does not exist: no run to resume")
-        missing = [p for p in [self.path, *self.path.parents] if not p.exists()]
+        self.created = list(reversed([p for p in [self.path, *self.path.parents] if not p.exists()]))
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunDirError(f"cannot create train.output_dir {self.path} ({err.strerror or err})") from None
-        self.created = list(reversed(missing))
 
     def _undo(self) -> None:
         """Start-up failed: release the lock and remove the folders this run created (if still empty)."""
@@ -190,7 +189,9 @@ class RunDir:
         for folder in reversed(self.created):
             try:
                 folder.rmdir()
-            except OSError:  # not empty (another process uses it too): leave it
+            except FileNotFoundError:  # mkdir failed before making it
+                continue
+            except OSError:  # not empty (another process uses it too): leave it and its parents
                 break
 
     def _remove_orphans(self) -> None:
