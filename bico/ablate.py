@@ -47,8 +47,9 @@ RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval")
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
-# Recipe fields that do not change a cell's result (where it ran, whether it drew a bar).
-VOLATILE = (("train", "device"), ("train", "progress"))
+# Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
+# it replaced an unfinished attempt in its folder).
+VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"))
 
 
 def t975(df: int) -> float:
@@ -118,7 +119,9 @@ def build_cells(spec: dict) -> list[Cell]:
     out_dir = Path(spec["output_dir"])
     sweep = spec.get("sweep") or {}
     points = [dict(zip(sweep, combo)) for combo in itertools.product(*sweep.values())] or [{}]
-    common = [_kv("train.save_model", False), _kv("train.resume", False)]
+    # A cell without a result is (re)trained from scratch: what an earlier attempt left in its
+    # train folder (a crash, Ctrl-C, a changed recipe) is replaced.
+    common = [_kv("train.save_model", False), _kv("train.resume", False), _kv("train.overwrite", True)]
     common += [_kv(k, v) for k, v in spec["overrides"].items()]
     if spec.get("generate_data"):
         common.append(_kv("data.dir", str(out_dir / "data")))

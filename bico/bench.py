@@ -10,10 +10,8 @@ imported only when used.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -23,15 +21,13 @@ from pathlib import Path
 import torch
 
 from bico import masks
+from bico.bench_cli import (CASE_NAMES, CHECK_MAX_T, DTYPE_NAMES, MODES, PROVIDERS, SEED, TOKENS_PER_CALL,  # noqa: F401
+                            names_from_list)
 from bico.config import RecipeError
-from bico.io_utils import atomic_savefig, atomic_write_json
+from bico.io_utils import atomic_savefig
 
-MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("bico-triton", "bico-triton-mirror", "sdpa-dense", "flex")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-SEED = 0
-CHECK_MAX_T = 1024  # the float64 reference materializes [B, H, T, T]: checks run at min(T) capped here
-TOKENS_PER_CALL = 16384  # CUDA default batch: max(1, TOKENS_PER_CALL // T)
+assert tuple(DTYPES) == DTYPE_NAMES
 CPU_NOTE = ("CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
             "need CUDA, so these numbers say nothing about GPU speed.")
 
@@ -56,6 +52,7 @@ CASES = {
     "packed": _packed,
     "glm": _glm,
 }
+assert tuple(CASES) == CASE_NAMES
 
 
 def build_case(name: str, B: int, T: int, seed: int = SEED) -> masks.Intervals:
@@ -314,14 +311,6 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _names(text: str, valid, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in valid]
-    if bad or not names:
-        raise RecipeError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; available: {', '.join(valid)}")
-    return names
-
-
 def config_from_args(args) -> dict:
     """Validate the arguments (one-line RecipeError) and fill in the device-dependent defaults."""
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -342,52 +331,8 @@ def config_from_args(args) -> dict:
     if (args.repeats or 1) < 1 or args.warmup < 0 or (args.batch or 1) < 1:
         raise RecipeError("--repeats and --batch must be >= 1, --warmup >= 0")
     batch = args.batch or (None if gpu else 1)
-    return {"cases": _names(args.cases, list(CASES), "case"), "providers": _names(args.providers, PROVIDERS, "provider"),
-            "modes": _names(args.modes, MODES, "mode"), "seqlens": seqlens, "batch": batch, "heads": heads,
+    return {"cases": names_from_list(args.cases, CASE_NAMES, "case"), "providers": names_from_list(args.providers, PROVIDERS, "provider"),
+            "modes": names_from_list(args.modes, MODES, "mode"), "seqlens": seqlens, "batch": batch, "heads": heads,
             "kv_heads": kv_heads, "head_dim": head_dim, "dtype": args.dtype or ("bf16" if gpu else "fp32"),
             "device": "cuda" if gpu else "cpu", "repeats": args.repeats or (20 if gpu else 5), "warmup": args.warmup,
             "seed": SEED, "check_T": min(min(seqlens), CHECK_MAX_T), "check_batch": min(batch or 2, 2)}
-
-
-def output_paths(out: str, device: str) -> tuple[Path, Path]:
-    """``--out`` is a folder (files ``attention-<device slug>.json/.png``) or a ``.json`` path."""
-    path = Path(out)
-    if path.suffix != ".json":
-        slug = "cpu" if device.startswith("cpu") else re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-        path = path / f"attention-{slug}.json"
-    return path, path.with_suffix(".png")
-
-
-def run_bench_command(args) -> int:
-    result = run_bench(config_from_args(args), progress=not args.no_progress)
-    json_path, png_path = output_paths(args.out, result["device"])
-    atomic_write_json(json_path, result)
-    plot(result, png_path)
-    print(markdown_table(result))
-    for s in result["skipped"]:
-        where = " ".join(f"{k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
-        print(f"skipped {s['provider']}{f' ({where})' if where else ''}: {s['reason']}")
-    if result["note"]:
-        print(result["note"])
-    print(f"wrote {json_path} and {png_path}")
-    return 0
-
-
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="time masked-attention providers on bico's masks (JSON + PNG)")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma list of {','.join(CASES)} (all)")
-    p.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {','.join(PROVIDERS)} (all)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list of fwd,fwd+bwd (both)")
-    p.add_argument("--seqlens", default=None, help="comma list (CUDA 1024,2048,4096,8192,16384; CPU 256,512)")
-    p.add_argument("--batch", type=int, default=None, help=f"CUDA: {TOKENS_PER_CALL}//T, so tokens stay fixed; CPU: 1")
-    p.add_argument("--heads", type=int, default=None, help="query heads (CUDA 32, CPU 4)")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (CUDA 8, CPU 2)")
-    p.add_argument("--head-dim", type=int, default=None, help="head dim (CUDA 128, CPU 64)")
-    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="CUDA bf16, CPU fp32")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (CUDA 20, CPU 5)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
-    p.add_argument("--out", default="benchmarks/results", help="output folder, or a .json path")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.set_defaults(handler=run_bench_command)
-    return p

@@ -1,7 +1,8 @@
 """Command line: ``bico train|eval|demo|data``.
 
-Errors a user can fix (bad recipe keys, missing files, malformed data, over-long rows) print
-one line ``bico: error: ...`` and exit with status 2; set ``BICO_DEBUG=1`` for a traceback.
+Errors a user can fix (bad recipe keys or values, missing files, malformed data, over-long rows,
+an output dir in use or holding another run) print one line ``bico: error: ...`` and exit with
+status 2; Ctrl-C prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -11,33 +12,60 @@ import os
 import sys
 from pathlib import Path
 
-from bico.config import RecipeError, load_recipe
+from bico.config import RecipeError, load_recipe, one_line
+
+# Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
+# importing bico.train just to test that would load torch). ValueError covers RecipeError,
+# DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
+USER_ERRORS = (("bico.models", "ModelError"), ("bico.train", "TrainingError"))
 
 
-def _user_errors() -> tuple[type, ...]:
-    from bico.data import DataError
-    from bico.models import ModelError
-    from bico.train import TrainingError
-
-    return (RecipeError, DataError, ModelError, TrainingError, ValueError, FileNotFoundError)
+def is_user_error(err: BaseException) -> bool:
+    kinds = [ValueError, OSError] + [getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules]
+    return isinstance(err, tuple(kinds))
 
 
 def run_train(args) -> int:
     from bico.train import train
-    from bico.evaluate import evaluate_recipe, write_report
     from bico.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe)
     if not is_main_process():
         return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)
-    print(f"trained {result['steps']} steps, final loss {result['final_loss']:.4f}, "
-          f"{result['tokens_per_s']} tokens/s -> {recipe.train.output_dir}")
+    out = Path(recipe.train.output_dir)
+    if result.get("already_finished"):
+        from bico.rundir import EVAL_FILES
+
+        if not recipe.eval.enabled or all((out / name).is_file() for name in EVAL_FILES):
+            print(f"the run in {out} is finished ({result['steps']} steps); nothing to do "
+                  "(raise train.max_steps or train.epochs to train it further)")
+            return 0
+        # Killed while evaluating: evaluate the saved model, as the finished run would have.
+        if not (out / "model").is_dir():
+            raise RecipeError(f"the run in {out} is finished but not evaluated, and has no saved model to evaluate "
+                              "(train.save_model=false); train it again with train.overwrite=true")
+        print(f"the run in {out} is finished ({result['steps']} steps) but not evaluated; evaluating its model")
+        from bico.config import ModelConfig
+        from bico.models import load_model
+
+        model, tokenizer = load_model(ModelConfig(name=str(out / "model"),
+                                                  attn_implementation=recipe.model.attn_implementation))
+        evaluate_run(recipe, model, tokenizer)
+        return 0
+    final_loss = result["final_loss"]
+    print(f"trained {result['steps']} steps, final loss {final_loss:.4f}, {result['tokens_per_s']} tokens/s -> {out}")
     if recipe.eval.enabled:
-        scores = evaluate_recipe(result["model"], result["tokenizer"], recipe)
-        paths = write_report({recipe.objective.name: scores}, recipe.train.output_dir)
-        print(paths["md"].read_text(), end="")
+        evaluate_run(recipe, result["model"], result["tokenizer"])
     return 0
+
+
+def evaluate_run(recipe, model, tokenizer) -> None:
+    """``eval.json/.md/.png`` in the output dir, and the table on stdout."""
+    from bico.evaluate import evaluate_recipe, write_report
+
+    paths = write_report({recipe.objective.name: evaluate_recipe(model, tokenizer, recipe)}, recipe.train.output_dir)
+    print(paths["md"].read_text(), end="")
 
 
 def run_eval(args) -> int:
@@ -97,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bico.plan import add_plan_parser
 
     add_plan_parser(sub)
-    from bico.bench import add_bench_parser
+    from bico.bench_cli import add_bench_parser
 
     add_bench_parser(sub)
 
@@ -111,19 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         return int(args.handler(args) or 0)
-    except _user_errors() as err:
+    except KeyboardInterrupt:
         if os.environ.get("BICO_DEBUG"):
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"bico: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
         print("bico: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("BICO_DEBUG") or not is_user_error(err):
+            raise
+        print(f"bico: error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Recipes: YAML files mapped onto typed dataclasses, with dotted ``key=value`` overrides.
 
 Unknown keys (in the file or in an override) are errors that name the key and list the valid
-ones, so a typo never silently falls back to a default.
+ones, so a typo never silently falls back to a default; values are checked against their type
+and range (:func:`check_recipe`) before anything is loaded or written.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,11 @@ import yaml
 
 class RecipeError(ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line, whole: a message spread over lines is joined, not cut."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 @dataclass
@@ -76,8 +84,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GPU)
     log_every: int = 10
     save_every: int | None = None  # checkpoint every N optimizer steps
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # 0 = keep all
     resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # delete the run already in output_dir, then start afresh
     save_model: bool = True
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -135,9 +144,13 @@ def _merge(obj: Any, values: dict, where: str) -> None:
 
 def _coerce(value: Any, annotation: str, path: str) -> Any:
     """YAML reads ``1e-4`` as a string and ``3`` as an int; numbers go by the field's type."""
+    if annotation == "bool" and not isinstance(value, bool):
+        raise RecipeError(f"recipe key {path!r} must be true or false, got {value!r}")
     numeric = [t for t in ("float", "int") if t in annotation]
-    if not numeric or value is None or isinstance(value, bool):
+    if not numeric or value is None:
         return value
+    if isinstance(value, bool):
+        raise RecipeError(f"recipe key {path!r} must be a number, got {value!r}")
     if isinstance(value, str):
         try:
             value = float(value) if "float" in numeric else int(value)
@@ -147,6 +160,12 @@ def _coerce(value: Any, annotation: str, path: str) -> Any:
         value = float(value)
     if not isinstance(value, (int, float)):
         raise RecipeError(f"recipe key {path!r} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RecipeError(f"recipe key {path!r} must be a finite number, got {value!r}")
+    if "float" not in numeric and isinstance(value, float):
+        if not value.is_integer():
+            raise RecipeError(f"recipe key {path!r} must be a whole number, got {value!r}")
+        value = int(value)
     return value
 
 
@@ -175,13 +194,87 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as err:
             raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise RecipeError(f"{path}: not a UTF-8 text file") from None
+        if values is None or values == {}:
+            # Training with every default is never what an empty file meant.
+            raise RecipeError(f"recipe file {path} is empty; see recipes/demo/tiny.yaml for a small complete one")
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of sections (model, objective, data, train, eval)")
         values.pop("description", None)  # free text for humans
         _merge(recipe, values, "")
     for key, value in parse_overrides(overrides or []):
         _merge(recipe, _dotted(key, value), "")
+    check_recipe(recipe)
     return recipe
+
+
+# Ranges of numeric keys: (key, test, what the test requires). None passes where the default is None.
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_RANGES = {
+    "model.layers": _AT_LEAST_1, "model.hidden_size": _AT_LEAST_1, "model.heads": _AT_LEAST_1,
+    "model.kv_heads": _AT_LEAST_1, "model.intermediate_size": _AT_LEAST_1, "model.init_seed": _AT_LEAST_0,
+    "finetune.lora_r": _AT_LEAST_1, "finetune.lora_alpha": _POSITIVE,
+    "finetune.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"),
+    "train.epochs": _POSITIVE, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
+    "train.grad_accum": _AT_LEAST_1, "train.lr": _POSITIVE, "train.weight_decay": _AT_LEAST_0,
+    "train.warmup_steps": _AT_LEAST_0, "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
+    "train.seed": _AT_LEAST_0, "train.log_every": _AT_LEAST_1, "train.save_every": (lambda v: v >= 1, ">= 1 (or null)"),
+    "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0: keep all)"),
+    "eval.max_new_tokens": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.limit": (lambda v: v >= 1, ">= 1 (or null)"),
+    "eval.generation_margin": (lambda v: v >= 0, ">= 0 (or null)"),
+}
+# Objective options that are fractions, by name; each objective checks its own exact range too
+# (it needs the tokenizer to be built), this catches the typo before the model is loaded.
+_FRACTION_OPTION = re.compile(r"(ratio|rate|prob|mix|dropout)$")
+_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every value in its range; raises :class:`RecipeError` naming the key and the range."""
+    values = {f"{section}.{key}": value for section, fields in recipe.to_dict().items() for key, value in fields.items()}
+    for key, (ok, requirement) in _RANGES.items():
+        if values[key] is not None and not ok(values[key]):
+            raise RecipeError(f"recipe key {key!r} must be {requirement}, got {values[key]!r}")
+    _check_options(recipe.objective.options, "objective.options")
+    betas = recipe.train.betas
+    if not (isinstance(betas, list) and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise RecipeError(f"recipe key 'train.betas' must be two numbers in [0, 1), got {betas!r}")
+    train_files = recipe.data.train_files
+    if not (isinstance(train_files, list) and train_files and all(isinstance(f, str) and f for f in train_files)):
+        raise RecipeError(f"recipe key 'data.train_files' must be a non-empty list of file names, got {train_files!r}")
+    if not isinstance(recipe.eval.splits, list) or not all(isinstance(s, str) for s in recipe.eval.splits):
+        raise RecipeError(f"recipe key 'eval.splits' must be a list of split names, got {recipe.eval.splits!r}")
+    if not isinstance(recipe.train.device, str) or not _DEVICE.fullmatch(recipe.train.device):
+        raise RecipeError(f"recipe key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}")
+    if not isinstance(recipe.train.output_dir, str) or not recipe.train.output_dir.strip():
+        raise RecipeError("recipe key 'train.output_dir' must be a folder name")
+    if recipe.train.resume and recipe.train.overwrite:
+        raise RecipeError("train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
+                          "set one of them")
+    model = recipe.model
+    if model.name == "tiny-random":
+        if model.hidden_size % model.heads:
+            raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
+        if model.heads % model.kv_heads:
+            raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+def _check_options(options: dict, where: str) -> None:
+    for name, value in options.items():
+        if isinstance(value, dict):
+            _check_options(value, f"{where}.{name}")
+        elif isinstance(value, list):
+            for k, item in enumerate(value):
+                if isinstance(item, dict):
+                    _check_options(item, f"{where}.{name}[{k}]")
+        elif _FRACTION_OPTION.search(name) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 <= value <= 1:
+                raise RecipeError(f"recipe key '{where}.{name}' is a fraction and must be in [0, 1], got {value!r}")

@@ -35,18 +35,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from bico import distributed
-from bico.engine import CHECKPOINTS, lr_lambda
+from bico.engine import CHECKPOINTS, TRAINER_STATE, lr_lambda, prune_checkpoints
+from bico.io_utils import atomic_write_json, replace_dir
 
 logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parent.parent / "recipes" / "deepspeed"
 AUTO = "auto"
+TMP_TAG_PREFIX = ".tmp-"  # checkpoint tags being written; a killed save leaves one behind
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default, used by the plain engine
 
 
@@ -268,7 +269,7 @@ class DeepSpeedEngine:
         return plain
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2) -> Path:
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
         """Every rank writes its shards into a temporary tag; rank 0 renames it ``step-N``.
 
         ``output_dir`` must be on a file system that all nodes share.
@@ -276,7 +277,7 @@ class DeepSpeedEngine:
         folder = Path(output_dir) / CHECKPOINTS
         folder.mkdir(parents=True, exist_ok=True)
         tag = f"step-{step:07d}"
-        tmp_tag = f".tmp-{tag}"
+        tmp_tag = f"{TMP_TAG_PREFIX}{tag}"
         if self.is_main_process and (folder / tmp_tag).exists():
             shutil.rmtree(folder / tmp_tag)
         distributed.barrier()
@@ -285,11 +286,10 @@ class DeepSpeedEngine:
         distributed.barrier()
         target = folder / tag
         if self.is_main_process:
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(folder / tmp_tag, target)
-            for old in sorted(folder.glob("step-*"))[:-keep] if keep else []:
-                shutil.rmtree(old, ignore_errors=True)
+            if trainer_state is not None:
+                atomic_write_json(folder / tmp_tag / TRAINER_STATE, trainer_state)
+            replace_dir(folder / tmp_tag, target)
+            prune_checkpoints(folder, keep)
         distributed.barrier()
         return target
 

@@ -6,16 +6,20 @@ recipe (``train.deepspeed``).
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 import shutil
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from bico.io_utils import atomic_write_json, replace_dir, temp_dir_beside
+
 CHECKPOINTS = "checkpoints"
+# The training loop's own state in every checkpoint (counters and the recipe), written by the
+# engine into the checkpoint folder before it is renamed into place.
+TRAINER_STATE = "trainer_state.json"
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -37,6 +41,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     folder = Path(output_dir) / CHECKPOINTS
     found = sorted(folder.glob("step-*")) if folder.is_dir() else []
     return found[-1] if found else None
+
+
+def read_trainer_state(checkpoint: Path) -> dict | None:
+    path = Path(checkpoint) / TRAINER_STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints (0: all)."""
+    for old in sorted(Path(folder).glob("step-*"))[:-keep] if keep else []:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class TorchEngine:
@@ -100,24 +115,25 @@ class TorchEngine:
     def _trainable_state(self) -> dict:
         return {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
 
-    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2) -> Path:
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
         """Atomic: written to a temporary folder, then renamed to ``checkpoints/step-N``."""
-        folder = Path(output_dir) / CHECKPOINTS
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".step-", dir=folder))
+        target = Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
+        tmp = temp_dir_beside(target)
         state = {
             "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
-        torch.save(state, tmp / "state.pt")
-        target = folder / f"step-{step:07d}"
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        for old in sorted(folder.glob("step-*"))[:-keep] if keep else []:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            torch.save(state, tmp / "state.pt")
+            if trainer_state is not None:
+                atomic_write_json(tmp / TRAINER_STATE, trainer_state)
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        prune_checkpoints(target.parent, keep)
         return target
 
     def load_checkpoint(self, path: Path) -> int:

@@ -14,17 +14,22 @@ Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` re
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
-import tempfile
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import bico  # noqa: F401  (registers the "bico" attention implementation)
-from bico.config import FinetuneConfig, ModelConfig
+from bico.attention import register as register_attention
+from bico.config import FinetuneConfig, ModelConfig, one_line
+from bico.io_utils import replace_dir, temp_dir_beside
+
+register_attention()  # models load with attn_implementation="bico"; also when `import bico` skipped it (CLI)
 
 logger = logging.getLogger(__name__)
 PRESETS = ("smollm2-135m", "tiny-random")
@@ -71,22 +76,36 @@ def smollm2_folder() -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
-        model.save_pretrained(tmp)
+        with _no_deepspeed_probe():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        if (target / "config.json").is_file():  # another process converted it meanwhile: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
+# Any one of these makes a folder loadable by AutoTokenizer (fast, sentencepiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
 def load_tokenizer(name: str):
     if name in PRESETS:
         return AutoTokenizer.from_pretrained(smollm2_folder())
-    return AutoTokenizer.from_pretrained(_local_folder(name))
+    folder = _local_folder(name)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                         "save the tokenizer into it (tokenizer.save_pretrained)")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelError(f"cannot load the tokenizer of model folder {folder}: {one_line(err)}") from None
 
 
 def _local_folder(name: str) -> Path:
@@ -96,6 +115,10 @@ def _local_folder(name: str) -> Path:
             f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor a folder with config.json; "
             "give a local Hugging Face model folder (no hub downloads)"
         )
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise ModelError(f"model folder {path}: config.json is not valid JSON ({one_line(err)})") from None
     return path
 
 
@@ -138,7 +161,10 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
         )
     else:
         folder = smollm2_folder() if cfg.name == "smollm2-135m" else _local_folder(cfg.name)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelError(f"cannot load model folder {folder}: {one_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -185,22 +211,44 @@ def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Pat
     Written into a temporary folder and renamed, so a crash leaves no half-written model.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = temp_dir_beside(folder)
     try:
-        if hasattr(model, "peft_config"):
-            model.save_pretrained(tmp / "adapter")
-            if merged:
-                import copy
+        with _no_deepspeed_probe():
+            if hasattr(model, "peft_config"):
+                model.save_pretrained(tmp / "adapter")
+                if merged:
+                    import copy
 
-                copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
-        else:
-            model.save_pretrained(tmp)
+                    copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
+            else:
+                model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+@contextmanager
+def _no_deepspeed_probe():
+    """``save_pretrained`` unwraps the model with accelerate, which imports DeepSpeed whenever it is
+    installed (seconds, and a "Setting accelerator to CPU" line) just to test
+    ``isinstance(model, DeepSpeedEngine)``. No model is one unless DeepSpeed was already imported."""
+    if "deepspeed" in sys.modules:
+        yield
+        return
+    try:
+        import accelerate.utils.other as unwrap_module
+    except ImportError:
+        yield
+        return
+    probe = getattr(unwrap_module, "is_deepspeed_available", None)
+    if probe is None:
+        yield
+        return
+    unwrap_module.is_deepspeed_available = lambda: False
+    try:
+        yield
+    finally:
+        unwrap_module.is_deepspeed_available = probe

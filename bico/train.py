@@ -11,7 +11,6 @@ do not know which one runs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -25,11 +24,12 @@ from tqdm.auto import tqdm
 from bico import distributed
 from bico.attention import rope_2d_tables, rope_tables
 from bico.collate import collate
-from bico.config import Recipe
-from bico.engine import build_engine, latest_checkpoint
+from bico.config import Recipe, check_recipe
+from bico.engine import build_engine
 from bico.models import apply_finetuning, count_parameters, fit_embeddings, load_model, save_model
 from bico.objectives import Example, build_objective
 from bico.objectives.base import IGNORE
+from bico.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -38,44 +38,70 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
 
 
-def tokenize_examples(rows: list[dict], tokenizer, max_length: int, source: str = "data") -> list[Example]:
-    """Tokenize once (prompt with the tokenizer's special tokens, completion without)."""
+def tokenize_examples(rows: list[dict], tokenizer, max_length: int, sources: list[str] | None = None) -> list[Example]:
+    """Tokenize once (prompt with the tokenizer's special tokens, completion without).
+    ``sources[i]`` says where row i comes from (file and line), for the error on an over-long row."""
     examples = []
     for i, row in enumerate(rows):
         prompt_ids = tokenizer(row["prompt"]).input_ids
         completion_ids = tokenizer(row["completion"], add_special_tokens=False).input_ids
         length = len(prompt_ids) + len(completion_ids) + 1
         if length > max_length:
+            where = sources[i] if sources else f"training row {i + 1}"
             raise TrainingError(
-                f"{source}: row {i + 1} has {length} tokens, more than data.max_length={max_length}; "
+                f"{where}: {length} tokens, more than data.max_length={max_length}; "
                 "raise data.max_length or shorten the row"
             )
         examples.append(Example(row["prompt"], row["completion"], prompt_ids, completion_ids, row.get("meta", {})))
     return examples
 
 
-def load_training_rows(recipe: Recipe) -> list[dict]:
-    """Training rows; where the data dir's facts are known, each row gets ``meta`` = its fact's
-    ``{"name", "description"}`` (entity spans for objectives such as entity-preserving reversal)."""
-    from bico.data import fact_groups, load_facts, load_jsonl, resolve_data_dir
+def load_training_rows(recipe: Recipe) -> tuple[list[dict], list[str]]:
+    """Training rows and where each comes from (``file, line N``). Where the data dir's facts
+    are known, each row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans for
+    objectives such as entity-preserving reversal)."""
+    from bico.data import fact_groups, iter_jsonl, load_facts, resolve_data_dir
 
     folder = resolve_data_dir(recipe.data.dir)
-    rows = []
+    rows, sources = [], []
     for name in recipe.data.train_files:
-        rows.extend(load_jsonl(Path(folder) / name))
+        for line, row in iter_jsonl(Path(folder) / name):
+            rows.append(row)
+            sources.append(f"{Path(folder) / name}, line {line}")
     facts = load_facts(folder)
     if facts:
         descriptions = {f["name"]: f["description"] for f in facts}
         for row, name in zip(rows, fact_groups(rows, facts)):
             if name is not None:
                 row["meta"] = {"name": name, "description": descriptions[name]}
-    return rows
+    return rows, sources
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name} but no CUDA device is visible; use train.device=cpu or auto")
+    return device
+
+
+def nan_hint(cfg) -> str:
+    """What to change after a NaN/inf loss: the usual remedies, minus those already in force."""
+    already, try_next = [], [f"lower train.lr (now {cfg.lr:g})"]
+    if cfg.max_grad_norm:
+        already.append(f"train.max_grad_norm={cfg.max_grad_norm:g}")
+    else:
+        try_next.append("set train.max_grad_norm=1.0")
+    if cfg.precision == "fp32":
+        already.append("train.precision=fp32")
+    else:
+        try_next.append("use train.precision=fp32")
+    if cfg.warmup_steps:
+        already.append(f"train.warmup_steps={cfg.warmup_steps}")
+    else:
+        try_next.append("add train.warmup_steps")
+    return "; ".join(filter(None, [f"already set: {', '.join(already)}" if already else "", "try: " + ", ".join(try_next)]))
 
 
 class StepPlan:
@@ -140,50 +166,78 @@ def batch_loss(model, batch: dict, device: torch.device) -> torch.Tensor:
 
 
 def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
-    """Train as the recipe says; returns a summary. ``stop_after`` simulates an interruption."""
+    """Train as the recipe says; returns a summary. ``stop_after`` simulates an interruption.
+
+    A run that ``train.resume=true`` finds already finished is not trained again: the summary
+    returned is the finished run's, with ``"already_finished": True`` (and no model).
+    """
+    from bico.data import check_eval_splits, resolve_data_dir
+
+    check_recipe(recipe)
     cfg = recipe.train
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
     if distributed.launched() and not cfg.deepspeed:
         raise TrainingError(
             f"started as {distributed.world_size()} ranks but train.deepspeed is not set; several ranks train "
             "through DeepSpeed, e.g. train.deepspeed=recipes/deepspeed/zero2.json"
         )
-    device = distributed.setup(pick_device(cfg.device), use_deepspeed=bool(cfg.deepspeed))
+    if cfg.deepspeed:
+        from bico.deepspeed_engine import resolve_config
+
+        resolve_config(cfg.deepspeed)  # a missing config fails before anything is loaded or written
+    device = pick_device(cfg.device)
+    # Everything that can be checked without the model is checked before the output dir is touched.
+    data_dir = resolve_data_dir(recipe.data.dir)
+    rows, sources = load_training_rows(recipe)
+    if recipe.eval.enabled:
+        check_eval_splits(data_dir, recipe.eval.splits)
+    # Rank 0 owns the output dir; the rank is known from the launcher's environment before setup.
+    with RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0) as run:
+        return _train_in(run, recipe, device, data_dir, rows, sources, stop_after)
+
+
+def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after) -> dict:
+    cfg = recipe.train
+    torch.manual_seed(cfg.seed)
+    device = distributed.setup(device, use_deepspeed=bool(cfg.deepspeed))
     world, rank = distributed.world_size(), distributed.rank()
 
-    from bico.data import resolve_data_dir
-
-    model, tokenizer = load_model(recipe.model, data_dir=resolve_data_dir(recipe.data.dir))
+    model, tokenizer = load_model(recipe.model, data_dir=data_dir)
     objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
     new_ids = fit_embeddings(model, tokenizer)
     model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
     trainable, total = count_parameters(model)
-    rows = load_training_rows(recipe)
-    examples = tokenize_examples(rows, tokenizer, recipe.data.max_length)
+    examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources)
 
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
+    finished = run.already_finished(total_steps)
+    if finished is not None:
+        logger.info("%s: the run finished after %d steps; nothing to do", cfg.output_dir, finished["steps"])
+        return {**finished, "already_finished": True}
+    if run.state["step"] > total_steps:
+        raise TrainingError(f"the checkpoint in {cfg.output_dir} is at step {run.state['step']}, past the "
+                            f"{total_steps} steps this recipe asks for; raise train.max_steps or train.epochs")
     engine = build_engine(model, recipe, total_steps, device)
     start = 0
-    checkpoint = latest_checkpoint(out) if cfg.resume else None
-    if checkpoint is not None:
-        start = engine.load_checkpoint(checkpoint)
-        logger.info("resumed from %s at step %d", checkpoint, start)
+    if run.checkpoint is not None:
+        start = engine.load_checkpoint(run.checkpoint)
+        logger.info("resumed from %s at step %d", run.checkpoint, start)
+    counters = {"tokens": int(run.state["tokens"]), "elapsed_s": float(run.state["elapsed_s"])}
     main = engine.is_main_process  # only rank 0 writes logs, the recipe, the summary and the model
     lockstep = getattr(engine, "lockstep", False)  # DeepSpeed: grad_accum passes per rank, always
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        _truncate_metrics(metrics_path, start)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    run.begin(recipe.to_dict(), start)
     logger.info(
         "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
         recipe.model.name, len(examples), total_steps, objective.describe(), f"{trainable:,}", f"{total:,}", device,
     )
 
     pad_id = tokenizer.pad_token_id
-    tokens_seen, began, loss_value = 0, time.time(), float("nan")
+    # A run killed after its last checkpoint but before its summary resumes with no step left to do.
+    began, loss_value = time.time(), float(run.state.get("loss", math.nan))
+
+    def elapsed() -> float:  # training time over every resumption, not only this process's
+        return counters["elapsed_s"] + (time.time() - began)
+
     bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress or not main,
                initial=start, total=total_steps)
     for step in bar:
@@ -211,50 +265,42 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
             else:
                 compute = lambda b=batch: batch_loss(engine.module, b, device) * 0.0  # noqa: E731
             loss_sum += engine.backward_loss(compute, num_targets)
-        tokens_seen += step_tokens
+        counters["tokens"] += step_tokens
         loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / max(num_targets, 1)
         if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at step {step + 1}; lower train.lr, enable train.max_grad_norm "
-                "or use train.precision=fp32"
-            )
+            raise TrainingError(f"loss became {loss_value} at step {step + 1}; {nan_hint(cfg)}")
         grad_norm = engine.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == start:
+        # step 0, not the first step of this process: a resumed run logs the same lines as an uninterrupted one
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == 0:
             record = {
                 "step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": round(loss_value, 6),
                 "lr": engine.lr(), "grad_norm": grad_norm, "targets": num_targets,
-                "mode": ",".join(sorted({b["mode"] for _, b in batches})), "tokens": tokens_seen,
-                "elapsed_s": round(time.time() - began, 2),
+                "mode": ",".join(sorted({b["mode"] for _, b in batches})), "tokens": counters["tokens"],
+                "elapsed_s": round(elapsed(), 2),
             }
             if main:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                run.append_metrics(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            engine.save_checkpoint(out, step + 1, keep=cfg.keep_checkpoints)
+        # A checkpoint at the last step too, so that raising the step budget later goes on from there.
+        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps):
+            state = {"step": step + 1, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
+                     "loss": loss_value, "recipe": recipe.to_dict()}
+            engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()
             return {"steps": step + 1, "interrupted": True, "loss": loss_value}
     bar.close()
-    wall = time.time() - began
+    wall = elapsed()
     summary = {
-        "steps": total_steps, "final_loss": loss_value, "tokens": tokens_seen, "wall_time_s": round(wall, 2),
-        "tokens_per_s": round(tokens_seen / wall, 1) if wall > 0 else None, "objective": objective.describe(),
+        "steps": total_steps, "final_loss": loss_value, "tokens": counters["tokens"], "wall_time_s": round(wall, 2),
+        "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None, "objective": objective.describe(),
         "trainable_params": trainable, "total_params": total, "device": str(device),
     }
     model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
     if cfg.save_model and main:
-        save_model(model, tokenizer, out / "model")
+        save_model(model, tokenizer, run.path / "model")
     if main:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        run.write_summary(summary)
     distributed.barrier()
     summary["model"], summary["tokenizer"], summary["engine"] = model, tokenizer, engine
     return summary
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume keep only the log lines up to the checkpoint, so the curve has no duplicates."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in keep))

@@ -332,7 +332,7 @@ def test_reverse_entity_meta_from_training_rows(reversal_dir):
     from bico.data import load_facts
     from bico.train import load_training_rows
 
-    rows = load_training_rows(load_recipe(None, [f"data.dir={reversal_dir}"]))
+    rows, _ = load_training_rows(load_recipe(None, [f"data.dir={reversal_dir}"]))
     facts = {f["name"]: f["description"] for f in load_facts(reversal_dir)}
     assert all(row["meta"]["description"] == facts[row["meta"]["name"]] for row in rows)
     assert all(row["meta"]["name"] in row["prompt"] + row["completion"] for row in rows)

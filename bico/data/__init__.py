@@ -3,10 +3,11 @@
 The generated data follows the file layout of Berglund et al. experiment1, so the
 original files and ``bico data reversal --out DIR`` output are interchangeable.
 """
-from bico.data.jsonl import DataError, load_jsonl, write_jsonl
+from bico.data.jsonl import DataError, iter_jsonl, load_jsonl, write_jsonl
 from bico.data.reversal import generate_reversal_dataset, load_facts, load_facts_for_berglund
 from bico.data.splits import (
     REVERSAL_EVAL_SPLITS,
+    check_eval_splits,
     fact_groups,
     load_split,
     make_randomized,
@@ -15,6 +16,7 @@ from bico.data.splits import (
 
 __all__ = [
     "DataError",
+    "iter_jsonl",
     "load_jsonl",
     "write_jsonl",
     "generate_reversal_dataset",
@@ -23,6 +25,7 @@ __all__ = [
     "resolve_data_dir",
     "REVERSAL_EVAL_SPLITS",
     "make_randomized",
+    "check_eval_splits",
     "fact_groups",
     "load_split",
 ]

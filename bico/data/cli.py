@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bico.config import one_line
 from bico.data.jsonl import DataError, load_jsonl
 from bico.data.reversal import generate_reversal_dataset
 
@@ -50,17 +51,17 @@ def run_data(args: argparse.Namespace) -> int:
             return 0
         if args.data_command == "check":
             bad = 0
-            for path in args.files:
+            for path in args.files:  # every file is checked, whatever the ones before it held
                 try:
                     print(f"ok {path}: {len(load_jsonl(path))} rows")
-                except DataError as e:
-                    print(f"error: {e}", file=sys.stderr)
+                except (DataError, OSError) as e:
+                    print(f"bico: error: {one_line(e)}", file=sys.stderr)
                     bad += 1
             return 1 if bad else 0
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, OSError) as e:
+        print(f"bico: error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"error: unknown data command {args.data_command!r}", file=sys.stderr)
+    print(f"bico: error: unknown data command {args.data_command!r}", file=sys.stderr)
     return 2
 
 

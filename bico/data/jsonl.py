@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
-__all__ = ["DataError", "load_jsonl", "write_jsonl", "dumps_row"]
+from bico.io_utils import atomic_write
+
+__all__ = ["DataError", "iter_jsonl", "load_jsonl", "write_jsonl", "dumps_row"]
 
 _MISSING_HINT = (
     "generate data with `bico data reversal --out DIR` or point data.dir at the Berglund files"
@@ -18,22 +19,26 @@ class DataError(ValueError):
     """A data file or directory is missing or malformed (message is one line)."""
 
 
-def load_jsonl(
+def iter_jsonl(
     path: str | os.PathLike, *, required: Sequence[str] = ("prompt", "completion")
-) -> list[dict]:
-    """Read a JSONL file of objects; every field in ``required`` must be a string.
-
-    Blank lines are skipped. Errors name the file and the 1-based line number.
-    """
+) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` for each object of a JSONL file; every field in ``required`` must
+    be a string. Blank lines are skipped. Errors name the file and the 1-based line number."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p} is a directory, not a JSONL file")
     if not p.is_file():
         raise DataError(f"data file not found: {p}; {_MISSING_HINT}")
-    rows: list[dict] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    empty = True
+    with open(p, "rb") as f:  # bytes, so a bad UTF-8 sequence is reported with its line
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{p}, line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{p}, line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -47,34 +52,22 @@ def load_jsonl(
                     raise DataError(
                         f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}"
                     )
-            rows.append(row)
-    if not rows:
+            empty = False
+            yield lineno, row
+    if empty:
         raise DataError(f"{p}: empty file (no rows)")
-    return rows
+
+
+def load_jsonl(
+    path: str | os.PathLike, *, required: Sequence[str] = ("prompt", "completion")
+) -> list[dict]:
+    """The rows of a JSONL file (see :func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path, required=required)]
 
 
 def dumps_row(row: dict) -> str:
     # Same separators and ASCII escaping as the Berglund files, so generated files diff cleanly.
     return json.dumps(row, ensure_ascii=True)
-
-
-def _atomic_write(path: str | os.PathLike, write) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files should be world-readable
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
@@ -83,9 +76,5 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     Readers never see a half-written file. Returns the number of rows written.
     """
     lines = [dumps_row(row) + "\n" for row in rows]
-    _atomic_write(path, lambda f: f.writelines(lines))
+    atomic_write(path, "".join(lines))
     return len(lines)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text))

@@ -24,7 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 from bico.data import _vocab as V
-from bico.data.jsonl import DataError, load_jsonl, write_jsonl, write_text_atomic
+from bico.data.jsonl import DataError, load_jsonl, write_jsonl
+from bico.io_utils import atomic_write
 
 __all__ = [
     "SUBSETS", "DATA_FILES", "generate_reversal_dataset", "load_facts", "load_facts_for_berglund",
@@ -206,7 +207,7 @@ def generate_reversal_dataset(
         "out_dir": str(out), "seed": seed, "facts_per_subset": F,
         "train_paraphrases": T, "test_paraphrases": K, "n_facts": len(facts), "files": counts,
     }
-    write_text_atomic(out / "README.txt", _readme(summary))
+    atomic_write(out / "README.txt", _readme(summary))
     return summary
 
 

@@ -12,7 +12,7 @@ from bico.data.reversal import load_facts
 
 __all__ = [
     "REVERSAL_EVAL_SPLITS", "ENV_VAR", "make_randomized", "fact_groups", "load_split",
-    "resolve_data_dir",
+    "resolve_data_dir", "check_eval_splits",
 ]
 
 ENV_VAR = "BICO_REVERSAL_DATA"
@@ -113,6 +113,15 @@ def load_split(data_dir, split: str | dict, *, seed: int = 0) -> tuple[list[dict
             raise DataError(f"{d / spec['randomized']}: prompts differ from {spec['file']}")
         return rows, rand
     return rows, make_randomized(rows, seed, groups=fact_groups(rows, load_facts(d)))
+
+
+def check_eval_splits(data_dir, splits: Sequence[str]) -> None:
+    """Every evaluation split names a known split whose file is in ``data_dir``, or a ``.jsonl``
+    file: checked before training, so a typo does not surface only after hours of it."""
+    for split in splits:
+        path = Path(data_dir) / (split if split.endswith(".jsonl") else _find_split(split)["file"])
+        if not path.is_file():
+            raise DataError(f"eval.splits: {split!r} needs {path}, which does not exist")
 
 
 def resolve_data_dir(path_or_none=None) -> Path:

@@ -16,8 +16,10 @@ export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # A small generated dataset, so the example needs nothing but this checkout.
 [ -f "$OUT/data/p2d_prompts_train.jsonl" ] || python -m bico data reversal --out "$OUT/data" --facts 4 \
     --train-paraphrases 6 --test-paraphrases 3
+# train.overwrite=true: a rerun of this example replaces its previous run (append
+# train.overwrite=false train.resume=true to continue one instead).
 ARGS=(train recipes/demo/tiny.yaml "data.dir=$OUT/data" "train.deepspeed=$DS_CONFIG" "train.output_dir=$OUT/run"
-      train.max_steps=6 train.batch_size=2 train.progress=false "$@")
+      train.max_steps=6 train.batch_size=2 train.progress=false train.overwrite=true "$@")
 
 if [ "${LAUNCHER:-torchrun}" = deepspeed ]; then
     # --module: run bico as `python -m bico`; on CPU --num_gpus is the number of ranks.
