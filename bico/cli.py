@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="tiny-random model, seconds (smoke test)")
     p.add_argument("--arms", default=None,
-                   help="comma-separated arms, each recipes/demo/smollm2_ARM.yaml (default: ntp,bico,bico_heavy)")
+                   help="comma-separated arms, each recipes/demo/smollm2_ARM.yaml (default: ntp,bico_names; paper BICO: bico)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every demo recipe")
     p.set_defaults(handler=run_demo)
 

@@ -78,8 +78,8 @@ def test_demo_quick(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path), *SMALL[:-1])
     assert code == 0
     runs = json.loads((tmp_path / "demo.json").read_text())
-    assert set(runs) == {"ntp", "bico", "bico_heavy"}
-    assert (tmp_path / "demo.png").is_file() and "| bico_heavy | p2d_reverse_prompts_test |" in out
+    assert set(runs) == {"ntp", "bico_names"}
+    assert (tmp_path / "demo.png").is_file() and "| bico_names | p2d_reverse_prompts_test |" in out
 
 
 def test_data_commands(capsys, tmp_path):
