@@ -26,10 +26,10 @@ def is_user_error(err: BaseException) -> bool:
 
 
 def run_train(args) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)  # before torch loads: a bad recipe fails at once
     from bico.train import train
     from bico.distributed import is_main_process
 
-    recipe = load_recipe(args.recipe, args.overrides)
     result = train(recipe)
     if not is_main_process():
         return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)

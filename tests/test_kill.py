@@ -152,7 +152,7 @@ KILLS = [("rename", random.Random(seed).randint(1, 14)) for seed in (1, 2, 5, 6)
 def test_kill_9_then_resume_gives_the_uninterrupted_run(kind, count, tmp_path, reversal_dir, uninterrupted, capsys):
     out = tmp_path / "run"
     child = subprocess.run([sys.executable, "-c", CHILD, kind, str(count), *_argv(reversal_dir, out)],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=600)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     _finish(out, reversal_dir, capsys)
     _same_run(out, uninterrupted)
@@ -178,7 +178,7 @@ def test_two_concurrent_runs_on_one_dir(tmp_path, reversal_dir, uninterrupted):
     out = tmp_path / "run"
     command = [sys.executable, "-c", CHILD, "none", "0", *_argv(reversal_dir, out)]
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2)
