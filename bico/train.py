@@ -143,12 +143,13 @@ def make_batch(objective, examples, indices, seed: int, step: int, micro: int, p
     return batch
 
 
-def batch_loss(model, batch: dict, device: torch.device) -> torch.Tensor:
+def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool = True) -> torch.Tensor:
     """Summed weighted cross-entropy over the batch's targets (the caller normalises).
 
-    The LM head runs only on positions that have a target: a denoising step predicts ~15% of
-    its tokens, and on CPU the head (vocab x hidden) and the log-softmax over the vocabulary are
-    a large part of a small model's step.
+    ``head_at_targets``: run the decoder and the LM head as two calls, the head only on positions
+    that have a target (a denoising step predicts ~15% of its tokens). Under DeepSpeed ZeRO-3 the
+    model must be called as a whole (its parameter gathering hangs on the top-level forward; the
+    split call moved 2 ranks off 1 process by 2.5e-4 in loss), so the trainer turns it off there.
     """
     input_ids = batch["input_ids"].to(device)
     position_ids = batch["position_ids"].to(device)
@@ -159,8 +160,11 @@ def batch_loss(model, batch: dict, device: torch.device) -> torch.Tensor:
         kwargs["rope_2d"] = rope_2d_tables(model, position_ids, batch["block_position_ids"].to(device))
     targets = batch["targets"].to(device)
     keep = targets != IGNORE
-    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[keep])
+    if head_at_targets:
+        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[keep])
+    else:
+        logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits[keep]
     losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     return (losses * batch["weights"].to(device)[keep]).sum()
 
@@ -225,6 +229,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     counters = {"tokens": int(run.state["tokens"]), "elapsed_s": float(run.state["elapsed_s"])}
     main = engine.is_main_process  # only rank 0 writes logs, the recipe, the summary and the model
     lockstep = getattr(engine, "lockstep", False)  # DeepSpeed: grad_accum passes per rank, always
+    split_head = not cfg.deepspeed  # see batch_loss: ZeRO-3 needs the whole-model call
     run.begin(recipe.to_dict(), start)
     logger.info(
         "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
@@ -261,9 +266,9 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         for m, batch, weight in passes:
             torch.manual_seed(torch_seed(cfg.seed, step, m))
             if weight == 1.0:
-                compute = lambda b=batch: batch_loss(engine.module, b, device)  # noqa: E731
+                compute = lambda b=batch: batch_loss(engine.module, b, device, split_head)  # noqa: E731
             else:
-                compute = lambda b=batch: batch_loss(engine.module, b, device) * 0.0  # noqa: E731
+                compute = lambda b=batch: batch_loss(engine.module, b, device, split_head) * 0.0  # noqa: E731
             loss_sum += engine.backward_loss(compute, num_targets)
         counters["tokens"] += step_tokens
         loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / max(num_targets, 1)

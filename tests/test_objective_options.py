@@ -98,6 +98,8 @@ def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
     full = (F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="none")
             * batch["weights"].flatten()).sum()
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    whole = batch_loss(model, batch, torch.device("cpu"), head_at_targets=False)  # the DeepSpeed path
+    torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-5)
     fast.backward()
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
 
