@@ -37,7 +37,7 @@ from bico.demo import DATA, cpu_model, recipe_path  # noqa: E402
 from bico.io_utils import atomic_savefig, atomic_write_json  # noqa: E402
 
 
-def full_logits_loss(model, batch, device):
+def full_logits_loss(model, batch, device, *_):
     """The loss as computed before: logits (and log-softmax) at every position."""
     position_ids = batch["position_ids"].to(device)
     kwargs = dict(lo=batch["lo"].to(device), hi=batch["hi"].to(device), position_ids=position_ids)

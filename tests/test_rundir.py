@@ -182,7 +182,7 @@ def test_nan_hint_says_what_is_already_on(tmp_path, reversal_dir, monkeypatch):
 
     import bico.train as T
 
-    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError) as caught:
         train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "train.max_grad_norm=1.0"))
     message = str(caught.value)

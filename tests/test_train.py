@@ -64,7 +64,7 @@ def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
 def test_nan_loss_stops_with_a_clear_message(tmp_path, reversal_dir, monkeypatch):
     import bico.train as T
 
-    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2"))
 
