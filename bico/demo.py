@@ -39,7 +39,9 @@ def recipe_path(arm: str, quick: bool = False) -> Path:
 
 def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list[str]):
     """The arm's recipe; ``quick`` trains the arm's objective on tiny-random instead."""
-    common = [f"data.dir={data_dir}", f"train.output_dir={out / arm}", "train.save_model=false"] + overrides
+    # A rerun of the demo replaces its previous arms (a demo run is never resumed).
+    common = [f"data.dir={data_dir}", f"train.output_dir={out / arm}", "train.save_model=false",
+              "train.overwrite=true"] + overrides
     recipe = load_recipe(recipe_path(arm), common)
     if quick:
         tiny = load_recipe(recipe_path(arm, quick=True), common)

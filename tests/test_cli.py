@@ -95,3 +95,9 @@ def test_demo_arms_option(capsys, tmp_path):
     assert code == 2 and "smollm2_nope.yaml" in err
     code, out, _ = run(capsys, "demo", "--quick", "--arms", "ntp", "--out", str(tmp_path), *SMALL[:-1])
     assert code == 0 and set(json.loads((tmp_path / "demo.json").read_text())) == {"ntp"}
+
+
+def test_demo_reruns_into_the_same_folder(capsys, tmp_path):
+    for _ in range(2):
+        code, _, err = run(capsys, "demo", "--quick", "--arms", "ntp", "--out", str(tmp_path), *SMALL[:-1])
+        assert code == 0, err
