@@ -87,18 +87,22 @@ _cache: dict = {}
 
 
 def cached_classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: int) -> BlockClassification:
-    """:func:`classify_blocks` with a one-entry cache keyed on the identity and version of lo/hi.
+    """:func:`classify_blocks` cached on the identity and version of lo/hi, one entry per block size.
 
-    Every layer of one model forward passes the same lo/hi tensors, so all but the first call hit.
-    The cache holds references to lo/hi, so their storage cannot be recycled under the key.
+    Every layer of one model forward passes the same lo/hi tensors, so all but the first call hit;
+    the forward and backward kernels may use different tile sizes, hence one entry per size. New
+    lo/hi tensors drop all entries. The cache holds references to lo/hi, so their storage cannot be
+    recycled under the key.
     """
     try:
-        key = (lo._version, hi._version, block_m, block_n)
+        versions = (lo._version, hi._version)
     except RuntimeError:  # inference tensors carry no version counter: do not cache them
         return classify_blocks(lo, hi, block_m, block_n)
-    hit = _cache.get("entry")
-    if hit is not None and hit[0] is lo and hit[1] is hi and hit[2] == key:
-        return hit[3]
-    blocks = classify_blocks(lo, hi, block_m, block_n)
-    _cache["entry"] = (lo, hi, key, blocks)
+    owner = _cache.get("owner")
+    if owner is None or owner[0] is not lo or owner[1] is not hi or owner[2] != versions:
+        _cache.clear()
+        _cache["owner"] = (lo, hi, versions)
+    blocks = _cache.get((block_m, block_n))
+    if blocks is None:
+        blocks = _cache[(block_m, block_n)] = classify_blocks(lo, hi, block_m, block_n)
     return blocks

@@ -11,17 +11,22 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 import types
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from .blocks import BlockClassification, cached_classify_blocks
+from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
 from .reference import mirror_rotate_transpose
 from .tiles import _cols, _dot, _load_rows, _mirror, _scores, _store_unmirror, _visible
+from .tuning import candidates, table_config, tuned_config
 
-__all__ = ["masked_attention", "MaskedAttentionFunction", "default_config"]
+__all__ = ["masked_attention", "MaskedAttentionFunction", "Launch", "fwd_launch", "dkdv_launch", "dq_launch"]
 
 _LOG2E = 1.4426950408889634
 # @triton.jit picks interpreter or compiler when this module is imported, so record it now.
@@ -250,20 +255,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
 
 # ----------------------------------------------------------------------------- host side
 
-def default_config(head_dim: int, dtype: torch.dtype, device: torch.device):
-    """(block_m, block_n, num_warps, num_stages). The interpreter gets 16x16 tiles so CPU tests stay
-    fast. GPU values are untuned first guesses (no GPU was available while writing this), chosen so
-    every kernel compiles for sm_90 within H100 shared memory (checked offline with Triton's ptxas)."""
-    if device.type != "cuda":
-        return 16, 16, 1, 1
-    dtile = 2 * _hp(head_dim)
-    if dtype == torch.float32:  # 4-byte tiles: halve the tile area for wide heads
-        return (64, 64, 4, 2) if dtile <= 64 else (32, 32, 4, 2) if dtile <= 128 else (16, 16, 4, 1)
-    return (64, 64, 4, 3) if dtile <= 64 else (64, 64, 8, 2) if dtile <= 128 else (32, 32, 4, 2)
-
-
 def _hp(D: int) -> int:
-    return max(8, triton.next_power_of_2(D // 2))  # half-tile width; 2*HP >= 16 for tl.dot
+    return head_dim_tile(D) // 2  # half-tile width; 2*HP >= 16 for tl.dot
 
 
 def _kernel_ready(x: torch.Tensor) -> torch.Tensor:
@@ -285,44 +278,144 @@ def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+class Launch(NamedTuple):
+    """One kernel launch exactly as the runtime issues it. The compile report specialises these same
+    arguments (pointer alignment, which ints are 1 or divisible by 16), so it compiles what a GPU run
+    compiles."""
+    kernel: object
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    config: KernelConfig
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.constexprs, num_warps=self.config.num_warps,
+                               num_stages=self.config.num_stages)
+
+
+def _rope_args(cos, sin, lo):
+    if cos is None:  # unused pointers when mirror is off
+        return lo, lo, 0, 0
+    return cos, sin, cos.stride(0), cos.stride(1)
+
+
+def _constexprs(q, blocks, mirror, prec):
+    D = q.shape[-1]
+    return dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror,
+                PREC=prec, UPCAST=_upcast(q))
+
+
+def fwd_launch(q, k, v, o, lse, lo, hi, cos, sin, scale, blocks, prec, config) -> Launch:
+    B, H, T, _ = q.shape
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    args = (q, k, v, o, lse, lo, hi, *_rope_args(cos, sin, lo)[:2], blocks.cls, blocks.kv_count, blocks.kv_index,
+            blocks.m_order, *_strides3(q), *_strides3(k), *_strides3(v), *_rope_args(cos, sin, lo)[2:],
+            H, H // k.shape[1], T, NM, NN, scale * _LOG2E)
+    return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
+
+
+def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config,
+                atomic_dq) -> Launch:
+    B, H, T, _ = q.shape
+    hkv = k.shape[1]
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    cs, sn, scb, sct = _rope_args(cos, sin, lo)
+    args = (q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale)
+    return Launch(_bwd_dkdv_kernel, (NN, B * hkv), args,
+                  dict(_constexprs(q, blocks, cos is not None, prec), ATOMIC_DQ=atomic_dq), config)
+
+
+def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config) -> Launch:
+    B, H, T, _ = q.shape
+    hkv = k.shape[1]
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    cs, sn, scb, sct = _rope_args(cos, sin, lo)
+    args = (q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, H // hkv, T, NM, NN, scale * _LOG2E, scale)
+    return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
+
+
+class _Plan(NamedTuple):
+    """How one call launches its kernels: the caller's overrides, else per-kernel configs."""
+    blocks: BlockClassification | None  # caller's classification: its block sizes win for every kernel
+    override: KernelConfig              # caller's block_m/block_n/num_warps/num_stages; None fields: not set
+
+    def config(self, variant: Variant, seq_len: int, device: torch.device, bench) -> KernelConfig:
+        if device.type != "cuda":
+            chosen = interpreter_config()
+        elif self.blocks is not None or any(x is not None for x in self.override):
+            chosen = table_config(variant)  # an explicit choice is not second-guessed by tuning
+        else:
+            scope = f"{torch.cuda.get_device_name(device)}, triton {triton.__version__}"
+            chosen = tuned_config(variant, seq_len, candidates(variant), bench, scope)
+        if self.blocks is not None:
+            chosen = chosen._replace(block_m=self.blocks.block_m, block_n=self.blocks.block_n)
+        return KernelConfig(*(o if o is not None else c for o, c in zip(self.override, chosen)))
+
+    def classification(self, lo, hi, config: KernelConfig) -> BlockClassification:
+        return self.blocks if self.blocks is not None else cached_classify_blocks(lo, hi, config.block_m,
+                                                                                   config.block_n)
+
+
+def _timer(device):
+    if device.type == "cuda":
+        return lambda launch: triton.testing.do_bench(launch, warmup=5, rep=25)
+    return lambda launch: _wall_ms(launch)
+
+
+def _wall_ms(launch):
+    t0 = time.perf_counter()
+    launch()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def _choose(plan, variant, q, lo, hi, make):
+    """Config for one kernel of this call; `make(config, blocks, scratch)` builds its Launch. Tuning
+    launches candidates into scratch outputs (atomic dQ would otherwise accumulate into the real one)."""
+    time_ms = _timer(q.device)
+    bench = lambda c: time_ms(make(c, plan.classification(lo, hi, c), True))  # noqa: E731
+    config = plan.config(variant, q.shape[2], q.device, bench)
+    return make(config, plan.classification(lo, hi, config), False)
+
+
 class MaskedAttentionFunction(torch.autograd.Function):
     """autograd Function; use :func:`masked_attention` rather than calling ``apply`` directly."""
 
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch):
+    def forward(ctx, q, k, v, lo, hi, cos, sin, scale, plan, deterministic):
         B, H, T, D = q.shape
-        hkv = k.shape[1]
         mirror = cos is not None
-        cs, sn = (cos, sin) if mirror else (lo, lo)  # unused pointers when mirror is off
-        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
         prec = "tf32" if q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" else "ieee"
-        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
         o = torch.empty_like(q)
         lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-        warps, stages = launch
-        _fwd_kernel[(NM, B * H)](
-            q, k, v, o, lse, lo, hi, cs, sn, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
-            *_strides3(q), *_strides3(k), *_strides3(v), scb, sct,
-            H, H // hkv, T, NM, NN, scale * _LOG2E,
-            HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror, PREC=prec,
-            UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
+
+        def make(config, blocks, scratch):
+            out = (torch.empty_like(o), torch.empty_like(lse)) if scratch else (o, lse)
+            return fwd_launch(q, k, v, *out, lo, hi, cos, sin, scale, blocks, prec, config)
+
+        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror, False), q, lo, hi, make)()
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
-        ctx.meta = (scale, blocks, deterministic, launch, prec)
+        ctx.meta = (scale, plan, deterministic, prec)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, lo, hi, cos, sin = ctx.saved_tensors
-        scale, blocks, deterministic, (warps, stages), prec = ctx.meta
-        B, H, T, D = q.shape
-        hkv = k.shape[1]
+        scale, plan, deterministic, prec = ctx.meta
+        D = q.shape[-1]
         mirror = cos is not None
-        cs, sn = (cos, sin) if mirror else (lo, lo)
-        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
+        dtype = _DTYPE_NAMES[q.dtype]
         if do.stride(-1) != 1:
             do = do.contiguous()
         delta = (do.float() * o.float()).sum(-1).contiguous()  # rowsum(dO * O), [B, H, T]
-        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         if deterministic:
             dq = torch.empty_like(q)
@@ -330,23 +423,27 @@ class MaskedAttentionFunction(torch.autograd.Function):
         else:  # fp32 accumulators for atomic adds; mirrored part kept apart, rotated back below
             dq32 = torch.zeros_like(q, dtype=torch.float32)
             dqm = torch.zeros_like(dq32) if mirror else dq32
-        consts = dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                      MIRROR=mirror, PREC=prec, UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
-        strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct)
-        _bwd_dkdv_kernel[(NN, B * hkv)](
-            q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
-            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, *strides,
-            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale, ATOMIC_DQ=not deterministic, **consts)
+
+        def make_dkdv(config, blocks, scratch):
+            outs = (dk, dv, dq32, dqm)
+            if scratch:
+                dq_s = torch.empty_like(dq32) if not deterministic else dq32  # deterministic: untouched
+                outs = (torch.empty_like(dk), torch.empty_like(dv), dq_s, torch.empty_like(dqm) if mirror and not deterministic else dq_s)
+            return dkdv_launch(q, k, v, do, *outs, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config,
+                               not deterministic)
+
+        def make_dq(config, blocks, scratch):
+            return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, cos, sin,
+                             scale, blocks, prec, config)
+
+        _choose(plan, Variant("dkdv", D, dtype, mirror, not deterministic), q, lo, hi, make_dkdv)()
         if deterministic:
-            _bwd_dq_kernel[(NM, B * H)](
-                q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
-                blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, *strides,
-                H, H // hkv, T, NM, NN, scale * _LOG2E, scale, **consts)
+            _choose(plan, Variant("dq", D, dtype, mirror, False), q, lo, hi, make_dq)()
         else:
             if mirror:
                 dq32 = dq32 + mirror_rotate_transpose(dqm, cos, sin)
             dq = dq32.to(q.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, blocks=None,
@@ -355,8 +452,11 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
 
     q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] (pass them
     int32 on q's device so the block classification cache hits); mirror_rope: None or (cos, sin),
-    each [B, T, D]. ``blocks``: a precomputed :func:`classify_blocks` result (its block sizes win).
-    ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of atomics).
+    each [B, T, D]. ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of
+    atomics). Launch configs come from ``bico_kernels.config_table`` (tuned on the first GPU call,
+    see ``bico_kernels.tuning``); ``blocks`` (a precomputed :func:`classify_blocks` result, whose block
+    sizes then win), ``block_m``, ``block_n``, ``num_warps`` and ``num_stages`` override them for all
+    three kernels.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -380,16 +480,14 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
         cos, sin = (t.to(q.device).contiguous() for t in mirror_rope)
         if cos.shape != (B, T, D) or sin.shape != (B, T, D):
             raise ValueError(f"mirror_rope tables must be [B, T, D] = {(B, T, D)}, got {tuple(cos.shape)}")
-    bm0, bn0, warps0, stages0 = default_config(D, q.dtype, q.device)
-    if blocks is None:
-        blocks = cached_classify_blocks(lo, hi, block_m or bm0, block_n or bn0)
-    elif not isinstance(blocks, BlockClassification) or blocks.seq_len != T or blocks.cls.shape[0] != B \
-            or blocks.cls.device != q.device or (block_m or blocks.block_m) != blocks.block_m \
-            or (block_n or blocks.block_n) != blocks.block_n:
+    if blocks is not None and (not isinstance(blocks, BlockClassification) or blocks.seq_len != T
+                               or blocks.cls.shape[0] != B or blocks.cls.device != q.device
+                               or (block_m or blocks.block_m) != blocks.block_m
+                               or (block_n or blocks.block_n) != blocks.block_n):
         raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
-    launch = (num_warps or warps0, num_stages or stages0)
+    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages))
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
-    return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch)
+    return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, plan, deterministic)
 
 
 class _CallableModule(types.ModuleType):

@@ -1,0 +1,81 @@
+"""Compile report: every masked-attention kernel variant compiled for Hopper (sm_90a) on this machine,
+no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out.
+
+    # the configs the runtime launches by default (first entry of the pruned table), bf16+fp16, D 64/128
+    python benchmarks/compile_report.py
+    # re-prune the config table after a kernel or Triton change: compile every candidate config,
+    # keep the clean ones (zero spills, <= 227 KB shared memory, wgmma, no ptxas advice) best-first,
+    # and rewrite kernels/config_table.py
+    python benchmarks/compile_report.py --candidates --write-table --workers 4
+
+Must run without TRITON_INTERPRET (the interpreter replaces the kernels). Numbers per variant:
+registers per thread, spill stores/loads (bytes per thread), shared memory per block, wgmma
+instructions in the PTX, ptxas warnings and performance advice (e.g. C7515: wgmma serialised).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("unset TRITON_INTERPRET: the compile report compiles the kernels, the interpreter would replace them")
+
+from bico.bench import metadata  # noqa: E402
+from bico.io_utils import atomic_write, atomic_write_json  # noqa: E402
+from bico_kernels import compile_report as cr  # noqa: E402
+from bico_kernels.configs import TABLE_DTYPES, TABLE_HEAD_DIMS, runtime_variants  # noqa: E402
+from bico_kernels.tuning import candidates  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtypes", default=",".join(TABLE_DTYPES), help="comma list of bf16, fp16, fp32")
+    ap.add_argument("--head-dims", default=",".join(map(str, TABLE_HEAD_DIMS)))
+    ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    ap.add_argument("--candidates", action="store_true",
+                    help="compile every candidate config of the search space, not only the default ones")
+    ap.add_argument("--write-table", action="store_true",
+                    help="with --candidates: rewrite kernels/config_table.py from the clean candidates")
+    ap.add_argument("--workers", type=int, default=1, help="compile processes (ptxas uses one core each)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/compile-sm90"))
+    ap.add_argument("--name", default=None, help="file stem (default: defaults or candidates)")
+    args = ap.parse_args(argv)
+    if args.write_table and not args.candidates:
+        ap.error("--write-table needs --candidates")
+    if reason := cr.ptxas_available():
+        sys.exit(reason)
+    variants = [v for v in runtime_variants(args.dtypes.split(","), [int(d) for d in args.head_dims.split(",")])
+                if v.kernel in args.kernels.split(",")]
+    pairs = cr.candidate_pairs(variants) if args.candidates else [(v, candidates(v)[0]) for v in variants]
+    results = cr.compile_many(pairs, workers=args.workers)
+    table = cr.markdown_table(results)
+    print(table)
+    bad = {r.variant.key() + " " + r.config.label(): cr.problems(r) for r in results if cr.problems(r)}
+    name = args.name or ("candidates" if args.candidates else "defaults")
+    meta = metadata({"device": "cpu", "target": "cuda sm_90a", "sample_call": cr.SAMPLE_CALL,
+                     "workers": args.workers})
+    meta["note"] = ("Compiled offline for sm_90a (no GPU): numbers are the compiler's, no timing. "
+                    "compile_s is wall time on this machine, which may have been shared.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", {**meta, "problems": bad, "records": [r.as_dict() for r in results]})
+    atomic_write(out / f"{name}.md", f"# Compile report ({name}), sm_90a, triton "
+                      f"{meta['versions']['triton']}, commit {meta['git_commit']}"
+                      f"{' (dirty)' if meta['git_dirty'] else ''}\n\nSample call: {cr.SAMPLE_CALL}.\n\n{table}")
+    if args.write_table:
+        path = ROOT / "kernels/config_table.py"
+        atomic_write(path, cr.render_config_table(results))
+        print(f"wrote {path}")
+    total = sum(r.compile_s for r in results)
+    print(f"{len(results)} compiles, {total:.0f} s of compile time; {len(bad)} with problems")
+    for k, v in bad.items():
+        print(f"  {k}: {'; '.join(v)[:160]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
