@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -155,17 +156,53 @@ def compile_variant(variant: Variant, config: KernelConfig) -> CompileResult:
                          compiled.asm["ptx"].count("wgmma.mma_async"), warnings, time.perf_counter() - t0)
 
 
-def _compile_pair(pair):
-    return compile_variant(*pair)
+def _child(pair, conn, log_path):
+    # The compiler can abort the process (an MLIR assertion on some tile shapes), so each compile
+    # runs in its own forked process; its C++ output goes to a file, read back on failure.
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    conn.send(compile_variant(*pair))
+    conn.close()
 
 
-def compile_many(pairs, workers: int = 1) -> list[CompileResult]:
-    """Compile (variant, config) pairs; ``workers`` > 1 uses that many processes (ptxas is single-threaded)."""
+def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0) -> list[CompileResult]:
+    """Compile (variant, config) pairs, each in a forked process, ``workers`` at a time (ptxas is
+    single-threaded). A compile that crashes or times out gives a result with ``error`` set."""
     pairs = list(pairs)
-    if workers <= 1 or len(pairs) <= 1:
-        return [compile_variant(v, c) for v, c in pairs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_compile_pair, pairs))
+    ctx = multiprocessing.get_context("fork")
+    results: list = [None] * len(pairs)
+    running = {}  # sentinel -> (index, process, receiving end, log path, start time)
+    with tempfile.TemporaryDirectory(prefix="bico-compile-logs-") as logs:
+        todo = list(enumerate(pairs))
+        while todo or running:
+            while todo and len(running) < max(1, workers):
+                i, pair = todo.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                log_path = os.path.join(logs, f"{i}.log")
+                proc = ctx.Process(target=_child, args=(pair, send, log_path), daemon=True)
+                proc.start()
+                send.close()
+                running[proc.sentinel] = (i, proc, recv, log_path, time.perf_counter())
+            ready = multiprocessing.connection.wait(list(running), timeout=5.0)
+            for sentinel in list(running):
+                i, proc, recv, log_path, t0 = running[sentinel]
+                late = time.perf_counter() - t0 > timeout_s
+                if sentinel not in ready and not late:
+                    continue
+                if late:
+                    proc.kill()
+                proc.join()
+                del running[sentinel]
+                result = recv.recv() if recv.poll() else None
+                if result is None:
+                    with open(log_path, errors="replace") as f:
+                        first = next((ln.strip() for ln in f if "error" in ln.lower()), "")
+                    why = "timed out" if late else f"compiler process died (exit {proc.exitcode})"
+                    result = CompileResult(*pairs[i], 0, 0, 0, 0, 0, 0, (), time.perf_counter() - t0,
+                                           f"{why}: {first[:200]}")
+                results[i] = result
+    return results
 
 
 def problems(r: CompileResult) -> list[str]:

@@ -23,7 +23,7 @@ import triton.testing
 from .blocks import BlockClassification, cached_classify_blocks
 from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
 from .reference import mirror_rotate_transpose
-from .tiles import _cols, _dot, _load_rows, _mirror, _scores, _store_unmirror, _visible
+from .tiles import _cols, _dot, _key_tile, _key_visible, _load_rows, _mirror, _query_scores, _unmirror
 from .tuning import candidates, table_config, tuned_config
 
 __all__ = ["masked_attention", "MaskedAttentionFunction", "Launch", "fwd_launch", "dkdv_launch", "dq_launch"]
@@ -34,11 +34,34 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
+def _fwd_tile(acc, m_i, l_i, qx, k_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, cos_p, sin_p, skt, svt, sct,
+              col, pcol, cvalid, sign, T, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              MIRRORED: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Online-softmax update with one key block (exp2 domain, fp32 statistics).
+    start_n = nb * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _key_tile(k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T, MIRRORED)
+    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, scb, sct,
                 H, GROUP, T, NM, NN, qk_scale,
                 HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # One program per (query block, batch, head). With MIRROR, key blocks holding pairs j <= i run
+    # first with the plain q tile, then those holding pairs j > i with the mirrored one (built once,
+    # replacing q), so only one q tile is live; diagonal tiles are visited by both phases.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -53,50 +76,78 @@ def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
     v_p = V + b64 * svb + hk * svh
     cos_p = COS + b64 * scb
     sin_p = SIN + b64 * scb
+    lo_p = LO + b * T
+    hi_p = HI + b * T
     q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
-    if MIRROR:
-        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        qm = q
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
     row = b * NM + mb
-    for t in range(0, tl.load(KV_CNT + row)):
+    cnt = tl.load(KV_CNT + row)
+    low_cnt = cnt
+    if MIRROR:
+        low_cnt = tl.load(KV_LOW_CNT + row)
+    for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        kind = tl.load(CLS + row * NN + nb)
-        start_n = nb * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-        up = start_n + BLOCK_N - 1 > start_m
-        low = start_n < start_m + BLOCK_M
-        km = k
-        if MIRROR:
-            if up:  # mirrored key tile only where some key lies after some query
-                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-        if kind == 1:  # PARTIAL: elementwise interval test
-            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                                  lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
+                                  BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    if MIRROR:
+        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        for t in range(tl.load(KV_UP_START + row), cnt):
+            nb = tl.load(KV_IDX + row * NN + t)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, qm, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                      start_m, lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T,
+                                      qk_scale, BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
     empty = l_i == 0.0  # no visible key: output 0, lse = +inf so exp2(s - lse) = 0 in backward
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_p = O + b64 * sqb + h * sqh  # O is allocated with q's strides
-    tl.store(o_p + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + b64 * sqb + h * sqh + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),
              mask=(offs_m[:, None] < T) & cvalid[None, :])
     tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)),
              mask=offs_m < T)
 
 
 @triton.jit
+def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, q_p, do_p, dq_p, lse_p, delta_p,
+               cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+               ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # One (key block, query block) tile, key-major: scores are S^T [keys, queries], so P^T and dS^T
+    # are the register A operands of the dV and dK dots as computed (no transposes through shared
+    # memory). MIRRORED: kx is the mirrored key tile and the query tile is mirrored here; SPLIT: the
+    # mirror is on, so a tile on the diagonal keeps only this phase's pairs (j > i when MIRRORED,
+    # else j <= i); the other phase visits it again for the rest.
+    start_m = mb * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    if MIRRORED:
+        q = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+    do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
+    lse = tl.load(lse_p + offs_m, mask=offs_m < T, other=0.0)
+    delta = tl.load(delta_p + offs_m, mask=offs_m < T, other=0.0)
+    st = _dot(kx, tl.trans(q), PREC, UPCAST) * qk_scale
+    if kind == 1:  # PARTIAL: elementwise interval test
+        st = tl.where(_key_visible(lo_n, hi_n, offs_m, T), st, float("-inf"))
+    if SPLIT:
+        if (start_n + BLOCK_N - 1 > start_m) & (start_n < start_m + BLOCK_M):  # on the diagonal
+            if MIRRORED:
+                st = tl.where(offs_n[:, None] > offs_m[None, :], st, float("-inf"))
+            else:
+                st = tl.where(offs_n[:, None] <= offs_m[None, :], st, float("-inf"))
+    pt = tl.exp2(st - lse[None, :])
+    dv += _dot(pt.to(do.dtype), do, PREC, UPCAST)
+    dst = (pt * (_dot(v, tl.trans(do), PREC, UPCAST) - delta[None, :])).to(q.dtype)
+    dk += _dot(dst, q, PREC, UPCAST)
+    if ATOMIC_DQ:
+        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :], _dot(tl.trans(dst), kx, PREC, UPCAST) * scale,
+                      mask=(offs_m[:, None] < T) & cvalid[None, :])
+    return dk, dv
+
+
+@triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+                     Q_UP_CNT, Q_LOW_START,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                      H, HKV, GROUP, T, NM, NN, qk_scale, scale,
                      HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -104,6 +155,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN,
                      UPCAST: tl.constexpr):
     # One program per (key block, batch, kv head); loops over the GROUP query heads sharing it, so
     # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style).
+    # With MIRROR, two phases keep one dK accumulator live instead of two: first the tiles holding
+    # pairs j > i (mirrored q and k) accumulate the gradient w.r.t. the mirrored keys, which is then
+    # rotated back (R_{+2 theta}) once; the tiles holding pairs j <= i add the plain gradient to it.
     bhk = tl.program_id(1)
     b = bhk // HKV
     hk = bhk % HKV
@@ -118,81 +172,71 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN,
     sin_p = SIN + b64 * scb
     k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
     v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-    if MIRROR:
-        km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        km = k
+    nmask = offs_n < T
+    lo_n = tl.load(LO + b * T + offs_n, mask=nmask, other=1)  # keys past T: empty interval
+    hi_n = tl.load(HI + b * T + offs_n, mask=nmask, other=0)
     dk = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
-    dkm = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
     dv = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
     colrow = b * NN + nb
     cnt = tl.load(Q_CNT + colrow)
+    low_start = 0
+    if MIRROR:
+        km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        up_cnt = tl.load(Q_UP_CNT + colrow)
+        for g in range(0, GROUP):
+            h = hk * GROUP + g
+            stat = (b64 * H + h) * T
+            for t in range(0, up_cnt):
+                mb = tl.load(Q_IDX + colrow * NM + t)
+                dk, dv = _dkdv_tile(dk, dv, km, v, lo_n, hi_n, offs_n, start_n, mb,
+                                    tl.load(CLS + (b * NM + mb) * NN + nb), Q + b64 * sqb + h * sqh,
+                                    DO + b64 * sdb + h * sdh, DQM + b64 * sqb + h * sqh, LSE + stat, DELTA + stat,
+                                    cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
+                                    BLOCK_M, BLOCK_N, True, True, ATOMIC_DQ, PREC, UPCAST)
+        dk = _unmirror(dk, cos_p, sin_p, offs_n, sct, T, HALF, HP, BLOCK_N)
+        low_start = tl.load(Q_LOW_START + colrow)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_p = Q + b64 * sqb + h * sqh
-        do_p = DO + b64 * sdb + h * sdh
-        dq_p = DQ + b64 * sqb + h * sqh
-        dqm_p = DQM + b64 * sqb + h * sqh
         stat = (b64 * H + h) * T
-        for t in range(0, cnt):
+        for t in range(low_start, cnt):
             mb = tl.load(Q_IDX + colrow * NM + t)
-            kind = tl.load(CLS + (b * NM + mb) * NN + nb)
-            start_m = mb * BLOCK_M
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
-            do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
-            lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
-            delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
-            up = start_n + BLOCK_N - 1 > start_m
-            low = start_n < start_m + BLOCK_M
-            qm = q
-            if MIRROR:
-                if up:
-                    qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-            s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-            if kind == 1:
-                s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-            p = tl.exp2(s - lse[:, None])
-            dv += _dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
-            ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
-            rmask = (offs_m[:, None] < T) & cvalid[None, :]
-            if MIRROR:
-                ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
-                ds_n = (ds - ds_m).to(q.dtype)
-                ds_m = ds_m.to(q.dtype)
-                if low:
-                    dk += _dot(tl.trans(ds_n), q, PREC, UPCAST)
-                    if ATOMIC_DQ:
-                        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
-                                      _dot(ds_n, k, PREC, UPCAST) * scale, mask=rmask)
-                if up:
-                    dkm += _dot(tl.trans(ds_m), qm, PREC, UPCAST)
-                    if ATOMIC_DQ:
-                        tl.atomic_add(dqm_p + offs_m[:, None] * sqt + col[None, :],
-                                      _dot(ds_m, km, PREC, UPCAST) * scale, mask=rmask)
-            else:
-                ds16 = ds.to(q.dtype)
-                dk += _dot(tl.trans(ds16), q, PREC, UPCAST)
-                if ATOMIC_DQ:
-                    tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
-                                  _dot(ds16, k, PREC, UPCAST) * scale, mask=rmask)
-    nmask = (offs_n[:, None] < T) & cvalid[None, :]
-    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :],
-             dv.to(DV.dtype.element_ty), mask=nmask)
-    dk_p = DK + b64 * skb + hk * skh  # DK is allocated with k's strides
-    if MIRROR:
-        _store_unmirror(dk_p, offs_n, skt, dk * scale, dkm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_N)
-    else:
-        tl.store(dk_p + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty), mask=nmask)
+            dk, dv = _dkdv_tile(dk, dv, k, v, lo_n, hi_n, offs_n, start_n, mb,
+                                tl.load(CLS + (b * NM + mb) * NN + nb), Q + b64 * sqb + h * sqh,
+                                DO + b64 * sdb + h * sdh, DQ + b64 * sqb + h * sqh, LSE + stat, DELTA + stat,
+                                cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
+                                BLOCK_M, BLOCK_N, False, MIRROR, ATOMIC_DQ, PREC, UPCAST)
+    nmask2 = nmask[:, None] & cvalid[None, :]
+    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :], dv.to(DV.dtype.element_ty),
+             mask=nmask2)
+    tl.store(DK + b64 * skb + hk * skh + offs_n[:, None] * skt + col[None, :],  # DK has k's strides
+             (dk * scale).to(DK.dtype.element_ty), mask=nmask2)
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
+def _dq_tile(dq, qx, do, lse, delta, k_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, cos_p, sin_p, skt, svt,
+             sct, col, pcol, cvalid, sign, T, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             MIRRORED: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    start_n = nb * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _key_tile(k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T, MIRRORED)
+    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    p = tl.exp2(s - lse[:, None])
+    ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                    H, GROUP, T, NM, NN, qk_scale, scale,
                    HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # Deterministic dQ: one program per query block owns its rows; fixed summation order.
+    # Deterministic dQ: one program per query block owns its rows; fixed summation order. With
+    # MIRROR, the mirrored phase runs first into the one accumulator, which is rotated back
+    # (R_{+2 theta}) before the plain phase adds to it, as in the dK/dV kernel.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -207,50 +251,34 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
     v_p = V + b64 * svb + hk * svh
     cos_p = COS + b64 * scb
     sin_p = SIN + b64 * scb
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    lo_p = LO + b * T
+    hi_p = HI + b * T
     do = _load_rows(DO + b64 * sdb + h * sdh, offs_m, sdt, col, cvalid, T)
     stat = bh.to(tl.int64) * T
     lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
-    if MIRROR:
-        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        qm = q
     dq = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
-    dqm = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
     row = b * NM + mb
-    for t in range(0, tl.load(KV_CNT + row)):
-        nb = tl.load(KV_IDX + row * NN + t)
-        kind = tl.load(CLS + row * NN + nb)
-        start_n = nb * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-        up = start_n + BLOCK_N - 1 > start_m
-        low = start_n < start_m + BLOCK_M
-        km = k
-        if MIRROR:
-            if up:  # mirrored key tile only where some key lies after some query
-                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-        if kind == 1:
-            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-        p = tl.exp2(s - lse[:, None])
-        ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
-        if MIRROR:
-            ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
-            if low:
-                dq += _dot((ds - ds_m).to(k.dtype), k, PREC, UPCAST)
-            if up:
-                dqm += _dot(ds_m.to(k.dtype), km, PREC, UPCAST)
-        else:
-            dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
-    dq_p = DQ + b64 * sqb + h * sqh  # DQ is allocated with q's strides
+    cnt = tl.load(KV_CNT + row)
+    low_cnt = cnt
     if MIRROR:
-        _store_unmirror(dq_p, offs_m, sqt, dq * scale, dqm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_M)
-    else:
-        tl.store(dq_p + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
-                 mask=(offs_m[:, None] < T) & cvalid[None, :])
+        qm = _mirror(_load_rows(q_p, offs_m, sqt, col, cvalid, T), q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol,
+                     cvalid, sign, T)
+        for t in range(tl.load(KV_UP_START + row), cnt):
+            nb = tl.load(KV_IDX + row * NN + t)
+            dq = _dq_tile(dq, qm, do, lse, delta, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                          lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
+                          BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
+        dq = _unmirror(dq, cos_p, sin_p, offs_m, sct, T, HALF, HP, BLOCK_M)
+        low_cnt = tl.load(KV_LOW_CNT + row)
+    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    for t in range(0, low_cnt):
+        nb = tl.load(KV_IDX + row * NN + t)
+        dq = _dq_tile(dq, q, do, lse, delta, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                      lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
+                      BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    tl.store(DQ + b64 * sqb + h * sqh + offs_m[:, None] * sqt + col[None, :],  # DQ has q's strides
+             (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m[:, None] < T) & cvalid[None, :])
 
 
 # ----------------------------------------------------------------------------- host side
@@ -312,7 +340,7 @@ def fwd_launch(q, k, v, o, lse, lo, hi, cos, sin, scale, blocks, prec, config) -
     B, H, T, _ = q.shape
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     args = (q, k, v, o, lse, lo, hi, *_rope_args(cos, sin, lo)[:2], blocks.cls, blocks.kv_count, blocks.kv_index,
-            blocks.m_order, *_strides3(q), *_strides3(k), *_strides3(v), *_rope_args(cos, sin, lo)[2:],
+            blocks.m_order, blocks.kv_low_count, blocks.kv_up_start, *_strides3(q), *_strides3(k), *_strides3(v), *_rope_args(cos, sin, lo)[2:],
             H, H // k.shape[1], T, NM, NN, scale * _LOG2E)
     return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
 
@@ -324,7 +352,7 @@ def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cos, sin, sc
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     cs, sn, scb, sct = _rope_args(cos, sin, lo)
     args = (q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
-            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order,
+            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, blocks.q_up_count, blocks.q_low_start,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
             H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale)
     return Launch(_bwd_dkdv_kernel, (NN, B * hkv), args,
@@ -337,7 +365,7 @@ def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, cos, sin, scale, blocks, prec
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     cs, sn, scb, sct = _rope_args(cos, sin, lo)
     args = (q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
-            blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, blocks.kv_low_count, blocks.kv_up_start,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
             H, H // hkv, T, NM, NN, scale * _LOG2E, scale)
     return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
