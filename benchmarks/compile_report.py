@@ -25,7 +25,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 from bico.bench import metadata  # noqa: E402
 from bico.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from bico_kernels import compile_report as cr  # noqa: E402
-from bico_kernels.configs import TABLE_DTYPES, TABLE_HEAD_DIMS, runtime_variants  # noqa: E402
+from bico_kernels.configs import TABLE_DTYPES, TABLE_HEAD_DIMS, KernelConfig, runtime_variants  # noqa: E402
 from bico_kernels.tuning import candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,9 @@ def main(argv=None) -> int:
                     help="compile every candidate config of the search space, not only the default ones")
     ap.add_argument("--write-table", action="store_true",
                     help="with --candidates: rewrite kernels/config_table.py from the clean candidates")
+    ap.add_argument("--only", default="", help="comma list: keep variants whose key contains one of these")
+    ap.add_argument("--configs", default="",
+                    help="explicit configs for every variant, 'bm,bn,warps,stages;...' (an experiment, not the table)")
     ap.add_argument("--workers", type=int, default=1, help="compile processes (ptxas uses one core each)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/compile-sm90"))
     ap.add_argument("--name", default=None, help="file stem (default: defaults or candidates)")
@@ -50,8 +53,17 @@ def main(argv=None) -> int:
         sys.exit(reason)
     variants = [v for v in runtime_variants(args.dtypes.split(","), [int(d) for d in args.head_dims.split(",")])
                 if v.kernel in args.kernels.split(",")]
-    pairs = cr.candidate_pairs(variants) if args.candidates else [(v, candidates(v)[0]) for v in variants]
-    results = cr.compile_many(pairs, workers=args.workers)
+    if args.only:
+        variants = [v for v in variants if any(s in v.key() for s in args.only.split(","))]
+    if args.configs:
+        if args.write_table:
+            ap.error("--write-table prunes the candidate space; it does not take --configs")
+        configs = [KernelConfig(*map(int, c.split(","))) for c in args.configs.split(";")]
+        pairs = [(v, c) for v in variants for c in configs]
+    else:
+        pairs = cr.candidate_pairs(variants) if args.candidates else [(v, candidates(v)[0]) for v in variants]
+    results = cr.compile_many(pairs, workers=args.workers,
+                              on_result=lambda r: print(cr.markdown_row(r), file=sys.stderr, flush=True))
     table = cr.markdown_table(results)
     print(table)
     bad = {r.variant.key() + " " + r.config.label(): cr.problems(r) for r in results if cr.problems(r)}

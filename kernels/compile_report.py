@@ -31,7 +31,7 @@ from .blocks import classify_blocks
 from .configs import KernelConfig, Variant, candidate_configs
 
 __all__ = ["CompileResult", "SAMPLE_CALL", "SMEM_LIMIT", "compile_variant", "compile_many", "problems",
-           "ptxas_available", "markdown_table", "candidate_pairs", "render_config_table"]
+           "ptxas_available", "markdown_table", "markdown_row", "candidate_pairs", "render_config_table"]
 
 SMEM_LIMIT = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB usable by one block
 # The call whose argument specialisation is measured: Llama-3-8B heads (GQA 32/8) at a training
@@ -88,19 +88,18 @@ def _sample_launch(variant: Variant, config: KernelConfig):
     lse, delta = (torch.empty(B, H, T) for _ in range(2))
     lo = torch.arange(T, dtype=torch.int32).expand(B, T).contiguous()  # causal; the mask is data, not code
     hi = torch.full((B, T), T, dtype=torch.int32)
-    cos, sin = (torch.empty(B, T, D) for _ in range(2)) if variant.mirror else (None, None)
+    mirror = impl.Mirror(hf(H), hf(HKV), torch.empty(B, T, D), torch.empty(B, T, D)) if variant.mirror else None
     blocks = classify_blocks(lo, hi, config.block_m, config.block_n)
     scale, prec = D ** -0.5, "ieee"
     if variant.dtype == "fp32" and torch.get_float32_matmul_precision() != "highest":
         prec = "tf32"
     if variant.kernel == "fwd":
-        return impl.fwd_launch(q, k, v, o, lse, lo, hi, cos, sin, scale, blocks, prec, config)
+        return impl.fwd_launch(q, k, v, o, lse, lo, hi, mirror, scale, blocks, prec, config)
     if variant.kernel == "dkdv":
         dq32 = torch.empty(B, T, H, D).transpose(1, 2)
         return impl.dkdv_launch(q, k, v, do, torch.empty_like(k), torch.empty_like(v), dq32, torch.empty_like(dq32),
-                                lse, delta, lo, hi, cos, sin, scale, blocks, prec, config, variant.atomic_dq)
-    return impl.dq_launch(q, k, v, do, torch.empty_like(q), lse, delta, lo, hi, cos, sin, scale, blocks, prec,
-                          config)
+                                lse, delta, lo, hi, mirror, scale, blocks, prec, config, variant.atomic_dq)
+    return impl.dq_launch(q, k, v, do, torch.empty_like(q), lse, delta, lo, hi, mirror, scale, blocks, prec, config)
 
 
 def _specialise(launch, backend):
@@ -166,9 +165,10 @@ def _child(pair, conn, log_path):
     conn.close()
 
 
-def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0) -> list[CompileResult]:
+def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0, on_result=None) -> list[CompileResult]:
     """Compile (variant, config) pairs, each in a forked process, ``workers`` at a time (ptxas is
-    single-threaded). A compile that crashes or times out gives a result with ``error`` set."""
+    single-threaded). A compile that crashes or times out gives a result with ``error`` set.
+    ``on_result(result)`` is called as each one finishes."""
     pairs = list(pairs)
     ctx = multiprocessing.get_context("fork")
     results: list = [None] * len(pairs)
@@ -202,6 +202,8 @@ def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0) -> list[Comp
                     result = CompileResult(*pairs[i], 0, 0, 0, 0, 0, 0, (), time.perf_counter() - t0,
                                            f"{why}: {first[:200]}")
                 results[i] = result
+                if on_result is not None:
+                    on_result(result)
     return results
 
 
@@ -224,18 +226,17 @@ def candidate_pairs(variants) -> list[tuple[Variant, KernelConfig]]:
     return [(v, c) for v in variants for c in candidate_configs(v)]
 
 
+def markdown_row(r: CompileResult) -> str:
+    if r.error:
+        return f"| {r.variant.key()} | {r.config.label()} | error: {r.error} | | | | | {r.compile_s:.1f} |"
+    warn = "; ".join(m.group(0)[1:-1] if (m := _CODED.search(w)) else w[:60] for w in r.warnings) or "-"
+    return (f"| {r.variant.key()} | {r.config.label()} | {r.registers} | {r.spill_stores}/{r.spill_loads} "
+            f"| {r.shared:,} | {r.wgmma} | {warn} | {r.compile_s:.1f} |")
+
+
 def markdown_table(results) -> str:
-    head = ("| variant | config | regs | spill st/ld (B) | smem (B) | wgmma | warnings | compile s |\n"
-            "|---|---|---|---|---|---|---|---|\n")
-    rows = []
-    for r in results:
-        if r.error:
-            rows.append(f"| {r.variant.key()} | {r.config.label()} | error: {r.error} | | | | | {r.compile_s:.1f} |")
-            continue
-        warn = "; ".join(m.group(0)[1:-1] if (m := _CODED.search(w)) else w[:60] for w in r.warnings) or "-"
-        rows.append(f"| {r.variant.key()} | {r.config.label()} | {r.registers} | {r.spill_stores}/{r.spill_loads} "
-                    f"| {r.shared:,} | {r.wgmma} | {warn} | {r.compile_s:.1f} |")
-    return head + "\n".join(rows) + "\n"
+    return ("| variant | config | regs | spill st/ld (B) | smem (B) | wgmma | warnings | compile s |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "".join(markdown_row(r) + "\n" for r in results))
 
 
 def render_config_table(results) -> str:

@@ -61,16 +61,19 @@ def runtime_variants(dtypes=TABLE_DTYPES, head_dims=TABLE_HEAD_DIMS) -> list[Var
 
 def candidate_configs(variant: Variant) -> list[KernelConfig]:
     """The search space the compile report prunes, in the order of preference used to rank survivors:
-    larger tiles first (fewer passes over K/V or Q), then more pipeline stages.
+    larger tiles first (fewer passes over K/V or Q, more work per wgmma), then deeper pipelines.
 
-    Why these shapes: one warpgroup (4 warps) issues one wgmma over 64 rows, so BLOCK_M of 64 fits 4
-    warps and 128 fits 8; the score tile S (BLOCK_M x BLOCK_N fp32) and the accumulators live in
-    registers, which at D=128 bounds the tile area far below what shared memory would allow.
+    Why these shapes: one warpgroup (4 warps) issues wgmma over 64 rows, so 4 warps suit 64-row
+    tiles and 8 warps 128-row ones (8 warps on 64 rows split the columns and serialise wgmma at
+    D=128: ptxas C7515). The accumulators (dK and dV in the dK/dV pass, 128x128 fp32 each at
+    D=128) live in registers, so the dK/dV pass walks query blocks of 16-64 rows; 16-row steps and
+    no pipelining (1 stage) are the last resort that keeps the mirrored pass with atomic dQ at
+    D=128 spill-free (benchmarks/NOTES.md).
     """
-    if variant.kernel == "dkdv":  # rows of the tile are keys (block_n), walking query blocks (block_m)
-        shapes = [(64, 128, 8), (32, 128, 8), (64, 64, 4), (64, 64, 8), (32, 64, 4), (16, 64, 4)]
-    else:
-        shapes = [(128, 128, 8), (128, 64, 8), (64, 128, 4), (64, 64, 4), (64, 64, 8), (64, 32, 4)]
+    if variant.kernel == "dkdv":  # tile rows are keys (block_n); each step takes block_m query rows
+        shapes = [(64, 128, 8), (32, 128, 8), (64, 64, 4), (32, 64, 4), (16, 128, 8), (16, 64, 4)]
+        return [KernelConfig(bm, bn, w, s) for bm, bn, w in shapes for s in (3, 2)] + [KernelConfig(16, 64, 4, 1)]
+    shapes = [(128, 128, 8), (128, 64, 8), (64, 128, 4), (64, 64, 4), (64, 32, 4)]
     return [KernelConfig(bm, bn, w, s) for bm, bn, w in shapes for s in (3, 2)]
 
 

@@ -22,8 +22,8 @@ import triton.testing
 
 from .blocks import BlockClassification, cached_classify_blocks
 from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
-from .reference import mirror_rotate_transpose
-from .tiles import _cols, _dot, _key_tile, _key_visible, _load_rows, _mirror, _query_scores, _unmirror
+from .reference import mirror_rotate, mirror_rotate_transpose
+from .tiles import _cols, _dot, _key_visible, _load_rows, _query_scores, _unmirror
 from .tuning import candidates, table_config, tuned_config
 
 __all__ = ["masked_attention", "MaskedAttentionFunction", "Launch", "fwd_launch", "dkdv_launch", "dq_launch"]
@@ -34,13 +34,13 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, qx, k_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, cos_p, sin_p, skt, svt, sct,
-              col, pcol, cvalid, sign, T, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              MIRRORED: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _fwd_tile(acc, m_i, l_i, qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+              qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Online-softmax update with one key block (exp2 domain, fp32 statistics).
     start_n = nb * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _key_tile(k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T, MIRRORED)
+    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
     v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
     s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
                       BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
@@ -54,14 +54,15 @@ def _fwd_tile(acc, m_i, l_i, qx, k_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
-                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, scb, sct,
+def _fwd_kernel(Q, K, V, QM, KM, O, LSE, LO, HI, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
+                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
                 H, GROUP, T, NM, NN, qk_scale,
                 HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # One program per (query block, batch, head). With MIRROR, key blocks holding pairs j <= i run
-    # first with the plain q tile, then those holding pairs j > i with the mirrored one (built once,
-    # replacing q), so only one q tile is live; diagonal tiles are visited by both phases.
+    # One program per (query block, batch, head). With MIRROR, the key blocks holding pairs j <= i
+    # run first with q and k, then those holding pairs j > i with the mirrored tiles QM and KM
+    # (rotated once on the host, laid out like q and k), so only one query tile is live and no
+    # RoPE table is read in the loop; tiles on the diagonal are visited by both phases.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -69,16 +70,13 @@ def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, K
     mb = tl.load(M_ORD + b * NM + tl.program_id(0))
     start_m = mb * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    q_p = Q + b64 * sqb + h * sqh
-    k_p = K + b64 * skb + hk * skh
+    q_off = b64 * sqb + h * sqh
+    k_off = b64 * skb + hk * skh
     v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
     lo_p = LO + b * T
     hi_p = HI + b * T
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
@@ -87,42 +85,41 @@ def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, K
     low_cnt = cnt
     if MIRROR:
         low_cnt = tl.load(KV_LOW_CNT + row)
+    q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
     for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
-                                  lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                  start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
                                   BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
     if MIRROR:
-        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
         for t in range(tl.load(KV_UP_START + row), cnt):
             nb = tl.load(KV_IDX + row * NN + t)
-            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, qm, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
-                                      start_m, lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T,
-                                      qk_scale, BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, qm, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                      start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                                      BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
     empty = l_i == 0.0  # no visible key: output 0, lse = +inf so exp2(s - lse) = 0 in backward
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    tl.store(O + b64 * sqb + h * sqh + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + q_off + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),  # O has q's strides
              mask=(offs_m[:, None] < T) & cvalid[None, :])
     tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)),
              mask=offs_m < T)
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, q_p, do_p, dq_p, lse_p, delta_p,
-               cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
-               ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, qx_p, do_p, dq_p, lse_p, delta_p,
+               sqt, sdt, col, cvalid, T, qk_scale, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               MIRRORED: tl.constexpr, SPLIT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
+               UPCAST: tl.constexpr):
     # One (key block, query block) tile, key-major: scores are S^T [keys, queries], so P^T and dS^T
     # are the register A operands of the dV and dK dots as computed (no transposes through shared
-    # memory). MIRRORED: kx is the mirrored key tile and the query tile is mirrored here; SPLIT: the
-    # mirror is on, so a tile on the diagonal keeps only this phase's pairs (j > i when MIRRORED,
-    # else j <= i); the other phase visits it again for the rest.
+    # memory). MIRRORED: kx and the query tiles are the mirrored ones; SPLIT: the mirror is on, so a
+    # tile on the diagonal keeps only this phase's pairs (j > i when MIRRORED, else j <= i); the
+    # other phase visits it again for the rest.
     start_m = mb * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
-    if MIRRORED:
-        q = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+    q = _load_rows(qx_p, offs_m, sqt, col, cvalid, T)
     do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
     lse = tl.load(lse_p + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(delta_p + offs_m, mask=offs_m < T, other=0.0)
@@ -146,7 +143,7 @@ def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, q_p, do_p, 
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+def _bwd_dkdv_kernel(Q, K, V, QM, KM, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
                      Q_UP_CNT, Q_LOW_START,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                      H, HKV, GROUP, T, NM, NN, qk_scale, scale,
@@ -154,24 +151,21 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN,
                      MIRROR: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
                      UPCAST: tl.constexpr):
     # One program per (key block, batch, kv head); loops over the GROUP query heads sharing it, so
-    # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style).
+    # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style;
+    # the mirrored part into DQM, rotated back on the host).
     # With MIRROR, two phases keep one dK accumulator live instead of two: first the tiles holding
-    # pairs j > i (mirrored q and k) accumulate the gradient w.r.t. the mirrored keys, which is then
-    # rotated back (R_{+2 theta}) once; the tiles holding pairs j <= i add the plain gradient to it.
+    # pairs j > i (mirrored tiles QM, KM) accumulate the gradient w.r.t. the mirrored keys, which is
+    # then rotated back (R_{+2 theta}) once; the tiles holding pairs j <= i add the plain gradient.
     bhk = tl.program_id(1)
     b = bhk // HKV
     hk = bhk % HKV
     nb = tl.load(N_ORD + b * NN + tl.program_id(0))
     start_n = nb * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    k_p = K + b64 * skb + hk * skh
-    v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
-    k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    k_off = b64 * skb + hk * skh
+    v = _load_rows(V + b64 * svb + hk * svh, offs_n, svt, col, cvalid, T)
     nmask = offs_n < T
     lo_n = tl.load(LO + b * T + offs_n, mask=nmask, other=1)  # keys past T: empty interval
     hi_n = tl.load(HI + b * T + offs_n, mask=nmask, other=0)
@@ -181,44 +175,45 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN,
     cnt = tl.load(Q_CNT + colrow)
     low_start = 0
     if MIRROR:
-        km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
+        km = _load_rows(KM + k_off, offs_n, skt, col, cvalid, T)
         up_cnt = tl.load(Q_UP_CNT + colrow)
         for g in range(0, GROUP):
             h = hk * GROUP + g
+            q_off = b64 * sqb + h * sqh
             stat = (b64 * H + h) * T
             for t in range(0, up_cnt):
                 mb = tl.load(Q_IDX + colrow * NM + t)
                 dk, dv = _dkdv_tile(dk, dv, km, v, lo_n, hi_n, offs_n, start_n, mb,
-                                    tl.load(CLS + (b * NM + mb) * NN + nb), Q + b64 * sqb + h * sqh,
-                                    DO + b64 * sdb + h * sdh, DQM + b64 * sqb + h * sqh, LSE + stat, DELTA + stat,
-                                    cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
+                                    tl.load(CLS + (b * NM + mb) * NN + nb), QM + q_off, DO + b64 * sdb + h * sdh,
+                                    DQM + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
                                     BLOCK_M, BLOCK_N, True, True, ATOMIC_DQ, PREC, UPCAST)
-        dk = _unmirror(dk, cos_p, sin_p, offs_n, sct, T, HALF, HP, BLOCK_N)
+        dk = _unmirror(dk, COS + b64 * scb, SIN + b64 * scb, offs_n, sct, T, HALF, HP, BLOCK_N)
         low_start = tl.load(Q_LOW_START + colrow)
+    k = _load_rows(K + k_off, offs_n, skt, col, cvalid, T)
     for g in range(0, GROUP):
         h = hk * GROUP + g
+        q_off = b64 * sqb + h * sqh
         stat = (b64 * H + h) * T
         for t in range(low_start, cnt):
             mb = tl.load(Q_IDX + colrow * NM + t)
             dk, dv = _dkdv_tile(dk, dv, k, v, lo_n, hi_n, offs_n, start_n, mb,
-                                tl.load(CLS + (b * NM + mb) * NN + nb), Q + b64 * sqb + h * sqh,
-                                DO + b64 * sdb + h * sdh, DQ + b64 * sqb + h * sqh, LSE + stat, DELTA + stat,
-                                cos_p, sin_p, sqt, sdt, sct, col, pcol, cvalid, sign, T, qk_scale, scale,
+                                tl.load(CLS + (b * NM + mb) * NN + nb), Q + q_off, DO + b64 * sdb + h * sdh,
+                                DQ + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
                                 BLOCK_M, BLOCK_N, False, MIRROR, ATOMIC_DQ, PREC, UPCAST)
     nmask2 = nmask[:, None] & cvalid[None, :]
     tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :], dv.to(DV.dtype.element_ty),
              mask=nmask2)
-    tl.store(DK + b64 * skb + hk * skh + offs_n[:, None] * skt + col[None, :],  # DK has k's strides
-             (dk * scale).to(DK.dtype.element_ty), mask=nmask2)
+    tl.store(DK + k_off + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=nmask2)  # DK has k's strides
 
 
 @triton.jit
-def _dq_tile(dq, qx, do, lse, delta, k_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, cos_p, sin_p, skt, svt,
-             sct, col, pcol, cvalid, sign, T, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             MIRRORED: tl.constexpr, SPLIT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _dq_tile(dq, qx, do, lse, delta, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+             qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+             PREC: tl.constexpr, UPCAST: tl.constexpr):
     start_n = nb * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _key_tile(k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T, MIRRORED)
+    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
     v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
     s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
                       BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
@@ -229,8 +224,8 @@ def _dq_tile(dq, qx, do, lse, delta, k_p, v_p, nb, kind, offs_m, start_m, lo_p, 
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
-                   sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+def _bwd_dq_kernel(Q, K, V, QM, KM, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT,
+                   KV_UP_START, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                    H, GROUP, T, NM, NN, qk_scale, scale,
                    HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
@@ -244,13 +239,11 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
     mb = tl.load(M_ORD + b * NM + tl.program_id(0))
     start_m = mb * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    q_p = Q + b64 * sqb + h * sqh
-    k_p = K + b64 * skb + hk * skh
+    q_off = b64 * sqb + h * sqh
+    k_off = b64 * skb + hk * skh
     v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
     lo_p = LO + b * T
     hi_p = HI + b * T
     do = _load_rows(DO + b64 * sdb + h * sdh, offs_m, sdt, col, cvalid, T)
@@ -262,23 +255,20 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
     cnt = tl.load(KV_CNT + row)
     low_cnt = cnt
     if MIRROR:
-        qm = _mirror(_load_rows(q_p, offs_m, sqt, col, cvalid, T), q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol,
-                     cvalid, sign, T)
+        qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
         for t in range(tl.load(KV_UP_START + row), cnt):
             nb = tl.load(KV_IDX + row * NN + t)
-            dq = _dq_tile(dq, qm, do, lse, delta, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
-                          lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
-                          BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
-        dq = _unmirror(dq, cos_p, sin_p, offs_m, sct, T, HALF, HP, BLOCK_M)
+            dq = _dq_tile(dq, qm, do, lse, delta, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                          lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
+        dq = _unmirror(dq, COS + b64 * scb, SIN + b64 * scb, offs_m, sct, T, HALF, HP, BLOCK_M)
         low_cnt = tl.load(KV_LOW_CNT + row)
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
     for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        dq = _dq_tile(dq, q, do, lse, delta, k_p, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
-                      lo_p, hi_p, cos_p, sin_p, skt, svt, sct, col, pcol, cvalid, sign, T, qk_scale,
-                      BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
-    tl.store(DQ + b64 * sqb + h * sqh + offs_m[:, None] * sqt + col[None, :],  # DQ has q's strides
-             (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m[:, None] < T) & cvalid[None, :])
+        dq = _dq_tile(dq, q, do, lse, delta, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                      lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    tl.store(DQ + q_off + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < T) & cvalid[None, :])  # DQ has q's strides
 
 
 # ----------------------------------------------------------------------------- host side
@@ -324,51 +314,70 @@ class Launch(NamedTuple):
                                num_stages=self.config.num_stages)
 
 
-def _rope_args(cos, sin, lo):
-    if cos is None:  # unused pointers when mirror is off
-        return lo, lo, 0, 0
-    return cos, sin, cos.stride(0), cos.stride(1)
+class Mirror(NamedTuple):
+    """Mirrored RoPE inputs of the kernels: q and k rotated by -2 theta once per call (laid out like q
+    and k, so the kernels load them like q and k), and the tables, for rotating gradients back."""
+    qm: torch.Tensor
+    km: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def mirrored(q, k, cos, sin) -> Mirror:
+    """:class:`Mirror` for q, k with the [B, T, D] RoPE tables cos, sin."""
+    def like(x):
+        xm = mirror_rotate(x, cos, sin)
+        return xm if xm.stride() == x.stride() else torch.empty_like(x).copy_(xm)  # kernels use x's strides
+    return Mirror(like(q), like(k), cos, sin)
+
+
+def _mirror_args(q, k, lo, mirror):
+    # (QM, KM, COS, SIN, scb, sct); unused stand-ins when the mirror is off
+    if mirror is None:
+        return q, k, lo, lo, 0, 0
+    return mirror.qm, mirror.km, mirror.cos, mirror.sin, mirror.cos.stride(0), mirror.cos.stride(1)
 
 
 def _constexprs(q, blocks, mirror, prec):
     D = q.shape[-1]
-    return dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror,
+    return dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror is not None,
                 PREC=prec, UPCAST=_upcast(q))
 
 
-def fwd_launch(q, k, v, o, lse, lo, hi, cos, sin, scale, blocks, prec, config) -> Launch:
+def fwd_launch(q, k, v, o, lse, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
     B, H, T, _ = q.shape
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
-    args = (q, k, v, o, lse, lo, hi, *_rope_args(cos, sin, lo)[:2], blocks.cls, blocks.kv_count, blocks.kv_index,
-            blocks.m_order, blocks.kv_low_count, blocks.kv_up_start, *_strides3(q), *_strides3(k), *_strides3(v), *_rope_args(cos, sin, lo)[2:],
+    qm, km = _mirror_args(q, k, lo, mirror)[:2]
+    args = (q, k, v, qm, km, o, lse, lo, hi, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            blocks.kv_low_count, blocks.kv_up_start, *_strides3(q), *_strides3(k), *_strides3(v),
             H, H // k.shape[1], T, NM, NN, scale * _LOG2E)
-    return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
+    return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
 
 
-def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config,
+def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
                 atomic_dq) -> Launch:
     B, H, T, _ = q.shape
     hkv = k.shape[1]
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
-    cs, sn, scb, sct = _rope_args(cos, sin, lo)
-    args = (q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
+    qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
+    args = (q, k, v, qm, km, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
             blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, blocks.q_up_count, blocks.q_low_start,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
             H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale)
     return Launch(_bwd_dkdv_kernel, (NN, B * hkv), args,
-                  dict(_constexprs(q, blocks, cos is not None, prec), ATOMIC_DQ=atomic_dq), config)
+                  dict(_constexprs(q, blocks, mirror, prec), ATOMIC_DQ=atomic_dq), config)
 
 
-def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config) -> Launch:
+def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
     B, H, T, _ = q.shape
     hkv = k.shape[1]
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
-    cs, sn, scb, sct = _rope_args(cos, sin, lo)
-    args = (q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
+    qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
+    args = (q, k, v, qm, km, do, dq, lse, delta, lo, hi, cs, sn,
             blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, blocks.kv_low_count, blocks.kv_up_start,
             *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
             H, H // hkv, T, NM, NN, scale * _LOG2E, scale)
-    return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, cos is not None, prec), config)
+    return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
 
 
 class _Plan(NamedTuple):
@@ -420,16 +429,17 @@ class MaskedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, lo, hi, cos, sin, scale, plan, deterministic):
         B, H, T, D = q.shape
-        mirror = cos is not None
         prec = "tf32" if q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" else "ieee"
         o = torch.empty_like(q)
         lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
 
+        mirror = mirrored(q, k, cos, sin) if cos is not None else None
+
         def make(config, blocks, scratch):
             out = (torch.empty_like(o), torch.empty_like(lse)) if scratch else (o, lse)
-            return fwd_launch(q, k, v, *out, lo, hi, cos, sin, scale, blocks, prec, config)
+            return fwd_launch(q, k, v, *out, lo, hi, mirror, scale, blocks, prec, config)
 
-        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror, False), q, lo, hi, make)()
+        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror is not None, False), q, lo, hi, make)()
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
         ctx.meta = (scale, plan, deterministic, prec)
         return o
@@ -439,7 +449,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
         q, k, v, o, lse, lo, hi, cos, sin = ctx.saved_tensors
         scale, plan, deterministic, prec = ctx.meta
         D = q.shape[-1]
-        mirror = cos is not None
+        mirror = mirrored(q, k, cos, sin) if cos is not None else None  # recomputed: not kept from forward
         dtype = _DTYPE_NAMES[q.dtype]
         if do.stride(-1) != 1:
             do = do.contiguous()
@@ -450,25 +460,26 @@ class MaskedAttentionFunction(torch.autograd.Function):
             dq32 = dqm = dq  # not touched by the dK/dV kernel
         else:  # fp32 accumulators for atomic adds; mirrored part kept apart, rotated back below
             dq32 = torch.zeros_like(q, dtype=torch.float32)
-            dqm = torch.zeros_like(dq32) if mirror else dq32
+            dqm = torch.zeros_like(dq32) if mirror is not None else dq32
 
         def make_dkdv(config, blocks, scratch):
             outs = (dk, dv, dq32, dqm)
-            if scratch:
-                dq_s = torch.empty_like(dq32) if not deterministic else dq32  # deterministic: untouched
-                outs = (torch.empty_like(dk), torch.empty_like(dv), dq_s, torch.empty_like(dqm) if mirror and not deterministic else dq_s)
-            return dkdv_launch(q, k, v, do, *outs, lse, delta, lo, hi, cos, sin, scale, blocks, prec, config,
+            if scratch:  # fresh outputs; dQ buffers only where this kernel writes them (atomic mode)
+                dq_s = dq32 if deterministic else torch.empty_like(dq32)
+                dqm_s = torch.empty_like(dqm) if mirror is not None and not deterministic else dq_s
+                outs = (torch.empty_like(dk), torch.empty_like(dv), dq_s, dqm_s)
+            return dkdv_launch(q, k, v, do, *outs, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
                                not deterministic)
 
         def make_dq(config, blocks, scratch):
-            return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, cos, sin,
+            return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, mirror,
                              scale, blocks, prec, config)
 
-        _choose(plan, Variant("dkdv", D, dtype, mirror, not deterministic), q, lo, hi, make_dkdv)()
+        _choose(plan, Variant("dkdv", D, dtype, mirror is not None, not deterministic), q, lo, hi, make_dkdv)()
         if deterministic:
-            _choose(plan, Variant("dq", D, dtype, mirror, False), q, lo, hi, make_dq)()
+            _choose(plan, Variant("dq", D, dtype, mirror is not None, False), q, lo, hi, make_dq)()
         else:
-            if mirror:
+            if mirror is not None:
                 dq32 = dq32 + mirror_rotate_transpose(dqm, cos, sin)
             dq = dq32.to(q.dtype)
         return dq, dk, dv, None, None, None, None, None, None, None

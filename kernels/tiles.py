@@ -1,4 +1,4 @@
-"""Triton device functions shared by the masked-attention kernels (tile loads, mirrored RoPE, scores).
+"""Triton device functions shared by the masked-attention kernels (tile loads, scores, masks, rotations).
 
 Head-dim layout: the two RoPE halves of a head (columns [0, D/2) and [D/2, D)) each occupy a
 power-of-two half tile of HP columns, so any even D works (D=96 -> two halves of 48 in 2x64) and
@@ -13,10 +13,7 @@ def _cols(HALF: tl.constexpr, HP: tl.constexpr):
     c = tl.arange(0, 2 * HP)
     side = c // HP
     within = c % HP
-    col = side * HALF + within            # real column of tile column c
-    pcol = (1 - side) * HALF + within     # column that rotate_half reads for c
-    sign = tl.where(side == 0, -1.0, 1.0)  # rotate_half(x) = cat(-x2, x1)
-    return col, pcol, within < HALF, sign
+    return side * HALF + within, within < HALF  # real column of tile column c, and whether it exists
 
 
 @triton.jit
@@ -26,30 +23,12 @@ def _load_rows(ptr, rows, stride, col, cvalid, T):
 
 
 @triton.jit
-def _mirror(x, ptr, rows, stride, cos_p, sin_p, cs_stride, col, pcol, cvalid, sign, T):
-    # R_{-2 theta} x = x*cos2 - rotate_half(x)*sin2 for a tile x already loaded from ptr.
-    m = (rows[:, None] < T) & cvalid[None, :]
-    xr = tl.load(ptr + rows[:, None] * stride + pcol[None, :], mask=m, other=0.0).to(tl.float32)
-    c = tl.load(cos_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    s = tl.load(sin_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    return (x.to(tl.float32) * (c * c - s * s) - xr * sign[None, :] * (2.0 * s * c)).to(x.dtype)
-
-
-@triton.jit
 def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:  # interpreter: bf16 is stored as raw uint16 and its dot multiplies bit patterns.
         # Products of two bf16 values are exact in fp32, so this matches a bf16 MMA up to summation order.
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision=PREC)
-
-
-@triton.jit
-def _key_tile(k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T, MIRRORED: tl.constexpr):
-    k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-    if MIRRORED:
-        k = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    return k
 
 
 @triton.jit
