@@ -7,6 +7,11 @@ no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out
     # keep the clean ones (zero spills, <= 227 KB shared memory, wgmma, no ptxas advice) best-first,
     # and rewrite kernels/config_table.py
     python benchmarks/compile_report.py --candidates --write-table --workers 4
+    # the same, stopping at the 4 best clean candidates per variant and reusing a stored report's
+    # results while the kernel source is unchanged (Triton's hash of it)
+    python benchmarks/compile_report.py --candidates --keep 4 --reuse benchmarks/results/compile-sm90/candidates.json --write-table
+    # the pruning from a stored report, without compiling
+    python benchmarks/compile_report.py --table-from benchmarks/results/compile-sm90/candidates.json
 
 Must run without TRITON_INTERPRET (the interpreter replaces the kernels). Numbers per variant:
 registers per thread, spill stores/loads (bytes per thread), shared memory per block, wgmma
@@ -15,6 +20,7 @@ instructions in the PTX, ptxas warnings and performance advice (e.g. C7515: wgmm
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,7 +32,6 @@ from bico.bench import metadata  # noqa: E402
 from bico.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from bico_kernels import compile_report as cr  # noqa: E402
 from bico_kernels.configs import TABLE_DTYPES, TABLE_HEAD_DIMS, KernelConfig, runtime_variants  # noqa: E402
-from bico_kernels.tuning import candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +43,10 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default="fwd,dkdv,dq")
     ap.add_argument("--candidates", action="store_true",
                     help="compile every candidate config of the search space, not only the default ones")
+    ap.add_argument("--keep", type=int, default=0,
+                    help="with --candidates: per variant, stop after this many clean candidates (0: compile all)")
+    ap.add_argument("--reuse", default="",
+                    help="comma list of stored reports whose results are reused while the kernel source is unchanged")
     ap.add_argument("--write-table", action="store_true",
                     help="with --candidates: rewrite kernels/config_table.py from the clean candidates")
     ap.add_argument("--only", default="", help="comma list: keep variants whose key contains one of these")
@@ -46,7 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="compile processes (ptxas uses one core each)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/compile-sm90"))
     ap.add_argument("--name", default=None, help="file stem (default: defaults or candidates)")
+    ap.add_argument("--table-from", default=None, metavar="REPORT.json",
+                    help="rewrite kernels/config_table.py from a stored --candidates report, compiling nothing")
     args = ap.parse_args(argv)
+    if args.table_from:
+        records = json.loads(Path(args.table_from).read_text())["records"]
+        atomic_write(ROOT / "kernels/config_table.py", cr.render_config_table([cr.result_from_dict(d) for d in records]))
+        print(f"wrote {ROOT / 'kernels/config_table.py'} from {len(records)} records")
+        return 0
     if args.write_table and not args.candidates:
         ap.error("--write-table needs --candidates")
     if reason := cr.ptxas_available():
@@ -61,9 +77,14 @@ def main(argv=None) -> int:
         configs = [KernelConfig(*map(int, c.split(","))) for c in args.configs.split(";")]
         pairs = [(v, c) for v in variants for c in configs]
     else:
-        pairs = cr.candidate_pairs(variants) if args.candidates else [(v, candidates(v)[0]) for v in variants]
-    results = cr.compile_many(pairs, workers=args.workers,
-                              on_result=lambda r: print(cr.markdown_row(r), file=sys.stderr, flush=True))
+        pairs = cr.default_pairs(variants)
+    progress = lambda r: print(cr.markdown_row(r), file=sys.stderr, flush=True)  # noqa: E731
+    if args.candidates and not args.configs:
+        reuse = [cr.result_from_dict(d) for f in filter(None, args.reuse.split(","))
+                 for d in json.loads(Path(f).read_text())["records"]]
+        results = cr.prune(variants, args.keep or 10 ** 6, workers=args.workers, reuse=reuse, on_result=progress)
+    else:
+        results = cr.compile_many(pairs, workers=args.workers, on_result=progress)
     table = cr.markdown_table(results)
     print(table)
     bad = {r.variant.key() + " " + r.config.label(): cr.problems(r) for r in results if cr.problems(r)}

@@ -31,7 +31,8 @@ from .blocks import classify_blocks
 from .configs import KernelConfig, Variant, candidate_configs
 
 __all__ = ["CompileResult", "SAMPLE_CALL", "SMEM_LIMIT", "compile_variant", "compile_many", "problems",
-           "ptxas_available", "markdown_table", "markdown_row", "candidate_pairs", "render_config_table"]
+           "ptxas_available", "markdown_table", "markdown_row", "default_pairs",
+           "render_config_table", "result_from_dict", "prune", "kernel_hashes"]
 
 SMEM_LIMIT = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB usable by one block
 # The call whose argument specialisation is measured: Llama-3-8B heads (GQA 32/8) at a training
@@ -53,6 +54,8 @@ class CompileResult(NamedTuple):
     warnings: tuple        # ptxas warning lines, e.g. C7515 (wgmma serialised)
     compile_s: float
     error: str = ""        # set when the compile failed (then the numbers are 0)
+    kernel_hash: str = ""  # Triton's hash of the kernel source and everything it calls: results are reusable
+                           # while it is unchanged
 
     def as_dict(self) -> dict:
         d = self._asdict()
@@ -60,6 +63,20 @@ class CompileResult(NamedTuple):
         d["config"] = list(self.config)
         d["warnings"] = list(self.warnings)
         return d
+
+
+def result_from_dict(d: dict) -> CompileResult:
+    """Inverse of ``CompileResult.as_dict`` (reports are stored as JSON)."""
+    kernel, dim, dtype, mirror, *dq = d["variant"].split("/")
+    variant = Variant(kernel, int(dim[1:]), dtype, mirror == "mirror", dq == ["atomic-dq"])
+    return CompileResult(**dict(d, variant=variant, config=KernelConfig(*d["config"]), warnings=tuple(d["warnings"])))
+
+
+def kernel_hashes() -> dict[str, str]:
+    """Triton's cache key of each kernel's source (with the device functions it calls), by kernel name."""
+    impl = importlib.import_module(".masked_attention", __package__)
+    return {"fwd": impl._fwd_kernel.cache_key, "dkdv": impl._bwd_dkdv_kernel.cache_key,
+            "dq": impl._bwd_dq_kernel.cache_key}
 
 
 def ptxas_available() -> str:
@@ -145,6 +162,7 @@ def compile_variant(variant: Variant, config: KernelConfig) -> CompileResult:
         msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         return CompileResult(variant, config, 0, 0, 0, 0, 0, 0, (), time.perf_counter() - t0, msg)
     text = log.getvalue()
+    khash = kernel_hashes()[variant.kernel]
     regs = _PTXAS_USAGE.search(text)
     spill = _PTXAS_SPILL.search(text)
     warnings = tuple(sorted({_LINE_SUFFIX.sub("", line.split(":", 1)[1]).strip() for line in text.splitlines()
@@ -152,7 +170,8 @@ def compile_variant(variant: Variant, config: KernelConfig) -> CompileResult:
     return CompileResult(variant, config, int(regs.group(1)) if regs else -1,
                          int(spill.group(2)) if spill else -1, int(spill.group(3)) if spill else -1,
                          int(spill.group(1)) if spill else -1, int(compiled.metadata.shared),
-                         compiled.asm["ptx"].count("wgmma.mma_async"), warnings, time.perf_counter() - t0)
+                         compiled.asm["ptx"].count("wgmma.mma_async"), warnings, time.perf_counter() - t0,
+                         kernel_hash=khash)
 
 
 def _child(pair, conn, log_path):
@@ -170,6 +189,7 @@ def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0, on_result=No
     single-threaded). A compile that crashes or times out gives a result with ``error`` set.
     ``on_result(result)`` is called as each one finishes."""
     pairs = list(pairs)
+    importlib.import_module(".masked_attention", __package__)  # children inherit this snapshot of the kernels
     ctx = multiprocessing.get_context("fork")
     results: list = [None] * len(pairs)
     running = {}  # sentinel -> (index, process, receiving end, log path, start time)
@@ -222,8 +242,37 @@ def problems(r: CompileResult) -> list[str]:
     return out
 
 
-def candidate_pairs(variants) -> list[tuple[Variant, KernelConfig]]:
-    return [(v, c) for v in variants for c in candidate_configs(v)]
+def prune(variants, keep: int, workers: int = 1, reuse=(), on_result=None) -> list[CompileResult]:
+    """Walk each variant's candidates in order of preference until ``keep`` clean ones are found
+    (or the space is exhausted); compiles proceed in rounds, one candidate per unfinished variant,
+    ``workers`` at a time. ``reuse``: stored results, used instead of compiling when their kernel
+    hash matches the current source. Returns every result looked at, in candidate order."""
+    hashes = kernel_hashes()
+    stored = {(r.variant, r.config): r for r in reuse if r.kernel_hash and r.kernel_hash == hashes[r.variant.kernel]}
+    todo = {v: list(candidate_configs(v)) for v in variants}
+    seen: dict = {v: [] for v in variants}
+    while todo:
+        batch = []
+        for v in list(todo):
+            done = lambda: sum(not problems(r) for r in seen[v]) >= keep  # noqa: E731
+            while todo[v] and (v, todo[v][0]) in stored and not done():  # reuse without compiling
+                r = stored[(v, todo[v].pop(0))]
+                seen[v].append(r)
+                if on_result is not None:
+                    on_result(r)
+            if done() or not todo[v]:
+                del todo[v]
+            else:
+                batch.append((v, todo[v].pop(0)))
+        for r in compile_many(batch, workers=workers, on_result=on_result):
+            seen[r.variant].append(r)
+    return [r for v in variants for r in seen[v]]
+
+
+def default_pairs(variants) -> list[tuple[Variant, KernelConfig]]:
+    """The config each variant launches with when nothing is tuned: the table's first candidate."""
+    from .tuning import candidates
+    return [(v, candidates(v)[0]) for v in variants]
 
 
 def markdown_row(r: CompileResult) -> str:
@@ -241,26 +290,30 @@ def markdown_table(results) -> str:
 
 def render_config_table(results) -> str:
     """Source of ``config_table.py``: per variant, the candidates without problems, in the
-    candidate order (the order of preference); variants with no clean candidate keep their best
-    (fewest spilled bytes, then the candidate order), so the runtime always has a config."""
+    candidate order (the order of preference). A variant with no clean candidate keeps its least
+    spilling one (then the candidate order), recorded in KNOWN_SPILLS so that the compile gate
+    holds it to "no worse than committed" instead of zero."""
     by_variant: dict = {}
     for r in results:
         by_variant.setdefault(r.variant.key(), []).append(r)
-    lines = []
+    rows, known = [], []
     for key, rs in by_variant.items():
         clean = [r for r in rs if not problems(r)]
         if not clean:
-            ok = [r for r in rs if not r.error and r.shared <= SMEM_LIMIT]
-            clean = sorted(ok, key=lambda r: r.spill_stores + r.spill_loads)[:1]
-            lines.append(f"    # {key}: no clean candidate; least spilling kept")
-        lines.append(f"    {key!r}: [{', '.join(repr(tuple(r.config)) for r in clean)}],")
-    head = ('''"""Pruned launch-config table, generated by ``benchmarks/compile_report.py --candidates --write-table``;
+            fits = [r for r in rs if not r.error and r.shared <= SMEM_LIMIT and r.registers >= 0]
+            clean = sorted(fits, key=lambda r: r.spill_stores + r.spill_loads)[:1]
+            if clean:
+                known.append(f"    {key!r}: ({clean[0].spill_stores}, {clean[0].spill_loads}),")
+        if clean:
+            rows.append(f"    {key!r}: [{', '.join(repr(tuple(r.config)) for r in clean)}],")
+    return ('''"""Pruned launch-config table, generated by ``benchmarks/compile_report.py --candidates --write-table``;
 do not edit by hand.
 
-Per variant key (``configs.Variant.key``): the candidate configs (block_m, block_n, num_warps,
-num_stages) that compiled for sm_90a with zero spills, within 227 KB of shared memory, on wgmma and
-without ptxas warnings or advice, best-first (the order of ``configs.candidate_configs``).
+TABLE: per variant key (``configs.Variant.key``), the candidate configs (block_m, block_n,
+num_warps, num_stages) that compiled for sm_90a with zero spills, within 227 KB of shared memory,
+on wgmma and without ptxas warnings or advice, best-first (the order of
+``configs.candidate_configs``). KNOWN_SPILLS: variants with no such candidate, whose least spilling
+config is kept, with its (spill stores, spill loads) in bytes per thread.
 """
 TABLE: dict[str, list[tuple[int, int, int, int]]] = {
-''')
-    return head + "\n".join(lines) + "\n}\n"
+''' + "\n".join(rows) + "\n}\nKNOWN_SPILLS: dict[str, tuple[int, int]] = {\n" + "".join(k + "\n" for k in known) + "}\n")

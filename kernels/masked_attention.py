@@ -8,6 +8,7 @@ Device helpers (tile loads, the mirror rotation, the head-dim layout) are in til
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -22,15 +23,31 @@ import triton.testing
 
 from .blocks import BlockClassification, cached_classify_blocks
 from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
-from .reference import mirror_rotate, mirror_rotate_transpose
+from .reference import mirror_rotate, mirror_rotate_transpose, reference_masked_attention
 from .tiles import _cols, _dot, _key_visible, _load_rows, _query_scores, _unmirror
 from .tuning import candidates, table_config, tuned_config
 
 __all__ = ["masked_attention", "MaskedAttentionFunction", "Launch", "fwd_launch", "dkdv_launch", "dq_launch"]
 
+logger = logging.getLogger(__name__)
 _LOG2E = 1.4426950408889634
 # @triton.jit picks interpreter or compiler when this module is imported, so record it now.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+               PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # One key block against the query tile (forward and dQ pass): its k and v tiles and the
+    # masked, scaled scores.
+    start_n = nb * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
+    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    return k, v, s
 
 
 @triton.jit
@@ -38,12 +55,8 @@ def _fwd_tile(acc, m_i, l_i, qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_
               qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
               PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Online-softmax update with one key block (exp2 domain, fp32 statistics).
-    start_n = nb * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
-    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
-                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
     alpha = tl.exp2(m_i - m_use)
@@ -211,12 +224,8 @@ def _bwd_dkdv_kernel(Q, K, V, QM, KM, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, C
 def _dq_tile(dq, qx, do, lse, delta, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
              qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
              PREC: tl.constexpr, UPCAST: tl.constexpr):
-    start_n = nb * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
-    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
-                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
     p = tl.exp2(s - lse[:, None])
     ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
@@ -384,11 +393,12 @@ class _Plan(NamedTuple):
     """How one call launches its kernels: the caller's overrides, else per-kernel configs."""
     blocks: BlockClassification | None  # caller's classification: its block sizes win for every kernel
     override: KernelConfig              # caller's block_m/block_n/num_warps/num_stages; None fields: not set
+    deterministic: bool                 # no timing-based choice: tile sizes set the summation order
 
     def config(self, variant: Variant, seq_len: int, device: torch.device, bench) -> KernelConfig:
         if device.type != "cuda":
             chosen = interpreter_config()
-        elif self.blocks is not None or any(x is not None for x in self.override):
+        elif self.blocks is not None or any(x is not None for x in self.override) or self.deterministic:
             chosen = table_config(variant)  # an explicit choice is not second-guessed by tuning
         else:
             scope = f"{torch.cuda.get_device_name(device)}, triton {triton.__version__}"
@@ -492,7 +502,8 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
     q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] (pass them
     int32 on q's device so the block classification cache hits); mirror_rope: None or (cos, sin),
     each [B, T, D]. ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of
-    atomics). Launch configs come from ``bico_kernels.config_table`` (tuned on the first GPU call,
+    atomics; it also skips timing-based config choice, which would make the summation order depend
+    on the run). Launch configs come from ``bico_kernels.config_table`` (tuned on the first GPU call,
     see ``bico_kernels.tuning``); ``blocks`` (a precomputed :func:`classify_blocks` result, whose block
     sizes then win), ``block_m``, ``block_n``, ``num_warps`` and ``num_stages`` override them for all
     three kernels.
@@ -511,6 +522,10 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
         raise ValueError(f"lo/hi must be [B, T] = {(B, T)}, got {tuple(lo.shape)}, {tuple(hi.shape)}")
     if q.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError("masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton")
+    if _routes_to_reference(q):
+        _log_once("bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
+                  "tensor cores; use bf16 or fp16 for the fused kernel)")
+        return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     lo = lo.to(device=q.device, dtype=torch.int32).contiguous()  # no-op (same object) when already so
     hi = hi.to(device=q.device, dtype=torch.int32).contiguous()
@@ -524,9 +539,25 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
                                or (block_m or blocks.block_m) != blocks.block_m
                                or (block_n or blocks.block_n) != blocks.block_n):
         raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
-    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages))
+    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic)
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, plan, deterministic)
+
+
+def _routes_to_reference(q) -> bool:
+    # fp32 compiled for sm_90a: no wgmma with IEEE dots, tens of KB spilled per thread (issue 14's
+    # measurements), and TF32 would change the numbers users asked for. The interpreter keeps
+    # running the fp32 kernels: they are the tightest correctness check of the kernel code.
+    return q.dtype == torch.float32 and q.device.type == "cuda"
+
+
+_logged: set = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
 
 
 class _CallableModule(types.ModuleType):
