@@ -9,7 +9,8 @@ no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out
     python benchmarks/compile_report.py --candidates --write-table --workers 4
     # the same, stopping at the 4 best clean candidates per variant and reusing a stored report's
     # results while the kernel source is unchanged (Triton's hash of it)
-    python benchmarks/compile_report.py --candidates --keep 4 --reuse benchmarks/results/compile-sm90/candidates.json --write-table
+    python benchmarks/compile_report.py --candidates --keep 4 --write-table \\
+        --reuse benchmarks/results/compile-sm90/candidates.json
     # the pruning from a stored report, without compiling
     python benchmarks/compile_report.py --table-from benchmarks/results/compile-sm90/candidates.json
 
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.table_from:
         records = json.loads(Path(args.table_from).read_text())["records"]
-        atomic_write(ROOT / "kernels/config_table.py", cr.render_config_table([cr.result_from_dict(d) for d in records]))
+        table = cr.render_config_table([cr.result_from_dict(d) for d in records])
+        atomic_write(ROOT / "kernels/config_table.py", table)
         print(f"wrote {ROOT / 'kernels/config_table.py'} from {len(records)} records")
         return 0
     if args.write_table and not args.candidates:

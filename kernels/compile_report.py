@@ -316,4 +316,5 @@ on wgmma and without ptxas warnings or advice, best-first (the order of
 config is kept, with its (spill stores, spill loads) in bytes per thread.
 """
 TABLE: dict[str, list[tuple[int, int, int, int]]] = {
-''' + "\n".join(rows) + "\n}\nKNOWN_SPILLS: dict[str, tuple[int, int]] = {\n" + "".join(k + "\n" for k in known) + "}\n")
+''' + "\n".join(rows) + "\n}\nKNOWN_SPILLS: dict[str, tuple[int, int]] = {\n"
+            + "".join(k + "\n" for k in known) + "}\n")

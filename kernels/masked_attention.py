@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import time
 import types
 from typing import NamedTuple
 
@@ -412,23 +411,13 @@ class _Plan(NamedTuple):
                                                                                    config.block_n)
 
 
-def _timer(device):
-    if device.type == "cuda":
-        return lambda launch: triton.testing.do_bench(launch, warmup=5, rep=25)
-    return lambda launch: _wall_ms(launch)
-
-
-def _wall_ms(launch):
-    t0 = time.perf_counter()
-    launch()
-    return 1e3 * (time.perf_counter() - t0)
-
-
 def _choose(plan, variant, q, lo, hi, make):
     """Config for one kernel of this call; `make(config, blocks, scratch)` builds its Launch. Tuning
-    launches candidates into scratch outputs (atomic dQ would otherwise accumulate into the real one)."""
-    time_ms = _timer(q.device)
-    bench = lambda c: time_ms(make(c, plan.classification(lo, hi, c), True))  # noqa: E731
+    (CUDA only) launches candidates into scratch outputs (atomic dQ would otherwise accumulate into
+    the real one)."""
+    def bench(c):
+        return triton.testing.do_bench(make(c, plan.classification(lo, hi, c), True), warmup=5, rep=25)
+
     config = plan.config(variant, q.shape[2], q.device, bench)
     return make(config, plan.classification(lo, hi, config), False)
 
