@@ -12,7 +12,7 @@ no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out
     python benchmarks/compile_report.py --candidates --keep 4 --write-table \\
         --reuse benchmarks/results/compile-sm90/candidates.json
     # the pruning from a stored report, without compiling
-    python benchmarks/compile_report.py --table-from benchmarks/results/compile-sm90/candidates.json
+    python benchmarks/compile_report.py --keep 4 --table-from benchmarks/results/compile-sm90/candidates.json
 
 Must run without TRITON_INTERPRET (the interpreter replaces the kernels). Numbers per variant:
 registers per thread, spill stores/loads (bytes per thread), shared memory per block, wgmma
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", action="store_true",
                     help="compile every candidate config of the search space, not only the default ones")
     ap.add_argument("--keep", type=int, default=0,
-                    help="with --candidates: per variant, stop after this many clean candidates (0: compile all)")
+                    help="per variant, stop after (and keep in the table) this many clean candidates (0: all)")
     ap.add_argument("--reuse", default="",
                     help="comma list of stored reports whose results are reused while the kernel source is unchanged")
     ap.add_argument("--write-table", action="store_true",
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.table_from:
         records = json.loads(Path(args.table_from).read_text())["records"]
-        table = cr.render_config_table([cr.result_from_dict(d) for d in records])
+        table = cr.render_config_table([cr.result_from_dict(d) for d in records], keep=args.keep)
         atomic_write(ROOT / "kernels/config_table.py", table)
         print(f"wrote {ROOT / 'kernels/config_table.py'} from {len(records)} records")
         return 0
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                       f"{' (dirty)' if meta['git_dirty'] else ''}\n\nSample call: {cr.SAMPLE_CALL}.\n\n{table}")
     if args.write_table:
         path = ROOT / "kernels/config_table.py"
-        atomic_write(path, cr.render_config_table(results))
+        atomic_write(path, cr.render_config_table(results, keep=args.keep))
         print(f"wrote {path}")
     total = sum(r.compile_s for r in results)
     print(f"{len(results)} compiles, {total:.0f} s of compile time; {len(bad)} with problems")
