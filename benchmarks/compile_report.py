@@ -8,7 +8,7 @@ no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out
     # and rewrite kernels/config_table.py
     python benchmarks/compile_report.py --candidates --write-table --workers 4
     # the same, stopping at the 4 best clean candidates per variant and reusing a stored report's
-    # results while the kernel source is unchanged (Triton's hash of it)
+    # results while the kernels' source is unchanged (a hash of it)
     python benchmarks/compile_report.py --candidates --keep 4 --write-table \\
         --reuse benchmarks/results/compile-sm90/candidates.json
     # the pruning from a stored report, without compiling

@@ -15,6 +15,7 @@ and ``tests/test_kernel_compile.py``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import multiprocessing
@@ -54,8 +55,7 @@ class CompileResult(NamedTuple):
     warnings: tuple        # ptxas warning lines, e.g. C7515 (wgmma serialised)
     compile_s: float
     error: str = ""        # set when the compile failed (then the numbers are 0)
-    kernel_hash: str = ""  # Triton's hash of the kernel source and everything it calls: results are reusable
-                           # while it is unchanged
+    kernel_hash: str = ""  # kernel_hashes(): stored results are reusable while it is unchanged
 
     def as_dict(self) -> dict:
         d = self._asdict()
@@ -73,10 +73,16 @@ def result_from_dict(d: dict) -> CompileResult:
 
 
 def kernel_hashes() -> dict[str, str]:
-    """Triton's cache key of each kernel's source (with the device functions it calls), by kernel name."""
-    impl = importlib.import_module(".masked_attention", __package__)
-    return {"fwd": impl._fwd_kernel.cache_key, "dkdv": impl._bwd_dkdv_kernel.cache_key,
-            "dq": impl._bwd_dq_kernel.cache_key}
+    """A hash of the device code, by kernel name: the source text of every Triton function of the
+    kernel modules, and the Triton version. Not Triton's own cache key, which also hashes line
+    numbers, so that moving code (or editing host code above it) does not invalidate stored results."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    modules = [importlib.import_module(f".{m}", __package__) for m in ("masked_attention", "tiles")]
+    sources = sorted({f.src for m in modules for f in vars(m).values() if isinstance(f, JITFunction)})
+    digest = hashlib.sha256("\n".join([f"triton {triton.__version__}", *sources]).encode()).hexdigest()
+    return {kernel: digest for kernel in ("fwd", "dkdv", "dq")}
 
 
 def ptxas_available() -> str:

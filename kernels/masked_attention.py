@@ -2,9 +2,12 @@
 
 Mask: query row i sees key j iff lo[b, j] <= i < hi[b, j]. Tiles are walked through the compact
 lists of :func:`bico_kernels.blocks.classify_blocks`; FULL tiles skip the elementwise mask.
-Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta, computed
-here from the cos/sin tables and only in tiles that contain such pairs.
-Device helpers (tile loads, the mirror rotation, the head-dim layout) are in tiles.py.
+Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta. The
+rotated tensors are made once per call on the host (:class:`Mirror`); each kernel walks the tiles
+holding pairs j <= i and those holding pairs j > i as two loop phases (split points from the
+classification), so one query tile and one gradient accumulator are live at a time.
+Device helpers (tile loads, scores and masks, rotating a gradient back, the head-dim layout) are in
+tiles.py; launch configs in configs.py, config_table.py and tuning.py.
 """
 from __future__ import annotations
 
