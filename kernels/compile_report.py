@@ -88,7 +88,6 @@ def kernel_hashes() -> dict[str, str]:
 def ptxas_available() -> str:
     """'' when triton imports and ships a ptxas for sm_90a here, else why not."""
     try:
-        import triton  # noqa: F401
         from triton.backends.nvidia.compiler import get_ptxas
     except Exception as e:  # ImportError, or a broken install
         return f"triton is not importable: {e}"
