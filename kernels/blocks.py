@@ -27,6 +27,13 @@ class BlockClassification(NamedTuple):
     q_index: torch.Tensor    # int32 [B, NN, NM]
     m_order: torch.Tensor    # int32 [B, NM]: query blocks by decreasing work (longest first)
     n_order: torch.Tensor    # int32 [B, NN]: key blocks by decreasing work
+    # Mirrored RoPE splits each list in two phases (pairs with key j > query i use mirrored tiles).
+    # Lists are ascending, so the tiles holding such pairs are a suffix of kv_index and a prefix of
+    # q_index, and those holding pairs j <= i the other end; tiles on the diagonal are in both.
+    kv_low_count: torch.Tensor  # int32 [B, NM]: leading kv_index entries with some pair j <= i
+    kv_up_start: torch.Tensor   # int32 [B, NM]: first kv_index entry with some pair j > i
+    q_up_count: torch.Tensor    # int32 [B, NN]: leading q_index entries with some pair j > i
+    q_low_start: torch.Tensor   # int32 [B, NN]: first q_index entry with some pair j <= i
 
     def density(self) -> float:
         """Fraction of tiles that are computed (PARTIAL or FULL)."""
@@ -78,27 +85,41 @@ def classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: i
     # Longest-processing-time-first launch order: heavy blocks start first, the tail is short ones.
     m_order = torch.sort(kv_count, dim=-1, descending=True, stable=True).indices.to(torch.int32)
     n_order = torch.sort(q_count, dim=-1, descending=True, stable=True).indices.to(torch.int32)
+    # Tile (m, n) holds a pair j > i iff its last key is after its first query, and a pair j <= i
+    # iff its first key is at or before its last query (the kernels' `up` and `low`).
+    n0 = torch.arange(NN, device=lo.device, dtype=torch.int32).view(1, 1, NN) * block_n
+    up = n0 + block_n - 1 > r0
+    low = n0 < r0 + block_m
+    kv_low_count = (live & low).sum(-1, dtype=torch.int32)
+    kv_up_start = (live & ~up).sum(-1, dtype=torch.int32)
+    q_up_count = (live & up).sum(1, dtype=torch.int32)
+    q_low_start = (live & ~low).sum(1, dtype=torch.int32)
     return BlockClassification(block_m, block_n, T, cls.contiguous(), kv_count.contiguous(),
                                kv_index.contiguous(), q_count.contiguous(), q_index.contiguous(),
-                               m_order.contiguous(), n_order.contiguous())
+                               m_order.contiguous(), n_order.contiguous(), kv_low_count.contiguous(),
+                               kv_up_start.contiguous(), q_up_count.contiguous(), q_low_start.contiguous())
 
 
 _cache: dict = {}
 
 
 def cached_classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: int) -> BlockClassification:
-    """:func:`classify_blocks` with a one-entry cache keyed on the identity and version of lo/hi.
+    """:func:`classify_blocks` cached on the identity and version of lo/hi, one entry per block size.
 
-    Every layer of one model forward passes the same lo/hi tensors, so all but the first call hit.
-    The cache holds references to lo/hi, so their storage cannot be recycled under the key.
+    Every layer of one model forward passes the same lo/hi tensors, so all but the first call hit;
+    the forward and backward kernels may use different tile sizes, hence one entry per size. New
+    lo/hi tensors drop all entries. The cache holds references to lo/hi, so their storage cannot be
+    recycled under the key.
     """
     try:
-        key = (lo._version, hi._version, block_m, block_n)
+        versions = (lo._version, hi._version)
     except RuntimeError:  # inference tensors carry no version counter: do not cache them
         return classify_blocks(lo, hi, block_m, block_n)
-    hit = _cache.get("entry")
-    if hit is not None and hit[0] is lo and hit[1] is hi and hit[2] == key:
-        return hit[3]
-    blocks = classify_blocks(lo, hi, block_m, block_n)
-    _cache["entry"] = (lo, hi, key, blocks)
+    owner = _cache.get("owner")
+    if owner is None or owner[0] is not lo or owner[1] is not hi or owner[2] != versions:
+        _cache.clear()
+        _cache["owner"] = (lo, hi, versions)
+    blocks = _cache.get((block_m, block_n))
+    if blocks is None:
+        blocks = _cache[(block_m, block_n)] = classify_blocks(lo, hi, block_m, block_n)
     return blocks

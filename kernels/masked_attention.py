@@ -2,38 +2,82 @@
 
 Mask: query row i sees key j iff lo[b, j] <= i < hi[b, j]. Tiles are walked through the compact
 lists of :func:`bico_kernels.blocks.classify_blocks`; FULL tiles skip the elementwise mask.
-Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta, computed
-here from the cos/sin tables and only in tiles that contain such pairs.
-Device helpers (tile loads, the mirror rotation, the head-dim layout) are in tiles.py.
+Optional mirrored RoPE (BICO): pairs with j > i are scored with q, k rotated by -2*theta. The
+rotated tensors are made once per call on the host (:class:`Mirror`); each kernel walks the tiles
+holding pairs j <= i and those holding pairs j > i as two loop phases (split points from the
+classification), so one query tile and one gradient accumulator are live at a time.
+Device helpers (tile loads, scores and masks, rotating a gradient back, the head-dim layout) are in
+tiles.py; launch configs in configs.py, config_table.py and tuning.py.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 import types
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from .blocks import BlockClassification, cached_classify_blocks
-from .reference import mirror_rotate_transpose
-from .tiles import _cols, _dot, _load_rows, _mirror, _scores, _store_unmirror, _visible
+from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
+from .reference import mirror_rotate, mirror_rotate_transpose, reference_masked_attention
+from .tiles import _cols, _dot, _key_visible, _load_rows, _query_scores, _unmirror
+from .tuning import candidates, table_config, tuned_config
 
-__all__ = ["masked_attention", "MaskedAttentionFunction", "default_config"]
+__all__ = ["masked_attention", "MaskedAttentionFunction", "Launch", "fwd_launch", "dkdv_launch", "dq_launch"]
 
+logger = logging.getLogger(__name__)
 _LOG2E = 1.4426950408889634
 # @triton.jit picks interpreter or compiler when this module is imported, so record it now.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
-                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, scb, sct,
+def _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+               PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # One key block against the query tile (forward and dQ pass): its k and v tiles and the
+    # masked, scaled scores.
+    start_n = nb * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
+    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
+    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    return k, v, s
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+              qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Online-softmax update with one key block (exp2 domain, fp32 statistics).
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, QM, KM, O, LSE, LO, HI, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,
+                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
                 H, GROUP, T, NM, NN, qk_scale,
                 HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # One program per (query block, batch, head). With MIRROR, the key blocks holding pairs j <= i
+    # run first with q and k, then those holding pairs j > i with the mirrored tiles QM and KM
+    # (rotated once on the host, laid out like q and k), so only one query tile is live and no
+    # RoPE table is read in the loop; tiles on the diagonal are visited by both phases.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -41,153 +85,164 @@ def _fwd_kernel(Q, K, V, O, LSE, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
     mb = tl.load(M_ORD + b * NM + tl.program_id(0))
     start_m = mb * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    q_p = Q + b64 * sqb + h * sqh
-    k_p = K + b64 * skb + hk * skh
+    q_off = b64 * sqb + h * sqh
+    k_off = b64 * skb + hk * skh
     v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
-    if MIRROR:
-        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        qm = q
+    lo_p = LO + b * T
+    hi_p = HI + b * T
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
     row = b * NM + mb
-    for t in range(0, tl.load(KV_CNT + row)):
+    cnt = tl.load(KV_CNT + row)
+    low_cnt = cnt
+    if MIRROR:
+        low_cnt = tl.load(KV_LOW_CNT + row)
+    q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
+    for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        kind = tl.load(CLS + row * NN + nb)
-        start_n = nb * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-        up = start_n + BLOCK_N - 1 > start_m
-        low = start_n < start_m + BLOCK_M
-        km = k
-        if MIRROR:
-            if up:  # mirrored key tile only where some key lies after some query
-                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-        if kind == 1:  # PARTIAL: elementwise interval test
-            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PREC, UPCAST)
-        m_i = m_new
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                  start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                                  BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    if MIRROR:
+        qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
+        for t in range(tl.load(KV_UP_START + row), cnt):
+            nb = tl.load(KV_IDX + row * NN + t)
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, qm, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                      start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                                      BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
     empty = l_i == 0.0  # no visible key: output 0, lse = +inf so exp2(s - lse) = 0 in backward
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_p = O + b64 * sqb + h * sqh  # O is allocated with q's strides
-    tl.store(o_p + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),
+    tl.store(O + q_off + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),  # O has q's strides
              mask=(offs_m[:, None] < T) & cvalid[None, :])
     tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)),
              mask=offs_m < T)
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, qx_p, do_p, dq_p, lse_p, delta_p,
+               sqt, sdt, col, cvalid, T, qk_scale, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               MIRRORED: tl.constexpr, SPLIT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
+               UPCAST: tl.constexpr):
+    # One (key block, query block) tile, key-major: scores are S^T [keys, queries], so P^T and dS^T
+    # are the register A operands of the dV and dK dots as computed (no transposes through shared
+    # memory). MIRRORED: kx and the query tiles are the mirrored ones; SPLIT: the mirror is on, so a
+    # tile on the diagonal keeps only this phase's pairs (j > i when MIRRORED, else j <= i); the
+    # other phase visits it again for the rest.
+    start_m = mb * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _load_rows(qx_p, offs_m, sqt, col, cvalid, T)
+    do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
+    lse = tl.load(lse_p + offs_m, mask=offs_m < T, other=0.0)
+    delta = tl.load(delta_p + offs_m, mask=offs_m < T, other=0.0)
+    st = _dot(kx, tl.trans(q), PREC, UPCAST) * qk_scale
+    if kind == 1:  # PARTIAL: elementwise interval test
+        st = tl.where(_key_visible(lo_n, hi_n, offs_m, T), st, float("-inf"))
+    if SPLIT:
+        if (start_n + BLOCK_N - 1 > start_m) & (start_n < start_m + BLOCK_M):  # on the diagonal
+            if MIRRORED:
+                st = tl.where(offs_n[:, None] > offs_m[None, :], st, float("-inf"))
+            else:
+                st = tl.where(offs_n[:, None] <= offs_m[None, :], st, float("-inf"))
+    pt = tl.exp2(st - lse[None, :])
+    dv += _dot(pt.to(do.dtype), do, PREC, UPCAST)
+    dst = (pt * (_dot(v, tl.trans(do), PREC, UPCAST) - delta[None, :])).to(q.dtype)
+    dk += _dot(dst, q, PREC, UPCAST)
+    if ATOMIC_DQ:
+        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :], _dot(tl.trans(dst), kx, PREC, UPCAST) * scale,
+                      mask=(offs_m[:, None] < T) & cvalid[None, :])
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, QM, KM, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+                     Q_UP_CNT, Q_LOW_START,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                      H, HKV, GROUP, T, NM, NN, qk_scale, scale,
                      HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      MIRROR: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
                      UPCAST: tl.constexpr):
     # One program per (key block, batch, kv head); loops over the GROUP query heads sharing it, so
-    # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style).
+    # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style;
+    # the mirrored part into DQM, rotated back on the host).
+    # With MIRROR, two phases keep one dK accumulator live instead of two: first the tiles holding
+    # pairs j > i (mirrored tiles QM, KM) accumulate the gradient w.r.t. the mirrored keys, which is
+    # then rotated back (R_{+2 theta}) once; the tiles holding pairs j <= i add the plain gradient.
     bhk = tl.program_id(1)
     b = bhk // HKV
     hk = bhk % HKV
     nb = tl.load(N_ORD + b * NN + tl.program_id(0))
     start_n = nb * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    k_p = K + b64 * skb + hk * skh
-    v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
-    k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-    v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-    if MIRROR:
-        km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        km = k
+    k_off = b64 * skb + hk * skh
+    v = _load_rows(V + b64 * svb + hk * svh, offs_n, svt, col, cvalid, T)
+    nmask = offs_n < T
+    lo_n = tl.load(LO + b * T + offs_n, mask=nmask, other=1)  # keys past T: empty interval
+    hi_n = tl.load(HI + b * T + offs_n, mask=nmask, other=0)
     dk = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
-    dkm = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
     dv = tl.zeros([BLOCK_N, 2 * HP], tl.float32)
     colrow = b * NN + nb
     cnt = tl.load(Q_CNT + colrow)
+    low_start = 0
+    if MIRROR:
+        km = _load_rows(KM + k_off, offs_n, skt, col, cvalid, T)
+        up_cnt = tl.load(Q_UP_CNT + colrow)
+        for g in range(0, GROUP):
+            h = hk * GROUP + g
+            q_off = b64 * sqb + h * sqh
+            stat = (b64 * H + h) * T
+            for t in range(0, up_cnt):
+                mb = tl.load(Q_IDX + colrow * NM + t)
+                dk, dv = _dkdv_tile(dk, dv, km, v, lo_n, hi_n, offs_n, start_n, mb,
+                                    tl.load(CLS + (b * NM + mb) * NN + nb), QM + q_off, DO + b64 * sdb + h * sdh,
+                                    DQM + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
+                                    BLOCK_M, BLOCK_N, True, True, ATOMIC_DQ, PREC, UPCAST)
+        dk = _unmirror(dk, COS + b64 * scb, SIN + b64 * scb, offs_n, sct, T, HALF, HP, BLOCK_N)
+        low_start = tl.load(Q_LOW_START + colrow)
+    k = _load_rows(K + k_off, offs_n, skt, col, cvalid, T)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_p = Q + b64 * sqb + h * sqh
-        do_p = DO + b64 * sdb + h * sdh
-        dq_p = DQ + b64 * sqb + h * sqh
-        dqm_p = DQM + b64 * sqb + h * sqh
+        q_off = b64 * sqb + h * sqh
         stat = (b64 * H + h) * T
-        for t in range(0, cnt):
+        for t in range(low_start, cnt):
             mb = tl.load(Q_IDX + colrow * NM + t)
-            kind = tl.load(CLS + (b * NM + mb) * NN + nb)
-            start_m = mb * BLOCK_M
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
-            do = _load_rows(do_p, offs_m, sdt, col, cvalid, T)
-            lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
-            delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
-            up = start_n + BLOCK_N - 1 > start_m
-            low = start_n < start_m + BLOCK_M
-            qm = q
-            if MIRROR:
-                if up:
-                    qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-            s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-            if kind == 1:
-                s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-            p = tl.exp2(s - lse[:, None])
-            dv += _dot(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
-            ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
-            rmask = (offs_m[:, None] < T) & cvalid[None, :]
-            if MIRROR:
-                ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
-                ds_n = (ds - ds_m).to(q.dtype)
-                ds_m = ds_m.to(q.dtype)
-                if low:
-                    dk += _dot(tl.trans(ds_n), q, PREC, UPCAST)
-                    if ATOMIC_DQ:
-                        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
-                                      _dot(ds_n, k, PREC, UPCAST) * scale, mask=rmask)
-                if up:
-                    dkm += _dot(tl.trans(ds_m), qm, PREC, UPCAST)
-                    if ATOMIC_DQ:
-                        tl.atomic_add(dqm_p + offs_m[:, None] * sqt + col[None, :],
-                                      _dot(ds_m, km, PREC, UPCAST) * scale, mask=rmask)
-            else:
-                ds16 = ds.to(q.dtype)
-                dk += _dot(tl.trans(ds16), q, PREC, UPCAST)
-                if ATOMIC_DQ:
-                    tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :],
-                                  _dot(ds16, k, PREC, UPCAST) * scale, mask=rmask)
-    nmask = (offs_n[:, None] < T) & cvalid[None, :]
-    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :],
-             dv.to(DV.dtype.element_ty), mask=nmask)
-    dk_p = DK + b64 * skb + hk * skh  # DK is allocated with k's strides
-    if MIRROR:
-        _store_unmirror(dk_p, offs_n, skt, dk * scale, dkm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_N)
-    else:
-        tl.store(dk_p + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty), mask=nmask)
+            dk, dv = _dkdv_tile(dk, dv, k, v, lo_n, hi_n, offs_n, start_n, mb,
+                                tl.load(CLS + (b * NM + mb) * NN + nb), Q + q_off, DO + b64 * sdb + h * sdh,
+                                DQ + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
+                                BLOCK_M, BLOCK_N, False, MIRROR, ATOMIC_DQ, PREC, UPCAST)
+    nmask2 = nmask[:, None] & cvalid[None, :]
+    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :], dv.to(DV.dtype.element_ty),
+             mask=nmask2)
+    tl.store(DK + k_off + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=nmask2)  # DK has k's strides
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD,
-                   sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+def _dq_tile(dq, qx, do, lse, delta, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+             qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+             PREC: tl.constexpr, UPCAST: tl.constexpr):
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
+    p = tl.exp2(s - lse[:, None])
+    ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, QM, KM, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT,
+                   KV_UP_START, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
                    H, GROUP, T, NM, NN, qk_scale, scale,
                    HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    # Deterministic dQ: one program per query block owns its rows; fixed summation order.
+    # Deterministic dQ: one program per query block owns its rows; fixed summation order. With
+    # MIRROR, the mirrored phase runs first into the one accumulator, which is rotated back
+    # (R_{+2 theta}) before the plain phase adds to it, as in the dK/dV kernel.
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -195,75 +250,42 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, K
     mb = tl.load(M_ORD + b * NM + tl.program_id(0))
     start_m = mb * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    col, pcol, cvalid, sign = _cols(HALF, HP)
+    col, cvalid = _cols(HALF, HP)
     b64 = b.to(tl.int64)
-    q_p = Q + b64 * sqb + h * sqh
-    k_p = K + b64 * skb + hk * skh
+    q_off = b64 * sqb + h * sqh
+    k_off = b64 * skb + hk * skh
     v_p = V + b64 * svb + hk * svh
-    cos_p = COS + b64 * scb
-    sin_p = SIN + b64 * scb
-    q = _load_rows(q_p, offs_m, sqt, col, cvalid, T)
+    lo_p = LO + b * T
+    hi_p = HI + b * T
     do = _load_rows(DO + b64 * sdb + h * sdh, offs_m, sdt, col, cvalid, T)
     stat = bh.to(tl.int64) * T
     lse = tl.load(LSE + stat + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(DELTA + stat + offs_m, mask=offs_m < T, other=0.0)
-    if MIRROR:
-        qm = _mirror(q, q_p, offs_m, sqt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-    else:
-        qm = q
     dq = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
-    dqm = tl.zeros([BLOCK_M, 2 * HP], tl.float32)
     row = b * NM + mb
-    for t in range(0, tl.load(KV_CNT + row)):
-        nb = tl.load(KV_IDX + row * NN + t)
-        kind = tl.load(CLS + row * NN + nb)
-        start_n = nb * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_rows(k_p, offs_n, skt, col, cvalid, T)
-        v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-        up = start_n + BLOCK_N - 1 > start_m
-        low = start_n < start_m + BLOCK_M
-        km = k
-        if MIRROR:
-            if up:  # mirrored key tile only where some key lies after some query
-                km = _mirror(k, k_p, offs_n, skt, cos_p, sin_p, sct, col, pcol, cvalid, sign, T)
-        s = _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR, PREC, UPCAST) * qk_scale
-        if kind == 1:
-            s = tl.where(_visible(LO + b * T, HI + b * T, offs_m, offs_n, T), s, float("-inf"))
-        p = tl.exp2(s - lse[:, None])
-        ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
-        if MIRROR:
-            ds_m = tl.where(offs_n[None, :] > offs_m[:, None], ds, 0.0)
-            if low:
-                dq += _dot((ds - ds_m).to(k.dtype), k, PREC, UPCAST)
-            if up:
-                dqm += _dot(ds_m.to(k.dtype), km, PREC, UPCAST)
-        else:
-            dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
-    dq_p = DQ + b64 * sqb + h * sqh  # DQ is allocated with q's strides
+    cnt = tl.load(KV_CNT + row)
+    low_cnt = cnt
     if MIRROR:
-        _store_unmirror(dq_p, offs_m, sqt, dq * scale, dqm * scale, cos_p, sin_p, sct, T, HALF, HP, BLOCK_M)
-    else:
-        tl.store(dq_p + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
-                 mask=(offs_m[:, None] < T) & cvalid[None, :])
+        qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
+        for t in range(tl.load(KV_UP_START + row), cnt):
+            nb = tl.load(KV_IDX + row * NN + t)
+            dq = _dq_tile(dq, qm, do, lse, delta, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                          lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
+        dq = _unmirror(dq, COS + b64 * scb, SIN + b64 * scb, offs_m, sct, T, HALF, HP, BLOCK_M)
+        low_cnt = tl.load(KV_LOW_CNT + row)
+    q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
+    for t in range(0, low_cnt):
+        nb = tl.load(KV_IDX + row * NN + t)
+        dq = _dq_tile(dq, q, do, lse, delta, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                      lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    tl.store(DQ + q_off + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < T) & cvalid[None, :])  # DQ has q's strides
 
 
 # ----------------------------------------------------------------------------- host side
 
-def default_config(head_dim: int, dtype: torch.dtype, device: torch.device):
-    """(block_m, block_n, num_warps, num_stages). The interpreter gets 16x16 tiles so CPU tests stay
-    fast. GPU values are untuned first guesses (no GPU was available while writing this), chosen so
-    every kernel compiles for sm_90 within H100 shared memory (checked offline with Triton's ptxas)."""
-    if device.type != "cuda":
-        return 16, 16, 1, 1
-    dtile = 2 * _hp(head_dim)
-    if dtype == torch.float32:  # 4-byte tiles: halve the tile area for wide heads
-        return (64, 64, 4, 2) if dtile <= 64 else (32, 32, 4, 2) if dtile <= 128 else (16, 16, 4, 1)
-    return (64, 64, 4, 3) if dtile <= 64 else (64, 64, 8, 2) if dtile <= 128 else (32, 32, 4, 2)
-
-
 def _hp(D: int) -> int:
-    return max(8, triton.next_power_of_2(D // 2))  # half-tile width; 2*HP >= 16 for tl.dot
+    return head_dim_tile(D) // 2  # half-tile width; 2*HP >= 16 for tl.dot
 
 
 def _kernel_ready(x: torch.Tensor) -> torch.Tensor:
@@ -285,68 +307,184 @@ def _strides3(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+class Launch(NamedTuple):
+    """One kernel launch exactly as the runtime issues it. The compile report specialises these same
+    arguments (pointer alignment, which ints are 1 or divisible by 16), so it compiles what a GPU run
+    compiles."""
+    kernel: object
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    config: KernelConfig
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.constexprs, num_warps=self.config.num_warps,
+                               num_stages=self.config.num_stages)
+
+
+class Mirror(NamedTuple):
+    """Mirrored RoPE inputs of the kernels: q and k rotated by -2 theta once per call (laid out like q
+    and k, so the kernels load them like q and k), and the tables, for rotating gradients back."""
+    qm: torch.Tensor
+    km: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def mirrored(q, k, cos, sin) -> Mirror:
+    """:class:`Mirror` for q, k with the [B, T, D] RoPE tables cos, sin."""
+    def like(x):
+        xm = mirror_rotate(x, cos, sin)
+        return xm if xm.stride() == x.stride() else torch.empty_like(x).copy_(xm)  # kernels use x's strides
+    return Mirror(like(q), like(k), cos, sin)
+
+
+def _mirror_args(q, k, lo, mirror):
+    # (QM, KM, COS, SIN, scb, sct); unused stand-ins when the mirror is off
+    if mirror is None:
+        return q, k, lo, lo, 0, 0
+    return mirror.qm, mirror.km, mirror.cos, mirror.sin, mirror.cos.stride(0), mirror.cos.stride(1)
+
+
+def _constexprs(q, blocks, mirror, prec):
+    D = q.shape[-1]
+    return dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror is not None,
+                PREC=prec, UPCAST=_upcast(q))
+
+
+def fwd_launch(q, k, v, o, lse, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
+    B, H, T, _ = q.shape
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    qm, km = _mirror_args(q, k, lo, mirror)[:2]
+    args = (q, k, v, qm, km, o, lse, lo, hi, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            blocks.kv_low_count, blocks.kv_up_start, *_strides3(q), *_strides3(k), *_strides3(v),
+            H, H // k.shape[1], T, NM, NN, scale * _LOG2E)
+    return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
+
+
+def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
+                atomic_dq) -> Launch:
+    B, H, T, _ = q.shape
+    hkv = k.shape[1]
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
+    args = (q, k, v, qm, km, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, blocks.q_up_count, blocks.q_low_start,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale)
+    return Launch(_bwd_dkdv_kernel, (NN, B * hkv), args,
+                  dict(_constexprs(q, blocks, mirror, prec), ATOMIC_DQ=atomic_dq), config)
+
+
+def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
+    B, H, T, _ = q.shape
+    hkv = k.shape[1]
+    NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
+    qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
+    args = (q, k, v, qm, km, do, dq, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, blocks.kv_low_count, blocks.kv_up_start,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, H // hkv, T, NM, NN, scale * _LOG2E, scale)
+    return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
+
+
+class _Plan(NamedTuple):
+    """How one call launches its kernels: the caller's overrides, else per-kernel configs."""
+    blocks: BlockClassification | None  # caller's classification: its block sizes win for every kernel
+    override: KernelConfig              # caller's block_m/block_n/num_warps/num_stages; None fields: not set
+    deterministic: bool                 # no timing-based choice: tile sizes set the summation order
+
+    def config(self, variant: Variant, seq_len: int, device: torch.device, bench) -> KernelConfig:
+        if device.type != "cuda":
+            chosen = interpreter_config()
+        elif self.blocks is not None or any(x is not None for x in self.override) or self.deterministic:
+            chosen = table_config(variant)  # an explicit choice is not second-guessed by tuning
+        else:
+            scope = f"{torch.cuda.get_device_name(device)}, triton {triton.__version__}"
+            chosen = tuned_config(variant, seq_len, candidates(variant), bench, scope)
+        if self.blocks is not None:
+            chosen = chosen._replace(block_m=self.blocks.block_m, block_n=self.blocks.block_n)
+        return KernelConfig(*(o if o is not None else c for o, c in zip(self.override, chosen)))
+
+    def classification(self, lo, hi, config: KernelConfig) -> BlockClassification:
+        return self.blocks if self.blocks is not None else cached_classify_blocks(lo, hi, config.block_m,
+                                                                                   config.block_n)
+
+
+def _choose(plan, variant, q, lo, hi, make):
+    """Config for one kernel of this call; `make(config, blocks, scratch)` builds its Launch. Tuning
+    (CUDA only) launches candidates into scratch outputs (atomic dQ would otherwise accumulate into
+    the real one)."""
+    def bench(c):
+        return triton.testing.do_bench(make(c, plan.classification(lo, hi, c), True), warmup=5, rep=25)
+
+    config = plan.config(variant, q.shape[2], q.device, bench)
+    return make(config, plan.classification(lo, hi, config), False)
+
+
 class MaskedAttentionFunction(torch.autograd.Function):
     """autograd Function; use :func:`masked_attention` rather than calling ``apply`` directly."""
 
     @staticmethod
-    def forward(ctx, q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch):
+    def forward(ctx, q, k, v, lo, hi, cos, sin, scale, plan, deterministic):
         B, H, T, D = q.shape
-        hkv = k.shape[1]
-        mirror = cos is not None
-        cs, sn = (cos, sin) if mirror else (lo, lo)  # unused pointers when mirror is off
-        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
         prec = "tf32" if q.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" else "ieee"
-        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
         o = torch.empty_like(q)
         lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-        warps, stages = launch
-        _fwd_kernel[(NM, B * H)](
-            q, k, v, o, lse, lo, hi, cs, sn, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
-            *_strides3(q), *_strides3(k), *_strides3(v), scb, sct,
-            H, H // hkv, T, NM, NN, scale * _LOG2E,
-            HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror, PREC=prec,
-            UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
+
+        mirror = mirrored(q, k, cos, sin) if cos is not None else None
+
+        def make(config, blocks, scratch):
+            out = (torch.empty_like(o), torch.empty_like(lse)) if scratch else (o, lse)
+            return fwd_launch(q, k, v, *out, lo, hi, mirror, scale, blocks, prec, config)
+
+        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror is not None, False), q, lo, hi, make)()
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
-        ctx.meta = (scale, blocks, deterministic, launch, prec)
+        ctx.meta = (scale, plan, deterministic, prec)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, lo, hi, cos, sin = ctx.saved_tensors
-        scale, blocks, deterministic, (warps, stages), prec = ctx.meta
-        B, H, T, D = q.shape
-        hkv = k.shape[1]
-        mirror = cos is not None
-        cs, sn = (cos, sin) if mirror else (lo, lo)
-        scb, sct = (cos.stride(0), cos.stride(1)) if mirror else (0, 0)
+        scale, plan, deterministic, prec = ctx.meta
+        D = q.shape[-1]
+        mirror = mirrored(q, k, cos, sin) if cos is not None else None  # recomputed: not kept from forward
+        dtype = _DTYPE_NAMES[q.dtype]
         if do.stride(-1) != 1:
             do = do.contiguous()
         delta = (do.float() * o.float()).sum(-1).contiguous()  # rowsum(dO * O), [B, H, T]
-        NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         if deterministic:
             dq = torch.empty_like(q)
             dq32 = dqm = dq  # not touched by the dK/dV kernel
         else:  # fp32 accumulators for atomic adds; mirrored part kept apart, rotated back below
             dq32 = torch.zeros_like(q, dtype=torch.float32)
-            dqm = torch.zeros_like(dq32) if mirror else dq32
-        consts = dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n,
-                      MIRROR=mirror, PREC=prec, UPCAST=_upcast(q), num_warps=warps, num_stages=stages)
-        strides = (*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct)
-        _bwd_dkdv_kernel[(NN, B * hkv)](
-            q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
-            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, *strides,
-            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale, ATOMIC_DQ=not deterministic, **consts)
+            dqm = torch.zeros_like(dq32) if mirror is not None else dq32
+
+        def make_dkdv(config, blocks, scratch):
+            outs = (dk, dv, dq32, dqm)
+            if scratch:  # fresh outputs; dQ buffers only where this kernel writes them (atomic mode)
+                dq_s = dq32 if deterministic else torch.empty_like(dq32)
+                dqm_s = torch.empty_like(dqm) if mirror is not None and not deterministic else dq_s
+                outs = (torch.empty_like(dk), torch.empty_like(dv), dq_s, dqm_s)
+            return dkdv_launch(q, k, v, do, *outs, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
+                               not deterministic)
+
+        def make_dq(config, blocks, scratch):
+            return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, mirror,
+                             scale, blocks, prec, config)
+
+        _choose(plan, Variant("dkdv", D, dtype, mirror is not None, not deterministic), q, lo, hi, make_dkdv)()
         if deterministic:
-            _bwd_dq_kernel[(NM, B * H)](
-                q, k, v, do, dq, lse, delta, lo, hi, cs, sn,
-                blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, *strides,
-                H, H // hkv, T, NM, NN, scale * _LOG2E, scale, **consts)
+            _choose(plan, Variant("dq", D, dtype, mirror is not None, False), q, lo, hi, make_dq)()
         else:
-            if mirror:
+            if mirror is not None:
                 dq32 = dq32 + mirror_rotate_transpose(dqm, cos, sin)
             dq = dq32.to(q.dtype)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, blocks=None,
@@ -355,8 +493,12 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
 
     q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] (pass them
     int32 on q's device so the block classification cache hits); mirror_rope: None or (cos, sin),
-    each [B, T, D]. ``blocks``: a precomputed :func:`classify_blocks` result (its block sizes win).
-    ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of atomics).
+    each [B, T, D]. ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of
+    atomics; it also skips timing-based config choice, which would make the summation order depend
+    on the run). Launch configs come from ``bico_kernels.config_table`` (tuned on the first GPU call,
+    see ``bico_kernels.tuning``); ``blocks`` (a precomputed :func:`classify_blocks` result, whose block
+    sizes then win), ``block_m``, ``block_n``, ``num_warps`` and ``num_stages`` override them for all
+    three kernels.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -372,6 +514,10 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
         raise ValueError(f"lo/hi must be [B, T] = {(B, T)}, got {tuple(lo.shape)}, {tuple(hi.shape)}")
     if q.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError("masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton")
+    if _routes_to_reference(q):
+        _log_once("bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
+                  "tensor cores; use bf16 or fp16 for the fused kernel)")
+        return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     lo = lo.to(device=q.device, dtype=torch.int32).contiguous()  # no-op (same object) when already so
     hi = hi.to(device=q.device, dtype=torch.int32).contiguous()
@@ -380,16 +526,30 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
         cos, sin = (t.to(q.device).contiguous() for t in mirror_rope)
         if cos.shape != (B, T, D) or sin.shape != (B, T, D):
             raise ValueError(f"mirror_rope tables must be [B, T, D] = {(B, T, D)}, got {tuple(cos.shape)}")
-    bm0, bn0, warps0, stages0 = default_config(D, q.dtype, q.device)
-    if blocks is None:
-        blocks = cached_classify_blocks(lo, hi, block_m or bm0, block_n or bn0)
-    elif not isinstance(blocks, BlockClassification) or blocks.seq_len != T or blocks.cls.shape[0] != B \
-            or blocks.cls.device != q.device or (block_m or blocks.block_m) != blocks.block_m \
-            or (block_n or blocks.block_n) != blocks.block_n:
+    if blocks is not None and (not isinstance(blocks, BlockClassification) or blocks.seq_len != T
+                               or blocks.cls.shape[0] != B or blocks.cls.device != q.device
+                               or (block_m or blocks.block_m) != blocks.block_m
+                               or (block_n or blocks.block_n) != blocks.block_n):
         raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
-    launch = (num_warps or warps0, num_stages or stages0)
+    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic)
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
-    return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, blocks, deterministic, launch)
+    return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, plan, deterministic)
+
+
+def _routes_to_reference(q) -> bool:
+    # fp32 compiled for sm_90a: no wgmma with IEEE dots, tens of KB spilled per thread (issue 14's
+    # measurements), and TF32 would change the numbers users asked for. The interpreter keeps
+    # running the fp32 kernels: they are the tightest correctness check of the kernel code.
+    return q.dtype == torch.float32 and q.device.type == "cuda"
+
+
+_logged: set = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logger.info(message)
 
 
 class _CallableModule(types.ModuleType):

@@ -1,4 +1,4 @@
-"""Triton device functions shared by the masked-attention kernels (tile loads, mirrored RoPE, scores).
+"""Triton device functions shared by the masked-attention kernels (tile loads, scores, masks, rotations).
 
 Head-dim layout: the two RoPE halves of a head (columns [0, D/2) and [D/2, D)) each occupy a
 power-of-two half tile of HP columns, so any even D works (D=96 -> two halves of 48 in 2x64) and
@@ -13,26 +13,13 @@ def _cols(HALF: tl.constexpr, HP: tl.constexpr):
     c = tl.arange(0, 2 * HP)
     side = c // HP
     within = c % HP
-    col = side * HALF + within            # real column of tile column c
-    pcol = (1 - side) * HALF + within     # column that rotate_half reads for c
-    sign = tl.where(side == 0, -1.0, 1.0)  # rotate_half(x) = cat(-x2, x1)
-    return col, pcol, within < HALF, sign
+    return side * HALF + within, within < HALF  # real column of tile column c, and whether it exists
 
 
 @triton.jit
 def _load_rows(ptr, rows, stride, col, cvalid, T):
     return tl.load(ptr + rows[:, None] * stride + col[None, :],
                    mask=(rows[:, None] < T) & cvalid[None, :], other=0.0)
-
-
-@triton.jit
-def _mirror(x, ptr, rows, stride, cos_p, sin_p, cs_stride, col, pcol, cvalid, sign, T):
-    # R_{-2 theta} x = x*cos2 - rotate_half(x)*sin2 for a tile x already loaded from ptr.
-    m = (rows[:, None] < T) & cvalid[None, :]
-    xr = tl.load(ptr + rows[:, None] * stride + pcol[None, :], mask=m, other=0.0).to(tl.float32)
-    c = tl.load(cos_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    s = tl.load(sin_p + rows[:, None] * cs_stride + col[None, :], mask=m, other=0.0).to(tl.float32)
-    return (x.to(tl.float32) * (c * c - s * s) - xr * sign[None, :] * (2.0 * s * c)).to(x.dtype)
 
 
 @triton.jit
@@ -45,20 +32,20 @@ def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, qm, k, km, up, low, offs_m, offs_n, MIRROR: tl.constexpr, PREC: tl.constexpr,
-            UPCAST: tl.constexpr):
-    # Raw q.k scores; with MIRROR, pairs j > i use the mirrored tiles. `up`/`low` say whether the
-    # tile has any j > i / j <= i pair, so one-sided tiles do a single dot.
-    if MIRROR:
-        if up:
-            s = _dot(qm, tl.trans(km), PREC, UPCAST)
-            if low:
-                s = tl.where(offs_n[None, :] > offs_m[:, None], s,
-                             _dot(q, tl.trans(k), PREC, UPCAST))
-        else:
-            s = _dot(q, tl.trans(k), PREC, UPCAST)
-    else:
-        s = _dot(q, tl.trans(k), PREC, UPCAST)
+def _query_scores(qx, kx, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+                  PREC: tl.constexpr, UPCAST: tl.constexpr):
+    # Scaled, masked scores [queries, keys] of one tile. With SPLIT (mirror on), a tile on the
+    # diagonal keeps only its phase's pairs: j > i when MIRRORED (qx, kx mirrored), else j <= i.
+    s = _dot(qx, tl.trans(kx), PREC, UPCAST) * qk_scale
+    if kind == 1:  # PARTIAL: elementwise interval test
+        s = tl.where(_visible(lo_p, hi_p, offs_m, offs_n, T), s, float("-inf"))
+    if SPLIT:
+        if (start_n + BLOCK_N - 1 > start_m) & (start_n < start_m + BLOCK_M):
+            if MIRRORED:
+                s = tl.where(offs_n[None, :] > offs_m[:, None], s, float("-inf"))
+            else:
+                s = tl.where(offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
     return s
 
 
@@ -71,17 +58,20 @@ def _visible(lo_p, hi_p, offs_m, offs_n, T):
 
 
 @triton.jit
-def _store_unmirror(ptr, rows, stride, acc, accm, cos_p, sin_p, cs_stride, T,
-                    HALF: tl.constexpr, HP: tl.constexpr, R: tl.constexpr):
-    # Store acc + R_{+2 theta} accm (the transpose of the mirror rotation), one RoPE half at a time.
+def _key_visible(lo_n, hi_n, offs_m, T):
+    # Key-major visibility [keys, queries] from the keys' intervals, loaded once per key block.
+    return (lo_n[:, None] <= offs_m[None, :]) & (offs_m[None, :] < hi_n[:, None]) & (offs_m[None, :] < T)
+
+
+@triton.jit
+def _unmirror(acc, cos_p, sin_p, rows, cs_stride, T, HALF: tl.constexpr, HP: tl.constexpr, R: tl.constexpr):
+    # R_{+2 theta} acc per row (the transpose of the mirror rotation), for a gradient accumulated
+    # against mirrored tiles: each RoPE half is a half tile, so rotate_half is a swap of the halves.
     a1, a2 = tl.split(tl.permute(tl.reshape(acc, (R, 2, HP)), (0, 2, 1)))
-    m1, m2 = tl.split(tl.permute(tl.reshape(accm, (R, 2, HP)), (0, 2, 1)))
     w = tl.arange(0, HP)
     msk = (rows[:, None] < T) & (w[None, :] < HALF)
     c = tl.load(cos_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
     s = tl.load(sin_p + rows[:, None] * cs_stride + w[None, :], mask=msk, other=0.0).to(tl.float32)
     c2 = c * c - s * s
     s2 = 2.0 * s * c
-    base = ptr + rows[:, None] * stride + w[None, :]
-    tl.store(base, (a1 + m1 * c2 - m2 * s2).to(ptr.dtype.element_ty), mask=msk)
-    tl.store(base + HALF, (a2 + m2 * c2 + m1 * s2).to(ptr.dtype.element_ty), mask=msk)
+    return tl.reshape(tl.permute(tl.join(a1 * c2 - a2 * s2, a2 * c2 + a1 * s2), (0, 2, 1)), (R, 2 * HP))

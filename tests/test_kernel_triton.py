@@ -363,3 +363,95 @@ def test_classification_is_used_and_reusable():
         masked_attention(q, k, v, lo, hi, blocks=blk, block_m=32)
     with pytest.raises(ValueError):
         masked_attention(q[..., :20, :], k[..., :20, :], v[..., :20, :], lo[:, :20], hi[:, :20], blocks=blk)
+
+
+def test_mirror_phase_split_points():
+    # The mirrored kernels run the tiles holding pairs j <= i (plain) and those holding pairs j > i
+    # (mirrored) as two loops over the compact lists; the split points must cut exactly there.
+    g = torch.Generator().manual_seed(29)
+    for name in ("causal", "bidirectional", "packed_bidirectional", "random_intervals"):
+        for T, bm, bn in ((50, 16, 16), (64, 32, 16), (64, 16, 32), (37, 16, 64)):
+            lo, hi = MASKS[name](2, T, g)
+            blk = classify_blocks(lo, hi, bm, bn)
+            for b in range(2):
+                for m in range(blk.cls.shape[1]):
+                    listed = blk.kv_index[b, m, :blk.kv_count[b, m]].tolist()
+                    low = [n for n in listed if n * bn < m * bm + bm]           # some key j <= some query i
+                    up = [n for n in listed if n * bn + bn - 1 > m * bm]        # some key j > some query i
+                    assert listed[:blk.kv_low_count[b, m]] == low and listed[blk.kv_up_start[b, m]:] == up
+                for n in range(blk.cls.shape[2]):
+                    listed = blk.q_index[b, n, :blk.q_count[b, n]].tolist()
+                    up = [m for m in listed if n * bn + bn - 1 > m * bm]
+                    low = [m for m in listed if n * bn < m * bm + bm]
+                    assert listed[:blk.q_up_count[b, n]] == up and listed[blk.q_low_start[b, n]:] == low
+
+
+@pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16)])
+def test_mirror_deterministic_rectangular_tiles(bm, bn):
+    # The dQ pass's two phases on tiles where one block spans several of the other (as the dK/dV
+    # candidates' 16-row steps under 64/128-row key blocks do): several diagonal crossings per tile.
+    g = torch.Generator().manual_seed(31)
+    lo, hi = bico_hidden(1, 50, g)
+    compare(1, 2, 1, 50, 32, torch.float32, lo, hi, g, _ar(50).expand(1, 50), deterministic=True,
+            block_m=bm, block_n=bn)
+
+
+def test_fp32_on_cuda_routes_to_the_reference(monkeypatch, caplog):
+    impl = importlib.import_module("bico_kernels.masked_attention")
+    monkeypatch.setattr(impl, "_routes_to_reference", lambda q: q.dtype == torch.float32)  # as on CUDA
+    monkeypatch.setattr(impl, "_logged", set())
+    g = torch.Generator().manual_seed(37)
+    B, T, D = 1, 17, 32
+    lo, hi = causal(B, T, g)
+    q, k, v, _ = (t.float() for t in _inputs(B, 2, 1, T, D, torch.float32, g))
+    with caplog.at_level("INFO", logger="bico_kernels.masked_attention"):
+        out = [masked_attention(q, k, v, lo, hi) for _ in range(2)]
+    assert torch.equal(out[0], reference_masked_attention(q, k, v, lo, hi))
+    assert sum("reference path" in r.getMessage() for r in caplog.records) == 1  # one line, once
+
+
+# ----------------------------------------------------------------------------- launch configs
+
+def test_tuner_picks_the_fastest_and_remembers(monkeypatch, tmp_path):
+    from bico_kernels import tuning
+    from bico_kernels.configs import KernelConfig, Variant
+
+    variant = Variant("fwd", 128, "bf16", True, False)
+    cands = [KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 3), KernelConfig(64, 32, 4, 2)]
+    times = {cands[0]: 2.0, cands[1]: 1.0, cands[2]: 3.0}
+    calls = []
+
+    def bench(c):
+        calls.append(c)
+        if c == cands[2]:
+            raise RuntimeError("out of resources: shared memory\nmore")
+        return times[c]
+
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setenv("BICO_KERNEL_TUNE_FILE", str(tmp_path / "tuned.json"))
+    monkeypatch.delenv("BICO_KERNEL_AUTOTUNE", raising=False)
+    assert tuning.tuned_config(variant, 3000, cands, bench, "gpu") == cands[1]  # failures are skipped
+    assert len(calls) == 3
+    assert tuning.tuned_config(variant, 4096, cands, bench, "gpu") == cands[1]  # same length bucket: cached
+    assert len(calls) == 3
+    tuning.clear()
+    assert tuning.tuned_config(variant, 3000, cands, bench, "gpu") == cands[1]  # from the file
+    assert len(calls) == 3
+    tuning.tuned_config(variant, 8192, cands, bench, "gpu")  # another bucket is timed again
+    assert len(calls) == 6
+    monkeypatch.setenv("BICO_KERNEL_AUTOTUNE", "0")
+    assert tuning.tuned_config(variant, 100, cands, bench, "gpu") == cands[0]  # off: the table's first
+    assert len(calls) == 6
+
+
+def test_config_table_entries_come_from_the_candidate_space():
+    from bico_kernels.config_table import TABLE
+    from bico_kernels.configs import KernelConfig, candidate_configs, runtime_variants
+    from bico_kernels.tuning import candidates
+
+    variants = {v.key(): v for v in runtime_variants()}
+    for key, rows in TABLE.items():
+        assert key in variants, key
+        assert rows and all(KernelConfig(*r) in candidate_configs(variants[key]) for r in rows), key
+    for v in variants.values():
+        assert candidates(v)  # a config for every variant the runtime can launch
