@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import bico.train as T  # noqa: E402
-from bico.attention import rope_tables  # noqa: E402
+from bico.collate import model_inputs  # noqa: E402
 from bico.config import load_recipe  # noqa: E402
 from bico.data import generate_reversal_dataset  # noqa: E402
 from bico.demo import DATA, cpu_model, recipe_path  # noqa: E402
@@ -39,11 +39,7 @@ from bico.io_utils import atomic_savefig, atomic_write_json  # noqa: E402
 
 def full_logits_loss(model, batch, device, *_):
     """The loss as computed before: logits (and log-softmax) at every position."""
-    position_ids = batch["position_ids"].to(device)
-    kwargs = dict(lo=batch["lo"].to(device), hi=batch["hi"].to(device), position_ids=position_ids)
-    if batch["mirror_rope"]:
-        kwargs["mirror_rope"] = rope_tables(model, position_ids)
-    logits = model(input_ids=batch["input_ids"].to(device), use_cache=False, **kwargs).logits
+    logits = model(use_cache=False, **model_inputs(batch, device)).logits
     losses = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].to(device).flatten(), ignore_index=-100,
                              reduction="none")
     return (losses * batch["weights"].to(device).flatten()).sum()

@@ -22,3 +22,16 @@ if not _is_bico_command():
     from bico.attention import register as _register_attention
 
     _register_attention()
+
+# The public API, loaded on first use (importing torch/transformers is slow, and `bico --help`
+# must not pay for it): bico.IntervalMask, bico.apply, bico.revert.
+_LAZY = {"IntervalMask": "bico.masks", "apply": "bico.attention", "revert": "bico.attention"}
+__all__ = ["IntervalMask", "apply", "revert", "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bico' has no attribute {name!r}")

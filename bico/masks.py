@@ -1,14 +1,23 @@
-"""Attention masks as column intervals.
+"""Attention masks as column intervals: :class:`IntervalMask`, the one object that flows from an
+objective through ``collate`` to the model (``model(..., bico_mask=mask)``).
 
-A mask of one sequence of length T is two int32 vectors ``lo``, ``hi`` of length T: query
-row ``i`` may see key ``j`` iff ``lo[j] <= i < hi[j]``. An empty range (``lo >= hi``) hides
-key ``j`` from everyone (padding, BICO's masked tokens). Every mask bico uses (causal,
-bidirectional, prefix-LM, GLM, packed documents) is of this form, costs O(T) memory instead
-of O(T^2), and lets the fused kernel classify whole tiles from per-block min/max.
+A mask of a sequence of length T is two int32 vectors ``lo``, ``hi``: query row ``i`` may see key
+``j`` iff ``lo[j] <= i < hi[j]``. An empty range (``lo >= hi``) hides key ``j`` from everyone
+(padding, BICO's masked tokens). Every mask bico uses (causal, bidirectional, prefix-LM, GLM,
+packed documents) is of this form, costs O(T) memory instead of O(T^2), and lets the fused
+kernel classify whole tiles from per-block min/max.
 
-Builders return 1-D tensors for one sequence; :func:`concat` packs documents (shifting each
-document's intervals by its offset, so no document ever sees another) and :func:`pad`
-appends hidden keys. Batches are stacked ``[B, T]`` tensors.
+The mask also carries how attention applies RoPE, because that is part of what the objective
+decides: ``"standard"`` (the model's own RoPE), ``"mirrored"`` (BICO: keys after the query are
+scored with the relative offset's sign flipped) or ``"2d"`` (GLM's 2-D positions: the upper half of
+the frequency pairs rotates by ``block_position_ids`` instead of the position). The attention builds
+the tables itself from the model's rotary embedding.
+
+Masks are always batched, ``[B, T]``; the constructors build one sequence (B = 1). ``concat``
+packs sequences along T (each keeps its own mask and sees nothing outside), ``stack`` batches
+equal-length masks along B. The kernel's tile classification is computed once per tile size and
+cached on the object (:meth:`IntervalMask.blocks`), so every layer of a forward and the backward
+share it.
 """
 from __future__ import annotations
 
@@ -16,111 +25,197 @@ from typing import Sequence
 
 import torch
 
-Intervals = tuple[torch.Tensor, torch.Tensor]
 INDEX_DTYPE = torch.int32
+ROPE_MODES = ("standard", "mirrored", "2d")
+
+
+class IntervalMask:
+    """``lo``, ``hi``: int32 ``[B, T]``; ``rope``: one of :data:`ROPE_MODES`;
+    ``block_position_ids``: int64 ``[B, T]``, only (and always) with ``rope="2d"``."""
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, rope: str = "standard",
+                 block_position_ids: torch.Tensor | None = None):
+        if lo.dim() == 1:
+            lo, hi = lo[None], hi[None]
+        if lo.dim() != 2 or lo.shape != hi.shape:
+            raise ValueError(f"lo and hi must both be [B, T], got {tuple(lo.shape)} and {tuple(hi.shape)}")
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope {rope!r}: use one of {', '.join(ROPE_MODES)}")
+        if (rope == "2d") != (block_position_ids is not None):
+            raise ValueError("block_position_ids go with rope='2d', and only with it")
+        if block_position_ids is not None:
+            if block_position_ids.dim() == 1:
+                block_position_ids = block_position_ids[None]
+            if block_position_ids.shape != lo.shape:
+                raise ValueError(f"block_position_ids {tuple(block_position_ids.shape)} do not match lo {tuple(lo.shape)}")
+            block_position_ids = block_position_ids.to(device=lo.device, dtype=torch.long)
+        self.lo, self.hi = lo.to(INDEX_DTYPE), hi.to(device=lo.device, dtype=INDEX_DTYPE)
+        self.rope = rope
+        self.block_position_ids = block_position_ids
+        self._blocks: dict = {}   # (block_m, block_n) -> the kernel's tile classification
+        self._copies: dict = {}   # device -> this mask on that device (so its caches are shared)
+        self.rope_cache: dict = {}  # the attention's RoPE tables for this mask (see bico.attention)
+
+    # --- constructors (one sequence) ---------------------------------------------------------
+    @classmethod
+    def causal(cls, length: int, rope: str = "standard") -> IntervalMask:
+        """Key j is seen by rows j..T-1."""
+        return cls(torch.arange(length, dtype=INDEX_DTYPE), _full(length, length), rope, _zeros_if_2d(rope, length))
+
+    @classmethod
+    def bidirectional(cls, length: int, rope: str = "standard") -> IntervalMask:
+        """Every row sees every key."""
+        return cls(_full(length, 0), _full(length, length), rope, _zeros_if_2d(rope, length))
+
+    @classmethod
+    def prefix_lm(cls, length: int, prefix_length: int, rope: str = "standard") -> IntervalMask:
+        """Bidirectional over the first ``prefix_length`` tokens, causal after them."""
+        if not 0 <= prefix_length <= length:
+            raise ValueError(f"prefix_length {prefix_length} outside [0, {length}]")
+        lo = torch.arange(length, dtype=INDEX_DTYPE)
+        lo[:prefix_length] = 0
+        return cls(lo, _full(length, length), rope, _zeros_if_2d(rope, length))
+
+    @classmethod
+    def bico(cls, length: int, hidden: torch.Tensor, rope: str = "standard") -> IntervalMask:
+        """BICO's denoising mask: bidirectional, with the ``hidden`` positions hidden as keys."""
+        return cls.bidirectional(length, rope).hide(hidden)
+
+    @classmethod
+    def hidden(cls, length: int, rope: str = "standard") -> IntervalMask:
+        """``length`` keys that nobody sees (padding)."""
+        return cls(_full(length, 0), _full(length, 0), rope, _zeros_if_2d(rope, length))
+
+    @classmethod
+    def concat(cls, masks: Sequence[IntervalMask]) -> IntervalMask:
+        """Pack sequences along T: each keeps its own mask and sees nothing outside its slot."""
+        if not masks:
+            raise ValueError("concat needs at least one mask")
+        rope = _common_rope(masks, "packs")
+        if len({m.batch_size for m in masks}) > 1:
+            raise ValueError("concat: masks of different batch sizes")
+        los, his, offset = [], [], 0
+        for m in masks:
+            empty = m.lo >= m.hi
+            # Shift the row range into this sequence's slot; empty ranges stay empty (0, 0).
+            los.append(torch.where(empty, 0, m.lo + offset))
+            his.append(torch.where(empty, 0, m.hi + offset))
+            offset += m.seq_len
+        blocks = torch.cat([m.block_position_ids for m in masks], 1) if rope == "2d" else None
+        return cls(torch.cat(los, 1), torch.cat(his, 1), rope, blocks)
+
+    @classmethod
+    def stack(cls, masks: Sequence[IntervalMask]) -> IntervalMask:
+        """Batch equal-length masks along B."""
+        if not masks:
+            raise ValueError("stack needs at least one mask")
+        rope = _common_rope(masks, "batches")
+        if len({m.seq_len for m in masks}) > 1:
+            raise ValueError(f"stack: masks of different lengths {sorted({m.seq_len for m in masks})}; pad them first")
+        blocks = torch.cat([m.block_position_ids for m in masks]) if rope == "2d" else None
+        return cls(torch.cat([m.lo for m in masks]), torch.cat([m.hi for m in masks]), rope, blocks)
+
+    # --- derived masks -------------------------------------------------------------------------
+    def hide(self, hidden: torch.Tensor) -> IntervalMask:
+        """Hide the keys where ``hidden`` ([T] or [B, T] bool) is True from every query."""
+        hidden = hidden.to(device=self.lo.device, dtype=torch.bool).expand_as(self.lo)
+        return IntervalMask(self.lo.masked_fill(hidden, 0), self.hi.masked_fill(hidden, 0), self.rope,
+                            self.block_position_ids)
+
+    def pad(self, length: int, side: str = "right") -> IntervalMask:
+        """Pad to ``length`` with hidden keys on ``side``."""
+        if self.seq_len > length:
+            raise ValueError(f"sequence of {self.seq_len} tokens does not fit in {length}")
+        if side not in ("left", "right"):
+            raise ValueError(f"side {side!r}: use left or right")
+        filler = IntervalMask.hidden(length - self.seq_len, self.rope)
+        filler = IntervalMask.stack([filler] * self.batch_size) if self.batch_size > 1 else filler
+        return IntervalMask.concat([self, filler] if side == "right" else [filler, self])
+
+    def with_rope(self, rope: str, block_position_ids: torch.Tensor | None = None) -> IntervalMask:
+        """The same intervals under another RoPE mode (``"2d"`` needs ``block_position_ids``)."""
+        return IntervalMask(self.lo, self.hi, rope, block_position_ids)
+
+    def to(self, device) -> IntervalMask:
+        """This mask on ``device``; the copy is kept, so its caches are reused on the next call."""
+        device = torch.device(device)
+        if self.lo.device == device:
+            return self
+        key = str(device)
+        if key not in self._copies:
+            bp = None if self.block_position_ids is None else self.block_position_ids.to(device)
+            self._copies[key] = IntervalMask(self.lo.to(device), self.hi.to(device), self.rope, bp)
+        return self._copies[key]
+
+    # --- views -------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.lo.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.lo.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.lo.device
+
+    def __len__(self) -> int:
+        return self.seq_len
+
+    def __getitem__(self, row: int) -> IntervalMask:
+        """Batch row ``row`` as a mask of its own (B = 1)."""
+        bp = None if self.block_position_ids is None else self.block_position_ids[row:row + 1]
+        return IntervalMask(self.lo[row:row + 1], self.hi[row:row + 1], self.rope, bp)
+
+    def dense(self) -> torch.Tensor:
+        """Bool ``[B, T, T]`` indexed (batch, query, key); True = may attend."""
+        from bico_kernels import dense_visibility
+
+        return dense_visibility(self.lo, self.hi)
+
+    def blocks(self, block_m: int, block_n: int):
+        """The kernel's tile classification for this tile size, computed once and kept."""
+        key = (block_m, block_n)
+        if key not in self._blocks:
+            from bico_kernels import classify_blocks
+
+            self._blocks[key] = classify_blocks(self.lo, self.hi, block_m, block_n)
+        return self._blocks[key]
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, IntervalMask):
+            return NotImplemented
+        same_bp = (self.block_position_ids is None and other.block_position_ids is None) or (
+            self.block_position_ids is not None and other.block_position_ids is not None
+            and torch.equal(self.block_position_ids, other.block_position_ids))
+        return (self.rope == other.rope and self.lo.shape == other.lo.shape and torch.equal(self.lo, other.lo)
+                and torch.equal(self.hi, other.hi) and same_bp)
+
+    __hash__ = None  # mutable tensors inside: not hashable
+
+    def __repr__(self) -> str:
+        return f"IntervalMask(B={self.batch_size}, T={self.seq_len}, rope={self.rope!r}, device={self.device})"
+
+    def __getstate__(self):  # pickling (DataLoader workers): tensors only, caches are rebuilt
+        return {"lo": self.lo, "hi": self.hi, "rope": self.rope, "block_position_ids": self.block_position_ids}
+
+    def __setstate__(self, state):
+        self.__init__(state["lo"], state["hi"], state["rope"], state["block_position_ids"])
 
 
 def _full(length: int, value: int) -> torch.Tensor:
     return torch.full((length,), value, dtype=INDEX_DTYPE)
 
 
-def causal(length: int) -> Intervals:
-    """Key j is seen by rows j..T-1."""
-    return torch.arange(length, dtype=INDEX_DTYPE), _full(length, length)
+def _zeros_if_2d(rope: str, length: int) -> torch.Tensor | None:
+    # A new "2d" mask starts with block position 0 (GLM's value for every token outside a span).
+    return torch.zeros(length, dtype=torch.long) if rope == "2d" else None
 
 
-def bidirectional(length: int) -> Intervals:
-    """Every row sees every key."""
-    return _full(length, 0), _full(length, length)
-
-
-def prefix_lm(length: int, prefix_length: int) -> Intervals:
-    """Bidirectional over the first ``prefix_length`` tokens, causal after them."""
-    if not 0 <= prefix_length <= length:
-        raise ValueError(f"prefix_length {prefix_length} outside [0, {length}]")
-    lo, hi = causal(length)
-    lo[:prefix_length] = 0
-    return lo, hi
-
-
-def hide_keys(intervals: Intervals, hidden: torch.Tensor) -> Intervals:
-    """Hide the keys where ``hidden`` is True from every query (empty range)."""
-    lo, hi = intervals[0].clone(), intervals[1].clone()
-    hidden = hidden.to(torch.bool)
-    lo[hidden] = 0
-    hi[hidden] = 0
-    return lo, hi
-
-
-def bico(length: int, hidden: torch.Tensor) -> Intervals:
-    """BICO's denoising mask: bidirectional, with the masked positions hidden as keys."""
-    return hide_keys(bidirectional(length), hidden)
-
-
-def concat(documents: Sequence[Intervals]) -> Intervals:
-    """Pack documents into one sequence; each keeps its own mask and sees nothing outside."""
-    los, his, offset = [], [], 0
-    for lo, hi in documents:
-        n = lo.numel()
-        empty = lo >= hi
-        # Shift the row range into this document's slot; empty ranges stay empty (0, 0).
-        los.append(torch.where(empty, 0, lo + offset).to(INDEX_DTYPE))
-        his.append(torch.where(empty, 0, hi + offset).to(INDEX_DTYPE))
-        offset += n
-    if not los:
-        return _full(0, 0), _full(0, 0)
-    return torch.cat(los), torch.cat(his)
-
-
-def hidden(length: int) -> Intervals:
-    """``length`` keys that nobody sees (padding)."""
-    return _full(length, 0), _full(length, 0)
-
-
-def pad(intervals: Intervals, length: int, side: str = "right") -> Intervals:
-    """Pad one sequence's mask to ``length`` with hidden keys on ``side``."""
-    n = intervals[0].numel()
-    if n > length:
-        raise ValueError(f"sequence of {n} tokens does not fit in {length}")
-    filler = hidden(length - n)
-    return concat([intervals, filler] if side == "right" else [filler, intervals])
-
-
-def stack(masks: Sequence[Intervals]) -> Intervals:
-    """Stack equal-length masks into ``[B, T]`` tensors."""
-    return torch.stack([m[0] for m in masks]), torch.stack([m[1] for m in masks])
-
-
-def to_dense(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Boolean mask ``[B, T, T]`` indexed (batch, query, key); True = may attend."""
-    if lo.dim() == 1:
-        lo, hi = lo[None], hi[None]
-    rows = torch.arange(lo.shape[-1], device=lo.device).view(1, -1, 1)
-    return (lo[:, None, :] <= rows) & (rows < hi[:, None, :])
-
-
-def to_additive(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Float additive mask ``[B, 1, T, T]``: 0 where allowed, the dtype's minimum elsewhere.
-
-    A float mask (not a boolean one) because eager attention adds the mask to the scores.
-    """
-    allowed = to_dense(lo, hi)[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=lo.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
-
-
-def rows_with_keys(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` bool: which query rows see at least one key (others output 0).
-
-    O(T): +1 at each key's ``lo``, -1 at its ``hi``, then a running sum counts the keys
-    each row sees.
-    """
-    if lo.dim() == 1:
-        lo, hi = lo[None], hi[None]
-    t = lo.shape[-1]
-    nonempty = (lo < hi).to(torch.int64)
-    delta = torch.zeros(lo.shape[0], t + 1, dtype=torch.int64, device=lo.device)
-    delta.scatter_add_(1, lo.clamp(0, t).long(), nonempty)
-    delta.scatter_add_(1, hi.clamp(0, t).long(), -nonempty)
-    return delta.cumsum(dim=1)[:, :t] > 0
+def _common_rope(masks: Sequence[IntervalMask], verb: str) -> str:
+    modes = {m.rope for m in masks}
+    if len(modes) > 1:
+        raise ValueError(f"a batch {verb} masks with different RoPE modes {sorted(modes)}; "
+                         "objectives decide RoPE per batch")
+    return modes.pop()

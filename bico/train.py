@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bico import distributed
-from bico.attention import rope_2d_tables, rope_tables
-from bico.collate import collate
+from bico.attention import require_bico
+from bico.collate import collate, model_inputs
 from bico.config import Recipe, check_recipe
 from bico.engine import build_engine
 from bico.models import apply_finetuning, count_parameters, fit_embeddings, load_model, save_model
@@ -151,20 +151,15 @@ def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool =
     model must be called as a whole (its parameter gathering hangs on the top-level forward; the
     split call moved 2 ranks off 1 process by 2.5e-4 in loss), so the trainer turns it off there.
     """
-    input_ids = batch["input_ids"].to(device)
-    position_ids = batch["position_ids"].to(device)
-    kwargs = dict(lo=batch["lo"].to(device), hi=batch["hi"].to(device), position_ids=position_ids)
-    if batch["mirror_rope"]:
-        kwargs["mirror_rope"] = rope_tables(model, position_ids)
-    if "block_position_ids" in batch:
-        kwargs["rope_2d"] = rope_2d_tables(model, position_ids, batch["block_position_ids"].to(device))
+    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
+    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
     targets = batch["targets"].to(device)
     keep = targets != IGNORE
     if head_at_targets:
-        hidden = model.get_decoder()(input_ids=input_ids, use_cache=False, **kwargs).last_hidden_state
+        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
         logits = model.get_output_embeddings()(hidden[keep])
     else:
-        logits = model(input_ids=input_ids, use_cache=False, **kwargs).logits[keep]
+        logits = model(use_cache=False, **inputs).logits[keep]
     losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     return (losses * batch["weights"].to(device)[keep]).sum()
 

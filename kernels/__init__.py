@@ -1,21 +1,22 @@
 """Fused masked-attention kernels (Triton) beside their PyTorch references. Imported as bico_kernels.
 
-Importing this package never imports triton: the Triton module loads on the first call of
-:func:`masked_attention`. Set TRITON_INTERPRET=1 before that first call to run on CPU tensors.
+Importing this package never imports triton: the Triton module (``bico_kernels.triton_attention``)
+loads on the first call of :func:`masked_attention`. Set TRITON_INTERPRET=1 before that first call
+to run on CPU tensors.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import sys
 
-from .blocks import FULL, PARTIAL, SKIP, BlockClassification, cached_classify_blocks, classify_blocks
-from .reference import mirror_rotate, mirror_rotate_transpose, reference_masked_attention, rotate_half
+from .blocks import FULL, PARTIAL, SKIP, BlockClassification, classify_blocks
+from .reference import (additive_mask, dense_visibility, mirror_rotate, mirror_rotate_transpose, reference_masked_attention,
+                        rotate_half)
 
 __all__ = [
     "masked_attention", "reference_masked_attention", "triton_available", "mirror_rotate",
-    "mirror_rotate_transpose", "rotate_half", "classify_blocks", "cached_classify_blocks",
-    "BlockClassification", "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
+    "mirror_rotate_transpose", "rotate_half", "dense_visibility", "additive_mask", "classify_blocks", "BlockClassification",
+    "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
 ]
 
 
@@ -30,19 +31,13 @@ def triton_available() -> bool:
 
 
 def _impl():
-    name = __name__ + ".masked_attention"
-    mod = sys.modules.get(name)
-    if mod is None:
-        # This rebinds the package attribute `masked_attention` to the submodule; the submodule is
-        # callable with the same signature, so `bico_kernels.masked_attention(...)` keeps working.
-        mod = importlib.import_module(name)
-    return mod
+    return importlib.import_module(__name__ + ".triton_attention")
 
 
 def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, **kwargs):
     """Fused masked attention (Triton kernel, autograd-enabled). Same math as
-    :func:`reference_masked_attention`; extra keyword arguments (blocks, block_m, block_n, num_warps,
-    num_stages) go to ``bico_kernels.masked_attention`` module's implementation."""
+    :func:`reference_masked_attention`; extra keyword arguments (blocks, classify, block_m, block_n,
+    num_warps, num_stages) are described in ``bico_kernels.triton_attention.masked_attention``."""
     return _impl().masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope,
                                     deterministic=deterministic, **kwargs)
 

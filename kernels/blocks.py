@@ -3,7 +3,8 @@
 Each (query block, key block) tile is SKIP, PARTIAL or FULL, decided from the per-key-block
 min/max of lo and hi (FlashMask's rule, bico_kernels' own code). The kernels walk compact per-row-block
 and per-column-block lists of non-skipped tiles, so one classification serves the forward, the
-dK/dV pass and the dQ pass; build it once per batch and reuse it in every layer.
+dK/dV pass and the dQ pass; build it once per batch and reuse it in every layer (bico's
+``IntervalMask.blocks`` caches it on the mask object; no global cache).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SKIP", "PARTIAL", "FULL", "BlockClassification", "classify_blocks", "cached_classify_blocks"]
+__all__ = ["SKIP", "PARTIAL", "FULL", "BlockClassification", "classify_blocks"]
 
 SKIP, PARTIAL, FULL = 0, 1, 2
 
@@ -34,10 +35,6 @@ class BlockClassification(NamedTuple):
     kv_up_start: torch.Tensor   # int32 [B, NM]: first kv_index entry with some pair j > i
     q_up_count: torch.Tensor    # int32 [B, NN]: leading q_index entries with some pair j > i
     q_low_start: torch.Tensor   # int32 [B, NN]: first q_index entry with some pair j <= i
-
-    def density(self) -> float:
-        """Fraction of tiles that are computed (PARTIAL or FULL)."""
-        return (self.cls != SKIP).float().mean().item()
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -98,28 +95,3 @@ def classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: i
                                kv_index.contiguous(), q_count.contiguous(), q_index.contiguous(),
                                m_order.contiguous(), n_order.contiguous(), kv_low_count.contiguous(),
                                kv_up_start.contiguous(), q_up_count.contiguous(), q_low_start.contiguous())
-
-
-_cache: dict = {}
-
-
-def cached_classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: int) -> BlockClassification:
-    """:func:`classify_blocks` cached on the identity and version of lo/hi, one entry per block size.
-
-    Every layer of one model forward passes the same lo/hi tensors, so all but the first call hit;
-    the forward and backward kernels may use different tile sizes, hence one entry per size. New
-    lo/hi tensors drop all entries. The cache holds references to lo/hi, so their storage cannot be
-    recycled under the key.
-    """
-    try:
-        versions = (lo._version, hi._version)
-    except RuntimeError:  # inference tensors carry no version counter: do not cache them
-        return classify_blocks(lo, hi, block_m, block_n)
-    owner = _cache.get("owner")
-    if owner is None or owner[0] is not lo or owner[1] is not hi or owner[2] != versions:
-        _cache.clear()
-        _cache["owner"] = (lo, hi, versions)
-    blocks = _cache.get((block_m, block_n))
-    if blocks is None:
-        blocks = _cache[(block_m, block_n)] = classify_blocks(lo, hi, block_m, block_n)
-    return blocks

@@ -79,7 +79,7 @@ def kernel_hashes() -> dict[str, str]:
     import triton
     from triton.runtime.jit import JITFunction
 
-    modules = [importlib.import_module(f".{m}", __package__) for m in ("masked_attention", "tiles")]
+    modules = [importlib.import_module(f".{m}", __package__) for m in ("triton_attention", "tiles")]
     sources = sorted({f.src for m in modules for f in vars(m).values() if isinstance(f, JITFunction)})
     digest = hashlib.sha256("\n".join([f"triton {triton.__version__}", *sources]).encode()).hexdigest()
     return {kernel: digest for kernel in ("fwd", "dkdv", "dq")}
@@ -99,7 +99,7 @@ def ptxas_available() -> str:
 
 
 def _sample_launch(variant: Variant, config: KernelConfig):
-    impl = importlib.import_module(".masked_attention", __package__)  # the module; imports triton
+    impl = importlib.import_module(".triton_attention", __package__)  # the module; imports triton
     if impl._INTERPRETED:
         raise RuntimeError("TRITON_INTERPRET is set in this process: the kernels are interpreted, not compiled")
     B, H, HKV, T = (SAMPLE_CALL[k] for k in ("batch", "heads", "kv_heads", "seq_len"))
@@ -194,7 +194,7 @@ def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0, on_result=No
     single-threaded). A compile that crashes or times out gives a result with ``error`` set.
     ``on_result(result)`` is called as each one finishes."""
     pairs = list(pairs)
-    importlib.import_module(".masked_attention", __package__)  # children inherit this snapshot of the kernels
+    importlib.import_module(".triton_attention", __package__)  # children inherit this snapshot of the kernels
     ctx = multiprocessing.get_context("fork")
     results: list = [None] * len(pairs)
     running = {}  # sentinel -> (index, process, receiving end, log path, start time)

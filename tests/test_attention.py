@@ -1,15 +1,27 @@
-"""The "bico" attention: exact SDPA equivalence without intervals, bidirectionality with them
+"""The "bico" attention: exact SDPA equivalence without a mask, bidirectionality with one
 (every code path, batch size 1, padding), no leaks between packed documents, mirrored RoPE
-against a direct float64 construction."""
+against a direct float64 construction; bico.apply / revert and the architecture check."""
 import math
 
 import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from bico import masks
-from bico.attention import reference_interval_attention, rope_tables
+import bico
+from bico import IntervalMask
+from bico.attention import rope_tables, rotary_embedding
+from bico_kernels import reference_masked_attention
 from conftest import make_llama, twin_models
+
+
+def reference_interval_attention(q, k, v, lo, hi, *, scale, mirror_rope=None):
+    """The reference as the bico attention calls it on CPU (SDPA branch without the mirror)."""
+    return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope,
+                                      use_sdpa=mirror_rope is None)
+
+
+def model_rope_tables(model, pos):
+    return rope_tables(rotary_embedding(model.model.layers[0].self_attn), pos)
 
 
 def _triton_ok():
@@ -27,12 +39,11 @@ PATHS = [
 ]
 
 
-def _forward(model, ids, lo, hi, backend, mirror, pos=None):
+def _forward(model, ids, mask, backend, mirror, pos=None):
     pos = pos if pos is not None else torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
-    kwargs = dict(lo=lo, hi=hi, position_ids=pos, bico_backend=backend)
-    if mirror:
-        kwargs["mirror_rope"] = rope_tables(model, pos)
-    return model(ids, **kwargs).logits
+    bico.apply(model, backend=backend)
+    mask = mask.with_rope("mirrored") if mirror else mask
+    return model(ids, bico_mask=mask, position_ids=pos).logits
 
 
 def test_without_intervals_equals_sdpa_with_and_without_padding():
@@ -63,10 +74,10 @@ def test_causal_intervals_equal_causal_attention(path):
     backend, mirror = path
     bico_model, sdpa_model = twin_models()
     ids = torch.randint(0, 128, (2, 9))
-    lo, hi = masks.stack([masks.causal(9)] * 2)
+    mask = IntervalMask.stack([IntervalMask.causal(9)] * 2)
     with torch.no_grad():
         # Mirroring changes nothing under a causal mask: no key is ever after its query.
-        got = _forward(bico_model, ids, lo, hi, backend, mirror)
+        got = _forward(bico_model, ids, mask, backend, mirror)
         assert torch.allclose(got, sdpa_model(ids).logits, atol=1e-5, rtol=0)
 
 
@@ -77,19 +88,19 @@ def test_bidirectionality_takes_effect_at_batch_size_1(path, padded):
     model = make_llama()
     t, n = 10, (7 if padded else 10)
     ids = torch.randint(0, 128, (1, t))
-    lo, hi = masks.stack([masks.pad(masks.bidirectional(n), t, "left" if padded else "right")])
+    mask = IntervalMask.bidirectional(n).pad(t, "left" if padded else "right")
     first = t - n  # first real token
     changed = ids.clone()
     changed[0, -1] = (ids[0, -1] + 1) % 128  # perturb the last real token
     with torch.no_grad():
-        a = _forward(model, ids, lo, hi, backend, mirror)
-        b = _forward(model, changed, lo, hi, backend, mirror)
+        a = _forward(model, ids, mask, backend, mirror)
+        b = _forward(model, changed, mask, backend, mirror)
         # The first real token sees the future under a bidirectional mask ...
         assert (a[0, first] - b[0, first]).abs().max() > 1e-4
         # ... and not under a causal one (guards the test itself).
-        clo, chi = masks.stack([masks.pad(masks.causal(n), t, "left" if padded else "right")])
-        c = _forward(model, ids, clo, chi, backend, mirror)
-        d = _forward(model, changed, clo, chi, backend, mirror)
+        causal = IntervalMask.causal(n).pad(t, "left" if padded else "right")
+        c = _forward(model, ids, causal, backend, mirror)
+        d = _forward(model, changed, causal, backend, mirror)
         assert torch.allclose(c[0, first], d[0, first], atol=1e-6)
 
 
@@ -98,15 +109,15 @@ def test_bidirectionality_takes_effect_at_batch_size_1(path, padded):
 def test_packed_documents_never_leak(path, kind):
     backend, mirror = path
     model = make_llama()
-    builder = getattr(masks, kind)
-    lo, hi = masks.stack([masks.concat([builder(6), builder(5), masks.hidden(2)])])
+    builder = getattr(IntervalMask, kind)
+    mask = IntervalMask.concat([builder(6), builder(5), IntervalMask.hidden(2)])
     pos = torch.cat([torch.arange(6), torch.arange(5), torch.zeros(2, dtype=torch.long)])[None]
     ids = torch.randint(0, 128, (1, 13))
     changed = ids.clone()
     changed[0, 6:11] = (ids[0, 6:11] + 7) % 128  # rewrite document 2 entirely
     with torch.no_grad():
-        a = _forward(model, ids, lo, hi, backend, mirror, pos)
-        b = _forward(model, changed, lo, hi, backend, mirror, pos)
+        a = _forward(model, ids, mask, backend, mirror, pos)
+        b = _forward(model, changed, mask, backend, mirror, pos)
     assert torch.allclose(a[0, :6], b[0, :6], atol=1e-6)  # document 1 unchanged
     assert (a[0, 6:11] - b[0, 6:11]).abs().max() > 1e-3
 
@@ -132,13 +143,14 @@ def test_mirrored_rope_matches_direct_float64_construction():
     inv_freq = model.model.rotary_emb.inv_freq.double()
     angles = pos[..., None].double() * inv_freq
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
-    model_cos, model_sin = rope_tables(model, pos)  # the model's own fp32 tables agree
+    model_cos, model_sin = model_rope_tables(model, pos)  # the model's own fp32 tables agree
     assert torch.allclose(model_cos.double(), cos, atol=1e-5) and torch.allclose(model_sin.double(), sin, atol=1e-5)
     q, k = apply_rotary_pos_emb(raw_q, raw_k, cos, sin)
-    lo, hi = masks.stack([masks.bico(t, torch.rand(t) < 0.3) for _ in range(b)])
+    mask = IntervalMask.stack([IntervalMask.bico(t, torch.rand(t) < 0.3) for _ in range(b)])
+    lo, hi = mask.lo, mask.hi
     got = reference_interval_attention(q, k, v, lo, hi, scale=d ** -0.5, mirror_rope=(cos, sin))
 
-    allowed = masks.to_dense(lo, hi)
+    allowed = mask.dense()
     expected = torch.zeros_like(got)
     for bi in range(b):
         rot = [_rotation(pos[bi, i] * inv_freq, d) for i in range(t)]
@@ -174,33 +186,38 @@ def test_rows_without_keys_output_zero_and_no_nan():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def test_interval_errors():
+def test_mask_errors(monkeypatch):
     model = make_llama()
     ids = torch.randint(0, 128, (1, 4))
-    lo, hi = masks.stack([masks.causal(4)])
-    with pytest.raises(ValueError, match="both lo= and hi="):
-        model(ids, lo=lo)
-    with pytest.raises(ValueError, match="BICO_ATTENTION_BACKEND"):
-        model(ids, lo=lo, hi=hi, bico_backend="nope")
+    with pytest.raises(TypeError, match="IntervalMask"):
+        model(ids, bico_mask=(torch.zeros(1, 4), torch.ones(1, 4)))
+    with pytest.raises(ValueError, match="without a KV cache"):
+        model(ids, bico_mask=IntervalMask.causal(5))
+    with pytest.raises(ValueError, match="backend"):
+        bico.apply(model, backend="nope")
+    monkeypatch.setenv("BICO_ATTENTION_BACKEND", "nope")
+    with pytest.raises(ValueError, match="backend 'nope'"):
+        model(ids, bico_mask=IntervalMask.causal(4))
 
 
 def test_rope_2d_splits_the_head_dimension_between_two_positions():
     from bico.attention import rope_2d_tables, rotate
 
     model = make_llama(hidden=64, heads=4, kv_heads=2)  # head_dim 16: 8 frequency pairs
+    rotary = rotary_embedding(model.model.layers[0].self_attn)
     t = 7
     pos = torch.tensor([[0, 1, 2, 3, 3, 3, 3]])
     block = torch.tensor([[0, 0, 0, 0, 1, 2, 3]])
     raw = torch.randn(1, 1, t, 16)
-    cos1, sin1 = rope_tables(model, pos)
+    cos1, sin1 = rope_tables(rotary, pos)
     once = rotate(raw, cos1, sin1)  # what the model does
-    two_d = rotate(once, *rope_2d_tables(model, pos, block))
-    cos_b, sin_b = rope_tables(model, block)
+    two_d = rotate(once, *rope_2d_tables(rotary, pos, block))
+    cos_b, sin_b = rope_tables(rotary, block)
     direct = rotate(raw, cos_b, sin_b)
     lower = torch.tensor([k % 8 < 4 for k in range(16)])  # pairs 0..3 keep the 1-D position
     assert torch.allclose(two_d[..., lower], once[..., lower], atol=1e-5)
     assert torch.allclose(two_d[..., ~lower], direct[..., ~lower], atol=1e-5)
-    same = rotate(once, *rope_2d_tables(model, pos, pos))
+    same = rotate(once, *rope_2d_tables(rotary, pos, pos))
     assert torch.allclose(same, once, atol=1e-6)
 
 
@@ -213,11 +230,11 @@ def test_model_loss_and_gradients_through_kernel_equal_reference(mirror):
     torch.manual_seed(1)
     ids = torch.randint(0, 128, (2, 19))
     hidden = torch.rand(2, 19) < 0.2
-    lo, hi = masks.stack([masks.bico(19, hidden[0]), masks.pad(masks.prefix_lm(14, 5), 19)])
+    mask = IntervalMask.stack([IntervalMask.bico(19, hidden[0]), IntervalMask.prefix_lm(14, 5).pad(19)])
     grads = {}
     for backend in ("reference", "triton"):
         model.zero_grad()
-        logits = _forward(model, ids, lo, hi, backend, mirror)
+        logits = _forward(model, ids, mask, backend, mirror)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
         loss.backward()
         grads[backend] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
@@ -225,3 +242,85 @@ def test_model_loss_and_gradients_through_kernel_equal_reference(mirror):
     assert torch.allclose(l_ref, l_tri, atol=1e-5)
     for name in g_ref:
         assert torch.allclose(g_ref[name], g_tri[name], atol=1e-4, rtol=1e-3), name
+
+
+def _tiny(model_type: str, attn: str = "sdpa"):
+    """A tiny random model of another Llama-family architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2"])
+def test_apply_switches_a_loaded_model_and_revert_restores_it(model_type):
+    model, stock = _tiny(model_type), _tiny(model_type)
+    ids = torch.randint(0, 128, (2, 9))
+    assert bico.apply(model) is model and model.config._attn_implementation == "bico"
+    with torch.no_grad():
+        # Without a mask: stock SDPA, logits and greedy tokens.
+        assert torch.allclose(model(ids).logits, stock(ids).logits, atol=1e-5, rtol=0)
+        assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+                           stock.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
+        # With one: bidirectional attention takes effect, mirrored RoPE too.
+        full = IntervalMask.stack([IntervalMask.bidirectional(9)] * 2)
+        bidir = model(ids, bico_mask=full).logits
+        assert (bidir - stock(ids).logits)[:, :-1].abs().max() > 1e-4
+        assert (model(ids, bico_mask=full.with_rope("mirrored")).logits - bidir).abs().max() > 1e-5
+    # The tables the attention builds equal the model's own rotary embedding's.
+    pos = torch.arange(9)[None]
+    own = model.model.rotary_emb(torch.empty(0), pos)
+    built = rope_tables(rotary_embedding(model.model.layers[0].self_attn), pos)
+    assert all(torch.equal(a, b) for a, b in zip(own, built))
+    assert bico.revert(model) is model and model.config._attn_implementation == "sdpa"
+
+
+def test_apply_works_through_peft_and_sees_the_mask():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(make_llama("sdpa"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    bico.apply(model, backend="reference")
+    ids = torch.randint(0, 128, (1, 7))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % 128
+    with torch.no_grad():
+        a = model(input_ids=ids, bico_mask=IntervalMask.bidirectional(7)).logits
+        b = model(input_ids=changed, bico_mask=IntervalMask.bidirectional(7)).logits
+    assert (a[0, 0] - b[0, 0]).abs().max() > 1e-4
+
+
+def test_unsupported_architecture_is_a_clear_error():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from bico.attention import UnsupportedModelError
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(UnsupportedModelError, match="supports model types llama, mistral, qwen2.*'gpt2'"):
+        bico.apply(gpt2)
+
+
+def test_training_refuses_a_model_that_would_ignore_the_mask():
+    from bico.attention import UnsupportedModelError, require_bico
+
+    require_bico(make_llama("bico"))
+    with pytest.raises(UnsupportedModelError, match="ignores bico_mask.*bico.apply"):
+        require_bico(make_llama("sdpa"))
+
+
+@needs_triton
+def test_one_classification_per_forward_and_backward_shared_by_every_layer(monkeypatch):
+    import bico_kernels
+
+    calls = []
+    real = bico_kernels.classify_blocks
+    monkeypatch.setattr(bico_kernels, "classify_blocks", lambda *a: calls.append(a[2:]) or real(*a))
+    model = make_llama(hidden=128, heads=4, kv_heads=2, layers=3)  # head_dim 32
+    bico.apply(model, backend="triton")
+    mask = IntervalMask.stack([IntervalMask.bico(21, torch.rand(21) < 0.2, rope="mirrored")] * 2)
+    loss = model(torch.randint(0, 128, (2, 21)), bico_mask=mask).logits.float().pow(2).mean()
+    loss.backward()
+    # Three layers, forward and backward: one classification per tile size used.
+    assert len(calls) == len(set(calls)) >= 1 and set(mask._blocks) == set(calls)

@@ -4,7 +4,6 @@ import random
 import pytest
 import torch
 
-from bico import masks
 from bico.collate import collate
 from bico.objectives import IGNORE, Example, build_objective
 
@@ -27,8 +26,8 @@ def test_padding(tokenizer):
     assert batch["input_ids"].shape == (5, t)
     for row, s in enumerate(samples):
         n = len(s)
-        dense = masks.to_dense(batch["lo"][row], batch["hi"][row])[0]
-        assert torch.equal(dense[:n, :n], masks.to_dense(s.lo, s.hi)[0])
+        dense = batch["bico_mask"].dense()[row]
+        assert torch.equal(dense[:n, :n], s.mask.dense()[0])
         assert not dense[:, n:].any()  # padded keys hidden from everyone
         assert (batch["targets"][row, n:] == IGNORE).all()
     assert batch["num_targets"] == sum(int((s.targets != IGNORE).sum()) for s in samples)
@@ -46,7 +45,7 @@ def test_packing_keeps_documents_apart(tokenizer):
         doc = torch.zeros(len(pos), dtype=torch.long)
         for k, st in enumerate(starts):
             doc[st:] = k
-        dense = masks.to_dense(batch["lo"][row], batch["hi"][row])[0]
+        dense = batch["bico_mask"].dense()[row]
         cross = doc[:, None] != doc[None, :]
         assert not dense[cross].any()
 
@@ -58,6 +57,6 @@ def test_errors(tokenizer):
     with pytest.raises(ValueError, match="max_length"):
         collate(samples, 0, max_length=3)
     mirrored = _samples(tokenizer, n=1)[0]
-    mirrored.mirror_rope = True
-    with pytest.raises(ValueError, match="mixes mirrored"):
+    mirrored.mask = mirrored.mask.with_rope("mirrored")
+    with pytest.raises(ValueError, match="different RoPE modes"):
         collate(samples + [mirrored], 0)

@@ -270,7 +270,7 @@ def test_deterministic_backward_is_bitwise_reproducible():
 def test_deterministic_mode_uses_the_separate_dq_pass(monkeypatch):
     # The interpreter runs programs one after another, so atomics cannot show nondeterminism on CPU;
     # check the structure instead: deterministic=True launches the dQ kernel, the default does not.
-    impl = importlib.import_module("bico_kernels.masked_attention")
+    impl = importlib.import_module("bico_kernels.triton_attention")
 
     launches = []
 
@@ -397,14 +397,14 @@ def test_mirror_deterministic_rectangular_tiles(bm, bn):
 
 
 def test_fp32_on_cuda_routes_to_the_reference(monkeypatch, caplog):
-    impl = importlib.import_module("bico_kernels.masked_attention")
+    impl = importlib.import_module("bico_kernels.triton_attention")
     monkeypatch.setattr(impl, "_routes_to_reference", lambda q: q.dtype == torch.float32)  # as on CUDA
     monkeypatch.setattr(impl, "_logged", set())
     g = torch.Generator().manual_seed(37)
     B, T, D = 1, 17, 32
     lo, hi = causal(B, T, g)
     q, k, v, _ = (t.float() for t in _inputs(B, 2, 1, T, D, torch.float32, g))
-    with caplog.at_level("INFO", logger="bico_kernels.masked_attention"):
+    with caplog.at_level("INFO", logger="bico_kernels.triton_attention"):
         out = [masked_attention(q, k, v, lo, hi) for _ in range(2)]
     assert torch.equal(out[0], reference_masked_attention(q, k, v, lo, hi))
     assert sum("reference path" in r.getMessage() for r in caplog.records) == 1  # one line, once

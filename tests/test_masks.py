@@ -1,14 +1,17 @@
-"""Every mask builder's dense form against a direct construction; packing never leaks."""
+"""IntervalMask: every constructor's dense form against a direct construction; packing never leaks;
+the RoPE mode travels with the mask; the kernel's tile classification is cached on the object."""
+import pickle
 import random
 
 import pytest
 import torch
 
-from bico import masks
+from bico import IntervalMask
+from bico.masks import INDEX_DTYPE
 
 
-def dense_of(intervals):
-    return masks.to_dense(*intervals)[0]
+def dense_of(mask):
+    return mask.dense()[0]
 
 
 def direct(t, rule):
@@ -17,10 +20,12 @@ def direct(t, rule):
 
 @pytest.mark.parametrize("t", [1, 2, 7, 16, 33])
 def test_causal_bidirectional_prefix(t):
-    assert torch.equal(dense_of(masks.causal(t)), direct(t, lambda i, j: j <= i))
-    assert torch.equal(dense_of(masks.bidirectional(t)), direct(t, lambda i, j: True))
+    assert torch.equal(dense_of(IntervalMask.causal(t)), direct(t, lambda i, j: j <= i))
+    assert torch.equal(dense_of(IntervalMask.bidirectional(t)), direct(t, lambda i, j: True))
     for p in {0, 1, t // 2, t}:
-        assert torch.equal(dense_of(masks.prefix_lm(t, p)), direct(t, lambda i, j: j <= i or j < p))
+        assert torch.equal(dense_of(IntervalMask.prefix_lm(t, p)), direct(t, lambda i, j: j <= i or j < p))
+    with pytest.raises(ValueError, match="prefix_length"):
+        IntervalMask.prefix_lm(t, t + 1)
 
 
 def test_bico_hides_keys_from_everyone():
@@ -29,17 +34,17 @@ def test_bico_hides_keys_from_everyone():
         t = rng.randint(1, 40)
         hidden = torch.tensor([rng.random() < 0.3 for _ in range(t)])
         expected = direct(t, lambda i, j: not bool(hidden[j]))
-        assert torch.equal(dense_of(masks.bico(t, hidden)), expected)
+        assert torch.equal(dense_of(IntervalMask.bico(t, hidden)), expected)
 
 
 def _doc_mask(kind, n, rng):
     if kind == "causal":
-        return masks.causal(n)
+        return IntervalMask.causal(n)
     if kind == "bidirectional":
-        return masks.bidirectional(n)
+        return IntervalMask.bidirectional(n)
     if kind == "prefix":
-        return masks.prefix_lm(n, rng.randint(0, n))
-    return masks.bico(n, torch.tensor([rng.random() < 0.3 for _ in range(n)]))
+        return IntervalMask.prefix_lm(n, rng.randint(0, n))
+    return IntervalMask.bico(n, torch.tensor([rng.random() < 0.3 for _ in range(n)]))
 
 
 def test_packing_equals_block_diagonal_and_never_crosses_documents():
@@ -47,7 +52,7 @@ def test_packing_equals_block_diagonal_and_never_crosses_documents():
     for _ in range(30):
         lengths = [rng.randint(1, 9) for _ in range(rng.randint(1, 5))]
         docs = [_doc_mask(rng.choice(["causal", "bidirectional", "prefix", "bico"]), n, rng) for n in lengths]
-        packed = dense_of(masks.concat(docs))
+        packed = dense_of(IntervalMask.concat(docs))
         t = sum(lengths)
         expected = torch.zeros(t, t, dtype=torch.bool)
         start = 0
@@ -59,29 +64,64 @@ def test_packing_equals_block_diagonal_and_never_crosses_documents():
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_hides_padded_keys(side):
-    d = dense_of(masks.pad(masks.causal(5), 8, side=side))
+    d = dense_of(IntervalMask.causal(5).pad(8, side=side))
     real = slice(0, 5) if side == "right" else slice(3, 8)
     pad = slice(5, 8) if side == "right" else slice(0, 3)
     assert not d[:, pad].any()
     assert torch.equal(d[real, real], direct(5, lambda i, j: j <= i))
-    with pytest.raises(ValueError):
-        masks.pad(masks.causal(9), 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        IntervalMask.causal(9).pad(8)
 
 
-def test_rows_with_keys_and_additive_form():
-    rng = random.Random(2)
-    for _ in range(20):
-        t = rng.randint(1, 20)
-        lo = torch.tensor([rng.randint(0, t) for _ in range(t)], dtype=torch.int32)
-        hi = torch.tensor([rng.randint(0, t) for _ in range(t)], dtype=torch.int32)
-        dense = masks.to_dense(lo, hi)
-        assert torch.equal(masks.rows_with_keys(lo, hi), dense.any(-1))
-        add = masks.to_additive(lo, hi)
-        assert add.shape == (1, 1, t, t)
-        assert torch.equal(add[0, 0] == 0, dense[0])
-        assert (add[0, 0][~dense[0]] == torch.finfo(torch.float32).min).all()
+def test_intervals_are_int32_stack_and_index():
+    m = IntervalMask.stack([IntervalMask.causal(4), IntervalMask.bidirectional(4)])
+    assert m.lo.dtype == m.hi.dtype == INDEX_DTYPE and m.lo.shape == (2, 4) and len(m) == 4 and m.batch_size == 2
+    assert m[1] == IntervalMask.bidirectional(4) and m[0] != m[1]
+    assert m.dense().shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="different lengths"):
+        IntervalMask.stack([IntervalMask.causal(4), IntervalMask.causal(5)])
+    # A batched mask pads every row.
+    assert m.pad(6).lo.shape == (2, 6) and not m.pad(6).dense()[:, :, 4:].any()
 
 
-def test_intervals_are_int32_and_stack():
-    lo, hi = masks.stack([masks.causal(4), masks.bidirectional(4)])
-    assert lo.dtype == hi.dtype == torch.int32 and lo.shape == (2, 4)
+def test_rope_mode_travels_and_must_agree():
+    mirrored = IntervalMask.bico(5, torch.tensor([0, 1, 0, 0, 1]).bool(), rope="mirrored")
+    assert mirrored.rope == "mirrored" and mirrored.hide(torch.zeros(5, dtype=torch.bool)).rope == "mirrored"
+    assert IntervalMask.concat([mirrored, IntervalMask.bidirectional(3, rope="mirrored")]).rope == "mirrored"
+    with pytest.raises(ValueError, match="different RoPE modes"):
+        IntervalMask.concat([mirrored, IntervalMask.causal(3)])
+    with pytest.raises(ValueError, match="different RoPE modes"):
+        IntervalMask.stack([mirrored, IntervalMask.causal(5)])
+    with pytest.raises(ValueError, match="rope"):
+        IntervalMask.causal(3, rope="sideways")
+    with pytest.raises(ValueError, match="block_position_ids"):
+        IntervalMask(torch.zeros(3), torch.ones(3), rope="2d")
+
+
+def test_2d_positions_concatenate_and_pad_with_zeros():
+    a = IntervalMask.prefix_lm(4, 2).with_rope("2d", torch.tensor([0, 0, 1, 2]))
+    b = IntervalMask.causal(3).with_rope("2d", torch.tensor([0, 1, 2]))
+    packed = IntervalMask.concat([a, b]).pad(9)
+    assert packed.rope == "2d" and packed.block_position_ids.tolist() == [[0, 0, 1, 2, 0, 1, 2, 0, 0]]
+    assert torch.equal(packed.dense()[0, :4, :4], a.dense()[0])
+
+
+def test_blocks_are_computed_once_per_tile_size_and_kept_on_the_mask(monkeypatch):
+    import bico_kernels
+
+    calls = []
+    real = bico_kernels.classify_blocks
+    monkeypatch.setattr(bico_kernels, "classify_blocks", lambda *a: calls.append(a[2:]) or real(*a))
+    m = IntervalMask.stack([IntervalMask.bico(37, torch.rand(37) < 0.2)] * 2)
+    first = m.blocks(16, 16)
+    assert m.blocks(16, 16) is first and m.blocks(32, 16) is not first
+    assert calls == [(16, 16), (32, 16)]
+    assert torch.equal(first.cls, real(m.lo, m.hi, 16, 16).cls)
+
+
+def test_to_keeps_one_copy_per_device_and_pickles_without_caches():
+    m = IntervalMask.causal(6)
+    assert m.to("cpu") is m
+    m.blocks(16, 16)
+    clone = pickle.loads(pickle.dumps(m))
+    assert clone == m and clone._blocks == {}

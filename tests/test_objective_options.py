@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bico import masks
+from bico import IntervalMask
 from bico.collate import collate
 from bico.objectives import IGNORE, Example, build_objective
 from bico.train import batch_loss
@@ -43,7 +43,7 @@ def test_entity_mask_hides_and_predicts_the_whole_span(tokenizer, entity, text, 
         masked = s.input_ids != original
         span = span_of(tokenizer, original.tolist(), text)
         assert masked[span].all(), "every token of the entity is masked"
-        assert torch.equal(masks.to_dense(s.lo, s.hi), masks.to_dense(*masks.bico(len(original), masked)))
+        assert torch.equal(s.mask.dense(), IntervalMask.bico(len(original), masked).dense())
         where = masked.nonzero().flatten()
         expected = torch.full_like(original, IGNORE)
         expected[where - 1 if shift else where] = original[where]
@@ -54,7 +54,7 @@ def test_entity_mask_at_position_zero_is_hidden_but_not_predicted(tokenizer):
     obj = build_objective("bico", tokenizer, {"entity_mask": 1.0, "mask_ratio": 0.01})
     ex = example(tokenizer, prompt="Daphne Barrington is")
     s = obj.encode(ex, random.Random(0), "denoise")
-    assert s.input_ids[0] == obj.mask_id and s.hi[0] <= s.lo[0]  # hidden key
+    assert s.input_ids[0] == obj.mask_id and s.mask.hi[0, 0] <= s.mask.lo[0, 0]  # hidden key
     assert (s.targets != IGNORE).sum() >= 1 and s.targets[-1] == IGNORE  # no wrap-around target
 
 
@@ -91,10 +91,9 @@ def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
     exs = [example(tokenizer), example(tokenizer, prompt="Maria is")]
     batch = collate([obj.encode(e, rng, "denoise") for e in exs], tokenizer.pad_token_id, pack=True, max_length=64)
     fast = batch_loss(model, batch, torch.device("cpu"))
-    from bico.attention import rope_tables
-
-    logits = model(input_ids=batch["input_ids"], lo=batch["lo"], hi=batch["hi"], position_ids=batch["position_ids"],
-                   mirror_rope=rope_tables(model, batch["position_ids"]), use_cache=False).logits
+    assert batch["bico_mask"].rope == "mirrored"
+    logits = model(input_ids=batch["input_ids"], bico_mask=batch["bico_mask"], position_ids=batch["position_ids"],
+                   use_cache=False).logits
     full = (F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="none")
             * batch["weights"].flatten()).sum()
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from bico import masks
+from bico import IntervalMask
 from bico.objectives import IGNORE, Example, build_objective
 
 
@@ -19,8 +19,8 @@ def test_ntp_targets_every_next_token(tokenizer):
     ids = ex.prompt_ids + ex.completion_ids + [tokenizer.eos_token_id]
     assert s.input_ids.tolist() == ids
     assert s.targets.tolist() == ids[1:] + [IGNORE]
-    assert torch.equal(masks.to_dense(s.lo, s.hi), masks.to_dense(*masks.causal(len(ids))))
-    assert s.position_ids.tolist() == list(range(len(ids))) and not s.mirror_rope
+    assert s.mask == IntervalMask.causal(len(ids))
+    assert s.position_ids.tolist() == list(range(len(ids))) and s.mask.rope == "standard"
 
 
 def test_ntp_completion_only(tokenizer):
@@ -45,13 +45,13 @@ def test_bico_denoising_sample(tokenizer, shift):
     assert masked.any()
     assert (s.input_ids[masked] == obj.mask_id).all()
     # Masked positions are hidden keys, everything else is fully bidirectional.
-    assert torch.equal(masks.to_dense(s.lo, s.hi), masks.to_dense(*masks.bico(len(original), masked)))
+    assert torch.equal(s.mask.dense(), IntervalMask.bico(len(original), masked).dense())
     # Loss only on masked tokens, predicted from t-1 (shift) or t.
     where = masked.nonzero().flatten()
     expected = torch.full_like(original, IGNORE)
     expected[where - 1 if shift else where] = original[where]
     assert torch.equal(s.targets, expected)
-    assert s.mirror_rope
+    assert s.mask.rope == "mirrored"
 
 
 def test_bico_never_masks_special_tokens_and_hits_the_ratio(tokenizer):
@@ -76,7 +76,7 @@ def test_bico_batch_modes_follow_ntp_mix_and_ntp_branch_is_ntp(tokenizer):
     ex = example(tokenizer)
     ntp = build_objective("ntp", tokenizer).encode(ex, random.Random(0))
     s = obj.encode(ex, random.Random(0), "ntp")
-    assert torch.equal(s.targets, ntp.targets) and torch.equal(s.lo, ntp.lo) and not s.mirror_rope
+    assert torch.equal(s.targets, ntp.targets) and s.mask == ntp.mask and s.mask.rope == "standard"
 
 
 def test_bico_same_seed_same_sample_and_options(tokenizer):
@@ -86,7 +86,7 @@ def test_bico_same_seed_same_sample_and_options(tokenizer):
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.targets, b.targets)
     assert not torch.equal(a.input_ids, c.input_ids)
     _, _, s = _denoise(tokenizer, rope="standard")
-    assert not s.mirror_rope
+    assert s.mask.rope == "standard"
 
 
 def test_bico_mask_token_choices(tokenizer):

@@ -6,7 +6,8 @@ import random
 import pytest
 import torch
 
-from bico import masks
+from bico import IntervalMask
+from bico.masks import INDEX_DTYPE
 from bico.objectives import IGNORE, Example, build_objective
 from bico.objectives.anneal import anneal_intervals
 
@@ -30,7 +31,7 @@ def text(tokenizer, ex):
 
 
 def dense(s):
-    return masks.to_dense(s.lo, s.hi)[0]
+    return s.mask.dense()[0]
 
 
 def encode(obj, ex, seed, state="auto"):
@@ -56,10 +57,11 @@ def test_common_contract(tok, name, options):
     original = text(tok, ex)
     for seed in range(8):
         a, b = encode(obj, ex, seed), encode(obj, ex, seed)
-        for field in ("input_ids", "targets", "position_ids", "lo", "hi"):
+        for field in ("input_ids", "targets", "position_ids"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field  # fixed seed, same sample
+        assert a.mask == b.mask
         n = len(a)
-        assert a.lo.dtype == masks.INDEX_DTYPE and a.lo.shape == a.hi.shape == (n,)
+        assert a.mask.lo.dtype == INDEX_DTYPE and a.mask.lo.shape == a.mask.hi.shape == (1, n)
         assert a.targets.shape == a.position_ids.shape == (n,)
         assert ((a.targets == IGNORE) | ((a.targets >= 0) & (a.targets < len(tok)))).any()
         # EOS (special) is never corrupted: the last token of the (first) document is still EOS.
@@ -127,13 +129,14 @@ def test_glm_positions_2d_and_flat(tok):
         s, f = encode(two_d, ex, seed), encode(flat, ex, seed)
         assert torch.equal(s.input_ids, f.input_ids) and torch.equal(s.targets, f.targets)
         sep, blocks = glm_parts(two_d, s)
-        pos, block = s.position_ids.tolist(), s.block_position_ids.tolist()
+        assert s.mask.rope == "2d"
+        pos, block = s.position_ids.tolist(), s.mask.block_position_ids[0].tolist()
         assert pos[:sep] == list(range(sep)) and block[:sep] == [0] * sep
         for a, b in blocks:
             assert block[a:b] == list(range(1, b - a + 1))
             assert len(set(pos[a:b])) == 1 and s.input_ids[pos[a]] == two_d.mask_id
         # flat: every Part B token sits at its original position, [S] one before the span.
-        assert f.block_position_ids is None
+        assert f.mask.block_position_ids is None and f.mask.rope == "standard"
         fp = f.position_ids.tolist()
         for a, b in blocks:
             assert [original[p] for p in fp[a + 1:b]] == s.input_ids[a + 1:b].tolist()
@@ -180,7 +183,7 @@ def test_mntp_targets_and_mask(tok, shift, hide):
         assert changed <= set(selected.tolist())
         hidden = torch.zeros(len(original), dtype=torch.bool)
         hidden[selected] = True
-        want = masks.to_dense(*masks.bico(len(original), hidden)) if hide else torch.ones(len(s), len(s), dtype=torch.bool)
+        want = IntervalMask.bico(len(original), hidden).dense() if hide else torch.ones(len(s), len(s), dtype=torch.bool)
         assert torch.equal(dense(s), want.reshape(len(s), len(s)))
         if shift:
             assert 0 not in selected.tolist()
@@ -223,7 +226,7 @@ def test_mlm_u_rate_weights_and_targets(tok, shift):
         where = (s.targets != IGNORE).nonzero().flatten()
         assert torch.equal(where + int(shift), masked.nonzero().flatten())
         assert torch.equal(s.targets[where], original[masked])
-        assert torch.equal(dense(s), masks.to_dense(*masks.bico(len(s), masked))[0])  # masked keys hidden
+        assert torch.equal(dense(s), IntervalMask.bico(len(s), masked).dense()[0])  # masked keys hidden
         rates.append(rate)
         fractions.append(int(masked.sum()) / eligible)
     assert 0.45 < sum(rates) / len(rates) < 0.55 and min(rates) > 1e-3 and max(rates) < 1
@@ -267,7 +270,7 @@ def test_fim_rearrangements(tok):
             assert rest + suffix == ids[:-1]
     assert abs(modes["ntp"] / 500 - 0.3) < 0.06 and abs(modes["spm"] / (modes["psm"] + modes["spm"]) - 0.4) < 0.07
     s = obj.encode(ex, random.Random(1))
-    assert torch.equal(dense(s), masks.to_dense(*masks.causal(len(s)))[0])
+    assert torch.equal(dense(s), IntervalMask.causal(len(s)).dense()[0])
     assert s.targets.tolist() == s.input_ids.tolist()[1:] + [IGNORE]
 
 
@@ -354,16 +357,16 @@ def test_anneal_interval_schedule(tok):
         # Direct construction: inner mask, restricted to rows >= j - round(ratio * (j - lo_j)).
         want = dense(ref).clone()
         for j in range(n):
-            if ref.lo[j] < ref.hi[j]:
-                reach = j - int(ref.lo[j])
+            if ref.mask.lo[0, j] < ref.mask.hi[0, j]:
+                reach = j - int(ref.mask.lo[0, j])
                 want[: j - math.floor(ratio * reach + 0.5), j] = False
         assert torch.equal(dense(s), want)
         future = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
         fractions.append(float((dense(s) & future).sum() / (dense(ref) & future).sum()))
     assert fractions[-1] == fractions[-2] == 1.0 and fractions[0] < 0.4
     assert all(a < b for a, b in zip(fractions[:3], fractions[1:4]))
-    causal = anneal_intervals(*masks.bidirectional(6), 0.0)
-    assert torch.equal(masks.to_dense(*causal), masks.to_dense(*masks.causal(6)))
+    full = IntervalMask.bidirectional(6)
+    assert IntervalMask(*anneal_intervals(full.lo, full.hi, 0.0)) == IntervalMask.causal(6)
 
 
 def test_mix_reproduces_bico_and_follows_weights(tok):
@@ -376,9 +379,9 @@ def test_mix_reproduces_bico_and_follows_weights(tok):
     ex = example(tok)
     for seed in range(20):
         a, b = encode(bico, ex, seed), encode(mix, ex, seed)
-        for field in ("input_ids", "targets", "position_ids", "lo", "hi"):
+        for field in ("input_ids", "targets", "position_ids"):
             assert torch.equal(getattr(a, field), getattr(b, field))
-        assert a.mirror_rope == b.mirror_rope
+        assert a.mask == b.mask  # intervals and RoPE mode
     three = build_objective("mix", tok, {"components": ["ntp", {"name": "prefix_lm", "weight": 3, "label": "p"}]})
     rng = random.Random(0)
     states = [three.start_batch(rng) for _ in range(2000)]

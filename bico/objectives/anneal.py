@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import torch
 
+from bico.masks import IntervalMask
 from bico.objectives.base import Example, Objective, Sample
 from bico.objectives.registry import build_objective, register
 
 
 def anneal_intervals(lo: torch.Tensor, hi: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrink each key's reach into earlier rows to ``round(ratio * reach)`` rows."""
-    keys = torch.arange(lo.numel(), dtype=lo.dtype)
+    keys = torch.arange(lo.shape[-1], dtype=lo.dtype)
     reach = (keys - lo).clamp(min=0)
     opened = torch.floor(reach.double() * ratio + 0.5).to(lo.dtype)
     new_lo = torch.where(lo < hi, keys - opened.clamp(max=reach), lo)
@@ -54,7 +55,8 @@ class Anneal(Objective):
     def encode(self, example: Example, rng, state=None) -> Sample:
         sample = self.inner.encode(example, rng, state)
         if self.ratio < 1.0:
-            sample.lo, sample.hi = anneal_intervals(sample.lo, sample.hi, self.ratio)
+            m = sample.mask
+            sample.mask = IntervalMask(*anneal_intervals(m.lo, m.hi, self.ratio), m.rope, m.block_position_ids)
         return sample
 
     def describe(self) -> dict:

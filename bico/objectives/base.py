@@ -1,14 +1,17 @@
 """What every objective produces, and the base class objectives share.
 
 An objective turns one example (prompt, completion) plus an RNG into a :class:`Sample`:
-token ids, per-position prediction targets, position ids and an interval mask (see
-:mod:`bico.masks`). ``targets[t]`` is the token the model must predict *from the output at
+token ids, per-position prediction targets, position ids and an :class:`~bico.masks.IntervalMask`
+(which also says how attention applies RoPE). ``targets[t]`` is the token the model must predict *from the output at
 position t* (-100 = no loss there), so the trainer never shifts anything: shifted and
 unshifted objectives, and packed documents, line up by construction.
 
 Some choices are per batch (BICO flips a coin per batch between an NTP and a denoising
 step), so the trainer calls :meth:`Objective.start_batch` once per batch and hands the state
 to :meth:`Objective.encode` for each example of that batch.
+
+Helpers that several objectives share (special tokens, masking eligibility, denoising targets,
+entity spans) live here, so that each objective file depends on this base only.
 """
 from __future__ import annotations
 
@@ -18,7 +21,11 @@ from typing import Any
 
 import torch
 
+from bico.masks import IntervalMask
+
 IGNORE = -100
+ADDED_MASK_TOKEN = "<|mask|>"
+ROPE_CHOICES = ("standard", "mirrored")  # what a denoising objective's `rope` option may say
 
 
 @dataclass
@@ -37,13 +44,13 @@ class Sample:
     input_ids: torch.Tensor  # [T] int64
     targets: torch.Tensor  # [T] int64, token predicted from position t, IGNORE = none
     position_ids: torch.Tensor  # [T] int64
-    lo: torch.Tensor  # [T] int32, first query row that sees key t
-    hi: torch.Tensor  # [T] int32, one past the last query row that sees key t
+    mask: IntervalMask  # B = 1, T keys: who sees what, and the RoPE mode
     weights: torch.Tensor | None = None  # [T] float per-target loss weight (None = 1)
-    mirror_rope: bool = False  # BICO's mirrored RoPE for keys after the query
-    # 2-D positions (GLM): a second position per token (e.g. the intra-span position). When
-    # set, the upper half of RoPE's frequency pairs rotates by it instead of position_ids.
-    block_position_ids: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.mask.batch_size != 1 or self.mask.seq_len != self.input_ids.numel():
+            raise ValueError(f"a sample of {self.input_ids.numel()} tokens needs a [1, {self.input_ids.numel()}] "
+                             f"mask, got {tuple(self.mask.lo.shape)}")
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -59,6 +66,83 @@ def next_token_targets(ids: list[int], first_target: int = 1) -> torch.Tensor:
         targets[:-1] = torch.tensor(ids[1:], dtype=torch.long)
         targets[: max(first_target - 1, 0)] = IGNORE
     return targets
+
+
+def next_token_sample(ids: list[int], first_target: int = 1) -> Sample:
+    """A causal next-token sample of ``ids`` (positions 0..T-1, standard RoPE)."""
+    return Sample(input_ids=torch.tensor(ids, dtype=torch.long), targets=next_token_targets(ids, first_target),
+                  position_ids=torch.arange(len(ids)), mask=IntervalMask.causal(len(ids)))
+
+
+def add_special_token(tokenizer, token: str) -> int:
+    """Id of ``token``, adding it as a special token if the tokenizer lacks it (keeping any special
+    tokens added before, e.g. by another objective of a mixture)."""
+    if token not in tokenizer.get_vocab():
+        try:
+            tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
+        except TypeError:  # transformers < 5 names the flag differently
+            tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
+    return int(tokenizer.convert_tokens_to_ids(token))
+
+
+def resolve_mask_id(tokenizer, mask_token: str) -> int:
+    """The id of the mask token: ``unk``, ``pad``, ``added`` (adds ``<|mask|>``) or a token string."""
+    if mask_token == "unk":
+        token_id = tokenizer.unk_token_id
+    elif mask_token == "pad":
+        token_id = tokenizer.pad_token_id
+    elif mask_token == "added":
+        token_id = add_special_token(tokenizer, ADDED_MASK_TOKEN)
+    else:
+        token_id = tokenizer.convert_tokens_to_ids(mask_token)
+        if token_id == tokenizer.unk_token_id and mask_token != tokenizer.unk_token:
+            token_id = None
+    if token_id is None:
+        raise ValueError(
+            f"mask_token {mask_token!r} does not exist in this tokenizer; use unk, pad, added or an existing token"
+        )
+    return int(token_id)
+
+
+def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool) -> torch.Tensor:
+    """Which positions may be masked: non-special, and not position 0 when shifting."""
+    eligible = torch.tensor([int(i) not in special_ids for i in ids.tolist()], dtype=torch.bool)
+    if shift and eligible.numel():
+        eligible[0] = False  # nothing precedes position 0 to predict it from
+    return eligible
+
+
+def masked_targets(ids: torch.Tensor, selected: torch.Tensor, shift: bool) -> torch.Tensor:
+    """Targets of a denoising sample: selected token t at position t-1 (shift) or t."""
+    targets = torch.full_like(ids, IGNORE)
+    where = selected.nonzero().flatten()
+    targets[where - 1 if shift else where] = ids[where]
+    return targets
+
+
+def check_rope(name: str, rope: str) -> None:
+    if rope not in ROPE_CHOICES:
+        raise ValueError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
+
+
+def denoising_sample(inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor | None, rope: str,
+                     weights: torch.Tensor | None = None) -> Sample:
+    """A bidirectional denoising sample (BICO, MNTP, MLM-U): ``hidden`` keys (None = none) are
+    seen by nobody; positions 0..T-1."""
+    n = inputs.numel()
+    mask = IntervalMask.bidirectional(n, rope)
+    return Sample(input_ids=inputs, targets=targets, position_ids=torch.arange(n),
+                  mask=mask.hide(hidden) if hidden is not None else mask, weights=weights)
+
+
+def strip_specials(ids: list[int], special_ids) -> tuple[list[int], list[int], list[int]]:
+    """(leading special tokens, content, trailing special tokens)."""
+    a, b = 0, len(ids)
+    while a < b and ids[a] in special_ids:
+        a += 1
+    while b > a and ids[b - 1] in special_ids:
+        b -= 1
+    return ids[:a], ids[a:b], ids[b:]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -28,55 +28,11 @@ from __future__ import annotations
 
 import torch
 
-from bico import masks
-from bico.objectives.base import IGNORE, Example, Objective, Sample
-from bico.objectives.ntp import NextTokenPrediction
+from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
+                                   masked_targets, next_token_sample, resolve_mask_id)
 from bico.objectives.registry import register
 
-ADDED_MASK_TOKEN = "<|mask|>"
 ENTITIES = ("name", "description", "any")
-
-
-def resolve_mask_id(tokenizer, mask_token: str) -> int:
-    """The id of the mask token; ``"added"`` adds ``<|mask|>`` to the tokenizer if needed."""
-    if mask_token == "unk":
-        token_id = tokenizer.unk_token_id
-    elif mask_token == "pad":
-        token_id = tokenizer.pad_token_id
-    elif mask_token == "added":
-        if ADDED_MASK_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [ADDED_MASK_TOKEN]})
-        token_id = tokenizer.convert_tokens_to_ids(ADDED_MASK_TOKEN)
-    else:
-        token_id = tokenizer.convert_tokens_to_ids(mask_token)
-        if token_id == tokenizer.unk_token_id and mask_token != tokenizer.unk_token:
-            token_id = None
-    if token_id is None:
-        raise ValueError(
-            f"mask_token {mask_token!r} does not exist in this tokenizer; use unk, pad, added or an existing token"
-        )
-    return int(token_id)
-
-
-def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool) -> torch.Tensor:
-    """Which positions may be masked: non-special, and not position 0 when shifting."""
-    eligible = torch.tensor([int(i) not in special_ids for i in ids.tolist()], dtype=torch.bool)
-    if shift and eligible.numel():
-        eligible[0] = False  # nothing precedes position 0 to predict it from
-    return eligible
-
-
-def masked_targets(ids: torch.Tensor, selected: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Targets of a denoising sample: selected token t at position t-1 (shift) or t."""
-    targets = torch.full_like(ids, IGNORE)
-    where = selected.nonzero().flatten()
-    targets[where - 1 if shift else where] = ids[where]
-    return targets
-
-
-def check_rope(name: str, rope: str) -> None:
-    if rope not in ("standard", "mirrored"):
-        raise ValueError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
 
 
 @register("bico")
@@ -107,14 +63,13 @@ class Bico(Objective):
         self.mask_token = mask_token
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
         self.special_ids = self.special_ids | {self.mask_id}
-        self._ntp = NextTokenPrediction(tokenizer)
 
     def start_batch(self, rng) -> str:
         return "ntp" if rng.random() < self.ntp_mix else "denoise"
 
     def encode(self, example: Example, rng, state: str | None = None) -> Sample:
         if state == "ntp":
-            return self._ntp.encode(example)
+            return next_token_sample(self.text_ids(example))
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
         draws = torch.tensor([rng.random() for _ in range(n)])
@@ -125,15 +80,8 @@ class Bico(Objective):
         predicted = masked.clone()
         if self.shift and n:
             predicted[0] = False  # an entity token at position 0: hidden, but nothing precedes it to predict it
-        lo, hi = masks.bico(n, masked)
-        return Sample(
-            input_ids=ids.masked_fill(masked, self.mask_id),
-            targets=masked_targets(ids, predicted, self.shift),
-            position_ids=torch.arange(n),
-            lo=lo,
-            hi=hi,
-            mirror_rope=self.rope == "mirrored",
-        )
+        return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, predicted, self.shift),
+                                masked, self.rope)
 
     def entity_span(self, ids: torch.Tensor, meta: dict, rng) -> torch.Tensor:
         """Boolean mask of one whole entity span of the example (none found: all False)."""

@@ -16,24 +16,10 @@ training, no loss masking). Sentinels ``<|fim_prefix|>``, ``<|fim_suffix|>``,
 """
 from __future__ import annotations
 
-import torch
-
-from bico import masks
-from bico.objectives.base import Example, Objective, Sample, next_token_targets
-from bico.objectives.glm import add_special_token
+from bico.objectives.base import Example, Objective, Sample, add_special_token, next_token_sample, strip_specials
 from bico.objectives.registry import register
 
 SENTINELS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-
-
-def strip_specials(ids: list[int], special_ids) -> tuple[list[int], list[int], list[int]]:
-    """(leading special tokens, content, trailing special tokens)."""
-    a, b = 0, len(ids)
-    while a < b and ids[a] in special_ids:
-        a += 1
-    while b > a and ids[b - 1] in special_ids:
-        b -= 1
-    return ids[:a], ids[a:b], ids[b:]
 
 
 @register("fim")
@@ -62,14 +48,7 @@ class FillInTheMiddle(Objective):
 
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids, _ = self.arrange(self.text_ids(example), rng)
-        lo, hi = masks.causal(len(ids))
-        return Sample(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            targets=next_token_targets(ids),
-            position_ids=torch.arange(len(ids)),
-            lo=lo,
-            hi=hi,
-        )
+        return next_token_sample(ids)
 
     def describe(self) -> dict:
         return {"name": self.name, "fim_rate": self.fim_rate, "spm_rate": self.spm_rate,

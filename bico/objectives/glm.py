@@ -12,7 +12,7 @@ Rules (GLM's paper and released code, ``blocklm_utils.py``):
   shuffled order (``shuffle``), each as ``[S] s_1 .. s_l`` with targets ``s_1 .. s_l [E]``.
   Loss on Part B only (its layout is already "next token": no extra shift).
 * attention: Part A bidirectional and blind to Part B; Part B sees all of Part A and
-  earlier Part B causally (exactly :func:`bico.masks.prefix_lm` with prefix = Part A).
+  earlier Part B causally (exactly ``IntervalMask.prefix_lm`` with prefix = Part A).
   ``isolated_spans=True``: a span sees Part A and itself only.
 * positions ``"2d"`` (GLM's 2-D positions as ChatGLM's 2-D RoPE): ``position_ids`` = index
   in Part A, a span's Part B tokens take the index of its mask; ``block_position_ids`` = 0 in
@@ -31,22 +31,11 @@ import math
 
 import torch
 
-from bico import masks
-from bico.objectives.base import IGNORE, Example, Objective, Sample
-from bico.objectives.bico import resolve_mask_id
+from bico.masks import IntervalMask
+from bico.objectives.base import IGNORE, Example, Objective, Sample, add_special_token, resolve_mask_id
 from bico.objectives.registry import register
 
 SOP_TOKEN, EOP_TOKEN = "<|sop|>", "<|eop|>"
-
-
-def add_special_token(tokenizer, token: str) -> int:
-    """Id of ``token``, adding it as a special token if the tokenizer lacks it."""
-    if token not in tokenizer.get_vocab():
-        try:
-            tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
-        except TypeError:  # transformers < 5 names the flag differently
-            tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
-    return int(tokenizer.convert_tokens_to_ids(token))
 
 
 def poisson_weights(lam: float, cap: int) -> list[float]:
@@ -149,18 +138,18 @@ class BlankInfilling(Objective):
             block += list(range(1, len(tokens) + 2))
             flat += list(range(a - 1, b))
         total = len(inputs)
-        lo, hi = masks.prefix_lm(total, sep)
+        mask = IntervalMask.prefix_lm(total, sep)
         if self.isolated_spans:
             for start, end in blocks:
-                hi[start:end] = end
+                mask.hi[0, start:end] = end
         two_d = self.positions == "2d"
+        if two_d:
+            mask = mask.with_rope("2d", torch.tensor(block, dtype=torch.long))
         return Sample(
             input_ids=torch.tensor(inputs, dtype=torch.long),
             targets=torch.tensor(targets, dtype=torch.long),
             position_ids=torch.tensor(pos_2d if two_d else flat, dtype=torch.long),
-            lo=lo,
-            hi=hi,
-            block_position_ids=torch.tensor(block, dtype=torch.long) if two_d else None,
+            mask=mask,
         )
 
     def describe(self) -> dict:

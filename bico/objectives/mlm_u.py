@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from bico import masks
-from bico.objectives.base import Example, Objective, Sample
-from bico.objectives.bico import check_rope, eligible_tokens, masked_targets, resolve_mask_id
+from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
+                                   masked_targets, resolve_mask_id)
 from bico.objectives.registry import register
 
 
@@ -50,17 +49,8 @@ class UniformRateMLM(Objective):
         rate = self.min_rate + (1.0 - self.min_rate) * rng.random()
         draws = torch.tensor([rng.random() for _ in range(n)])
         masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < rate)
-        full = masks.bidirectional(n)
-        lo, hi = masks.hide_keys(full, masked) if self.hide_masked else full
-        return Sample(
-            input_ids=ids.masked_fill(masked, self.mask_id),
-            targets=masked_targets(ids, masked, self.shift),
-            position_ids=torch.arange(n),
-            lo=lo,
-            hi=hi,
-            weights=torch.full((n,), 1.0 / rate),
-            mirror_rope=self.rope == "mirrored",
-        )
+        return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, masked, self.shift),
+                                masked if self.hide_masked else None, self.rope, weights=torch.full((n,), 1.0 / rate))
 
     def describe(self) -> dict:
         return {

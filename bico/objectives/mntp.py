@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from bico import masks
-from bico.objectives.base import Example, Objective, Sample
-from bico.objectives.bico import check_rope, eligible_tokens, masked_targets, resolve_mask_id
+from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
+                                   masked_targets, resolve_mask_id)
 from bico.objectives.registry import register
 
 REPLACEMENTS = ("80/10/10", "all_mask")
@@ -72,16 +71,8 @@ class MaskedNextTokenPrediction(Objective):
                 inputs[t] = self.mask_id
             elif u < 0.9:
                 inputs[t] = self._random_token(rng)
-        full = masks.bidirectional(n)
-        lo, hi = masks.hide_keys(full, selected) if self.hide_masked else full
-        return Sample(
-            input_ids=inputs,
-            targets=masked_targets(ids, selected, self.shift),
-            position_ids=torch.arange(n),
-            lo=lo,
-            hi=hi,
-            mirror_rope=self.rope == "mirrored",
-        )
+        return denoising_sample(inputs, masked_targets(ids, selected, self.shift),
+                                selected if self.hide_masked else None, self.rope)
 
     def describe(self) -> dict:
         return {

@@ -6,10 +6,7 @@ the loss to the completion and EOS.
 """
 from __future__ import annotations
 
-import torch
-
-from bico import masks
-from bico.objectives.base import Example, Objective, Sample, next_token_targets
+from bico.objectives.base import Example, Objective, Sample, next_token_sample
 from bico.objectives.registry import register
 
 
@@ -20,16 +17,8 @@ class NextTokenPrediction(Objective):
         self.completion_only = bool(completion_only)
 
     def encode(self, example: Example, rng=None, state=None) -> Sample:
-        ids = self.text_ids(example)
         first = len(example.prompt_ids) if self.completion_only else 1
-        lo, hi = masks.causal(len(ids))
-        return Sample(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            targets=next_token_targets(ids, first_target=first),
-            position_ids=torch.arange(len(ids)),
-            lo=lo,
-            hi=hi,
-        )
+        return next_token_sample(self.text_ids(example), first_target=first)
 
     def describe(self) -> dict:
         return {"name": self.name, "completion_only": self.completion_only}

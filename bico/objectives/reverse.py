@@ -3,7 +3,7 @@ Curse", arXiv 2403.13799), as data augmentation with plain causal attention.
 
 Every example is seen forward *and* reversed: one sample holds the forward text and its
 reversal as two packed documents (each causal, positions restarting at 0, neither seeing the
-other; :func:`bico.masks.concat`), next-token loss on every token of both (``forward=False``
+other; ``IntervalMask.concat``), next-token loss on every token of both (``forward=False``
 keeps only the reversed one). The content between leading special tokens and the final EOS
 is cut into units whose order is reversed, each unit keeping its own token order:
 
@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from bico import masks
-from bico.objectives.base import Example, Objective, Sample, next_token_targets
-from bico.objectives.fim import strip_specials
-from bico.objectives.glm import add_special_token
+from bico.masks import IntervalMask
+from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_targets,
+                                  strip_specials)
 from bico.objectives.registry import register
 
 MODES = ("token", "word", "entity", "segment")
@@ -68,13 +67,11 @@ class ReverseTraining(Objective):
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = self.text_ids(example)
         docs = ([ids] if self.forward else []) + [self.reverse_ids(ids, example.meta, rng)]
-        lo, hi = masks.concat([masks.causal(len(d)) for d in docs])
         return Sample(
             input_ids=torch.tensor([t for d in docs for t in d], dtype=torch.long),
             targets=torch.cat([next_token_targets(d) for d in docs]),
             position_ids=torch.cat([torch.arange(len(d)) for d in docs]),
-            lo=lo,
-            hi=hi,
+            mask=IntervalMask.concat([IntervalMask.causal(len(d)) for d in docs]),
         )
 
     def describe(self) -> dict:

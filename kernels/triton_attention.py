@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import types
 from typing import NamedTuple
 
 import torch
@@ -23,7 +21,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .blocks import BlockClassification, cached_classify_blocks
+from .blocks import BlockClassification, classify_blocks
 from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
 from .reference import mirror_rotate, mirror_rotate_transpose, reference_masked_attention
 from .tiles import _cols, _dot, _key_visible, _load_rows, _query_scores, _unmirror
@@ -396,6 +394,7 @@ class _Plan(NamedTuple):
     blocks: BlockClassification | None  # caller's classification: its block sizes win for every kernel
     override: KernelConfig              # caller's block_m/block_n/num_warps/num_stages; None fields: not set
     deterministic: bool                 # no timing-based choice: tile sizes set the summation order
+    classify: object                    # (block_m, block_n) -> BlockClassification, cached by the caller
 
     def config(self, variant: Variant, seq_len: int, device: torch.device, bench) -> KernelConfig:
         if device.type != "cuda":
@@ -409,20 +408,30 @@ class _Plan(NamedTuple):
             chosen = chosen._replace(block_m=self.blocks.block_m, block_n=self.blocks.block_n)
         return KernelConfig(*(o if o is not None else c for o, c in zip(self.override, chosen)))
 
-    def classification(self, lo, hi, config: KernelConfig) -> BlockClassification:
-        return self.blocks if self.blocks is not None else cached_classify_blocks(lo, hi, config.block_m,
-                                                                                   config.block_n)
+    def classification(self, config: KernelConfig) -> BlockClassification:
+        return self.blocks if self.blocks is not None else self.classify(config.block_m, config.block_n)
 
 
-def _choose(plan, variant, q, lo, hi, make):
+def _call_cache(lo, hi):
+    """A classifier cached for this call only (forward and backward, every tile size they use)."""
+    memo: dict = {}
+
+    def classify(block_m, block_n):
+        if (block_m, block_n) not in memo:
+            memo[(block_m, block_n)] = classify_blocks(lo, hi, block_m, block_n)
+        return memo[(block_m, block_n)]
+    return classify
+
+
+def _choose(plan, variant, q, make):
     """Config for one kernel of this call; `make(config, blocks, scratch)` builds its Launch. Tuning
     (CUDA only) launches candidates into scratch outputs (atomic dQ would otherwise accumulate into
     the real one)."""
     def bench(c):
-        return triton.testing.do_bench(make(c, plan.classification(lo, hi, c), True), warmup=5, rep=25)
+        return triton.testing.do_bench(make(c, plan.classification(c), True), warmup=5, rep=25)
 
     config = plan.config(variant, q.shape[2], q.device, bench)
-    return make(config, plan.classification(lo, hi, config), False)
+    return make(config, plan.classification(config), False)
 
 
 class MaskedAttentionFunction(torch.autograd.Function):
@@ -441,7 +450,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
             out = (torch.empty_like(o), torch.empty_like(lse)) if scratch else (o, lse)
             return fwd_launch(q, k, v, *out, lo, hi, mirror, scale, blocks, prec, config)
 
-        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror is not None, False), q, lo, hi, make)()
+        _choose(plan, Variant("fwd", D, _DTYPE_NAMES[q.dtype], mirror is not None, False), q, make)()
         ctx.save_for_backward(q, k, v, o, lse, lo, hi, cos, sin)
         ctx.meta = (scale, plan, deterministic, prec)
         return o
@@ -477,9 +486,9 @@ class MaskedAttentionFunction(torch.autograd.Function):
             return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, mirror,
                              scale, blocks, prec, config)
 
-        _choose(plan, Variant("dkdv", D, dtype, mirror is not None, not deterministic), q, lo, hi, make_dkdv)()
+        _choose(plan, Variant("dkdv", D, dtype, mirror is not None, not deterministic), q, make_dkdv)()
         if deterministic:
-            _choose(plan, Variant("dq", D, dtype, mirror is not None, False), q, lo, hi, make_dq)()
+            _choose(plan, Variant("dq", D, dtype, mirror is not None, False), q, make_dq)()
         else:
             if mirror is not None:
                 dq32 = dq32 + mirror_rotate_transpose(dqm, cos, sin)
@@ -488,17 +497,19 @@ class MaskedAttentionFunction(torch.autograd.Function):
 
 
 def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, blocks=None,
-                     block_m=None, block_n=None, num_warps=None, num_stages=None):
+                     classify=None, block_m=None, block_n=None, num_warps=None, num_stages=None):
     """Fused masked attention (Triton). See ``bico_kernels.reference_masked_attention`` for the math.
 
-    q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] (pass them
-    int32 on q's device so the block classification cache hits); mirror_rope: None or (cos, sin),
+    q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] on q's device;
+    mirror_rope: None or (cos, sin),
     each [B, T, D]. ``deterministic``: bitwise-reproducible backward (separate dQ pass instead of
     atomics; it also skips timing-based config choice, which would make the summation order depend
     on the run). Launch configs come from ``bico_kernels.config_table`` (tuned on the first GPU call,
     see ``bico_kernels.tuning``); ``blocks`` (a precomputed :func:`classify_blocks` result, whose block
     sizes then win), ``block_m``, ``block_n``, ``num_warps`` and ``num_stages`` override them for all
-    three kernels.
+    three kernels. ``classify(block_m, block_n)``: where the tile classification of lo/hi comes from
+    when ``blocks`` is not given (e.g. ``IntervalMask.blocks``, which caches it on the mask so that
+    every layer and the backward share it); default: classified once per call and tile size.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -531,7 +542,8 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
                                or (block_m or blocks.block_m) != blocks.block_m
                                or (block_n or blocks.block_n) != blocks.block_n):
         raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
-    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic)
+    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic,
+                 classify or _call_cache(lo, hi))
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, plan, deterministic)
 
@@ -550,13 +562,3 @@ def _log_once(message: str) -> None:
     if message not in _logged:
         _logged.add(message)
         logger.info(message)
-
-
-class _CallableModule(types.ModuleType):
-    # `import bico_kernels.masked_attention` rebinds the package attribute of that name from the
-    # function to this module; keep `bico_kernels.masked_attention(...)` working either way.
-    def __call__(self, *args, **kwargs):
-        return masked_attention(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
