@@ -10,13 +10,13 @@ import importlib
 import os
 
 from .blocks import FULL, PARTIAL, SKIP, BlockClassification, classify_blocks
-from .reference import (additive_mask, dense_visibility, mirror_rotate, mirror_rotate_transpose, reference_masked_attention,
-                        rotate_half)
+from .reference import (additive_mask, dense_visibility, mirror_rotate, mirror_rotate_transpose,
+                        reference_masked_attention, rotate_half)
 
 __all__ = [
     "masked_attention", "reference_masked_attention", "triton_available", "mirror_rotate",
-    "mirror_rotate_transpose", "rotate_half", "dense_visibility", "additive_mask", "classify_blocks", "BlockClassification",
-    "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
+    "mirror_rotate_transpose", "rotate_half", "dense_visibility", "additive_mask", "classify_blocks",
+    "BlockClassification", "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
 ]
 
 
