@@ -1,8 +1,9 @@
 """Command line: ``bico train|eval|demo|data``.
 
-Errors a user can fix (bad recipe keys or values, missing files, malformed data, over-long rows,
-an output dir in use or holding another run) print one line ``bico: error: ...`` and exit with
-status 2; Ctrl-C prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
+Errors a user can fix (bad arguments, bad recipe keys or values, missing files, malformed data,
+over-long rows, an output dir in use or holding another run) print one line ``bico: error: ...``
+(:func:`bico.config.print_error`, the one place that prints them) and exit with status 2; Ctrl-C
+prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -12,12 +13,24 @@ import os
 import sys
 from pathlib import Path
 
-from bico.config import RecipeError, load_recipe, one_line
+from bico.config import EvalConfig, RecipeError, load_recipe, print_error
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.train just to test that would load torch). ValueError covers RecipeError,
 # DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
 USER_ERRORS = (("bico.models", "ModelError"), ("bico.train", "TrainingError"))
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments (argparse's own checks)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in bico's one format: argparse would print the usage and
+    ``PROG: error: ...`` on several lines; this raises, and :func:`main` prints one line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -68,17 +81,23 @@ def evaluate_run(recipe, model, tokenizer) -> None:
     print(paths["md"].read_text(), end="")
 
 
+# `bico eval` options and the recipe keys they set: one set of defaults and range checks
+EVAL_OPTIONS = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "limit": "--limit"}
+
+
 def run_eval(args) -> int:
-    from bico.config import ModelConfig
-    from bico.data import resolve_data_dir
-    from bico.evaluate import evaluate, write_report
+    """The recipe's evaluation (its defaults, checks and code) on a saved model."""
+    from bico.config import DataConfig, ModelConfig, Recipe, check_ranges
+
+    values = {key: getattr(args, key) for key in EVAL_OPTIONS}
+    check_ranges({f"eval.{k}": v for k, v in values.items()}, {f"eval.{k}": o for k, o in EVAL_OPTIONS.items()})
+    ev = EvalConfig(**values)
+    ev.splits = list(args.splits or ev.splits)
+    from bico.evaluate import evaluate_recipe, write_report
     from bico.models import load_model
 
     model, tokenizer = load_model(ModelConfig(name=args.model))
-    splits = args.splits or ["p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test",
-                             "d2p_reverse_prompts_test"]
-    scores = evaluate(model, tokenizer, resolve_data_dir(args.data), splits, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, limit=args.limit)
+    scores = evaluate_recipe(model, tokenizer, Recipe(data=DataConfig(dir=args.data), eval=ev))
     paths = write_report({args.label or Path(args.model).name: scores}, args.out)
     print(paths["md"].read_text(), end="")
     return 0
@@ -92,7 +111,7 @@ def run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bico", description=__doc__.splitlines()[0])
+    parser = Parser(prog="bico", description=__doc__.splitlines()[0])  # sub-parsers inherit the class
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     # The deepspeed launcher passes --local_rank=N before the command; bico reads $LOCAL_RANK instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -106,12 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="reversal-curse evaluation of a saved model folder")
     p.add_argument("--model", required=True, help="model folder (e.g. runs/x/model), or a preset")
     p.add_argument("--data", default=None, help="Berglund-format data folder")
-    p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files")
+    p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files (default: eval.splits' default)")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--label", default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N rows per split")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
+    defaults = EvalConfig()
+    p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.set_defaults(handler=run_eval)
 
     p = sub.add_parser("demo", help="the reversal curse and its cure on SmolLM2-135M and generated facts (CPU)")
@@ -129,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    from bico.data.cli import add_data_parser, run_data
+    from bico.data.cli import add_data_parser
 
-    add_data_parser(sub).set_defaults(handler=run_data)
+    add_data_parser(sub)
     from bico.ablate import add_ablate_parser
 
     add_ablate_parser(sub)
@@ -152,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if os.environ.get("BICO_DEBUG") or not is_user_error(err):
             raise
-        print(f"bico: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return print_error(err)
 
 
 if __name__ == "__main__":

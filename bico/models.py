@@ -13,6 +13,7 @@ Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` re
 """
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -205,7 +206,7 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Path:
+def save_model(model, tokenizer, folder: str | Path) -> Path:
     """Save for plain transformers: the merged model (LoRA folded in) plus, for LoRA, the adapter.
 
     Written into a temporary folder and renamed, so a crash leaves no half-written model.
@@ -216,10 +217,7 @@ def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Pat
         with _no_deepspeed_probe():
             if hasattr(model, "peft_config"):
                 model.save_pretrained(tmp / "adapter")
-                if merged:
-                    import copy
-
-                    copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
+                copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
             else:
                 model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
