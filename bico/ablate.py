@@ -202,20 +202,19 @@ def run_cell(job: tuple) -> dict:
     folder = Path(folder)
     began = time.time()
     try:
-        from bico.evaluate import evaluate_recipe
-        from bico.train import train
+        from bico.pipeline import train_and_evaluate
 
         recipe = cell.recipe
         if _DEVICE is not None:
             recipe.train.device = _DEVICE
-        summary = train(recipe)
-        trained = time.time()
-        scores = evaluate_recipe(summary["model"], summary["tokenizer"], recipe, progress=False)
+        # cells always train afresh (train.resume=false), and are always evaluated
+        outcome = train_and_evaluate(recipe, label=cell.group, evaluate=True, progress=False)
+        summary, wall = outcome.result.summary, time.time() - began
         result = {
             "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
-            "options": cell.options, "splits": scores["splits"], "tokens": summary["tokens"],
-            "steps": summary["steps"], "final_loss": summary["final_loss"], "train_s": round(trained - began, 2),
-            "eval_s": round(time.time() - trained, 2), "wall_s": round(time.time() - began, 2),
+            "options": cell.options, "splits": outcome.scores["splits"], "tokens": summary["tokens"],
+            "steps": summary["steps"], "final_loss": summary["final_loss"],
+            "train_s": round(wall - outcome.eval_s, 2), "eval_s": outcome.eval_s, "wall_s": round(wall, 2),
             "device": summary["device"], "fingerprint": expected,
         }
         atomic_write_json(folder / "result.json", result)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from bico.config import EvalConfig, RecipeError, load_recipe, print_error
+from bico.config import EvalConfig, load_recipe, print_error
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.train just to test that would load torch). ValueError covers RecipeError,
@@ -40,45 +40,12 @@ def is_user_error(err: BaseException) -> bool:
 
 def run_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # before torch loads: a bad recipe fails at once
-    from bico.train import train
-    from bico.distributed import is_main_process
+    from bico.pipeline import train_and_evaluate
 
-    result = train(recipe)
-    if not is_main_process():
-        return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)
-    out = Path(recipe.train.output_dir)
-    if result.get("already_finished"):
-        from bico.rundir import EVAL_FILES
-
-        if not recipe.eval.enabled or all((out / name).is_file() for name in EVAL_FILES):
-            print(f"the run in {out} is finished ({result['steps']} steps); nothing to do "
-                  "(raise train.max_steps or train.epochs to train it further)")
-            return 0
-        # Killed while evaluating: evaluate the saved model, as the finished run would have.
-        if not (out / "model").is_dir():
-            raise RecipeError(f"the run in {out} is finished but not evaluated, and has no saved model to evaluate "
-                              "(train.save_model=false); train it again with train.overwrite=true")
-        print(f"the run in {out} is finished ({result['steps']} steps) but not evaluated; evaluating its model")
-        from bico.config import ModelConfig
-        from bico.models import load_model
-
-        model, tokenizer = load_model(ModelConfig(name=str(out / "model"),
-                                                  attn_implementation=recipe.model.attn_implementation))
-        evaluate_run(recipe, model, tokenizer)
-        return 0
-    final_loss = result["final_loss"]
-    print(f"trained {result['steps']} steps, final loss {final_loss:.4f}, {result['tokens_per_s']} tokens/s -> {out}")
-    if recipe.eval.enabled:
-        evaluate_run(recipe, result["model"], result["tokenizer"])
+    outcome = train_and_evaluate(recipe, say=print)
+    if outcome.report:
+        print(outcome.report["md"].read_text(), end="")
     return 0
-
-
-def evaluate_run(recipe, model, tokenizer) -> None:
-    """``eval.json/.md/.png`` in the output dir, and the table on stdout."""
-    from bico.evaluate import evaluate_recipe, write_report
-
-    paths = write_report({recipe.objective.name: evaluate_recipe(model, tokenizer, recipe)}, recipe.train.output_dir)
-    print(paths["md"].read_text(), end="")
 
 
 # `bico eval` options and the recipe keys they set: one set of defaults and range checks

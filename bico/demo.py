@@ -66,8 +66,8 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     import torch
 
     from bico.data import generate_reversal_dataset
-    from bico.evaluate import evaluate_recipe, write_report
-    from bico.train import train
+    from bico.evaluate import write_report
+    from bico.pipeline import train_and_evaluate
 
     arms = tuple(arms or ARMS)
     for arm in arms:
@@ -80,14 +80,13 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     for arm in arms:
         t0 = time.time()
         recipe = arm_recipe(arm, data_dir, out, quick, list(overrides or []))
-        result = train(recipe)
-        trained = time.time()
-        runs[arm] = evaluate_recipe(result["model"], result["tokenizer"], recipe)
-        write_report({arm: runs[arm]}, out / arm)  # visible before the next arm ends
-        timings[arm] = {"train_s": result["wall_time_s"], "eval_s": round(time.time() - trained, 1),
-                        "total_s": round(time.time() - t0, 1), "tokens": result["tokens"], "steps": result["steps"],
-                        "tokens_per_s": result["tokens_per_s"]}
-        del result
+        # the arm's report lands in its train.output_dir (out/ARM), visible before the next arm ends
+        outcome = train_and_evaluate(recipe, label=arm, evaluate=True)
+        runs[arm], s = outcome.scores, outcome.result.summary
+        timings[arm] = {"train_s": s["wall_time_s"], "eval_s": round(outcome.eval_s, 1),
+                        "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
+                        "tokens_per_s": s["tokens_per_s"]}
+        del outcome  # the arm's model, before the next one loads
     machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     for arm in arms:
         runs[arm]["timing"] = timings[arm]
