@@ -133,21 +133,9 @@ class Engine(ABC):
 
     @abstractmethod
     def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
-        target = checkpoint_path(output_dir, step)
-        tmp = temp_dir_beside(target)
-        state = {
-            "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-        }
-        try:
-            torch.save(state, tmp / "state.pt")
-            return publish_checkpoint(tmp, target, keep, trainer_state)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        """Atomically write ``checkpoints/step-N`` (see :func:`publish_checkpoint`)."""
 
+    @abstractmethod
     def load_checkpoint(self, path: Path) -> int:
         """Restore a checkpoint written by this kind of engine; returns its step."""
 
@@ -201,8 +189,7 @@ class TorchEngine(Engine):
         return {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
-        """Atomic: written to a temporary folder, then renamed to ``checkpoints/step-N``."""
-        target = Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
+        target = checkpoint_path(output_dir, step)
         tmp = temp_dir_beside(target)
         state = {
             "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
@@ -212,14 +199,10 @@ class TorchEngine(Engine):
         }
         try:
             torch.save(state, tmp / "state.pt")
-            if trainer_state is not None:
-                atomic_write_json(tmp / TRAINER_STATE, trainer_state)
-            replace_dir(tmp, target)
+            return publish_checkpoint(tmp, target, keep, trainer_state)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        prune_checkpoints(target.parent, keep)
-        return target
 
     def load_checkpoint(self, path: Path) -> int:
         state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
