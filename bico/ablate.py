@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 
@@ -89,7 +90,7 @@ def _kv(key: str, value) -> str:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
-    path = Path(path)
+    path = resources.find(path)  # recipes/ablations/... works from an installed bico too
     if not path.is_file():
         raise RecipeError(f"ablation spec not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from bico import resources
+
 
 class RecipeError(ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
@@ -198,10 +200,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Recipe from a YAML file (``None`` = defaults) plus dotted overrides."""
+    """Recipe from a YAML file (``None`` = defaults) plus dotted overrides. A relative
+    ``recipes/...`` path that is not in the current directory is looked up among bico's shipped ones."""
     recipe = Recipe()
     if path is not None:
-        path = Path(path)
+        path = resources.find(path)  # recipes/... also names a recipe shipped with bico
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:

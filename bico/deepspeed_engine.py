@@ -40,12 +40,11 @@ from pathlib import Path
 
 import torch
 
-from bico import distributed
+from bico import distributed, resources
 from bico.engine import (ADAM_EPS, Engine, adamw, check_precision, checkpoint_path, lr_schedule, publish_checkpoint,
                          trainable_parameters)
 
 logger = logging.getLogger(__name__)
-SHIPPED = Path(__file__).resolve().parent.parent / "recipes" / "deepspeed"
 AUTO = "auto"
 TMP_TAG_PREFIX = ".tmp-"  # checkpoint tags being written; a killed save leaves one behind
 
@@ -59,18 +58,16 @@ def resolve_config(value) -> tuple[dict, str]:
     if isinstance(value, dict):
         return copy.deepcopy(value), "train.deepspeed"
     path = Path(str(value))
-    candidates = [path]
-    if not path.is_absolute():
-        candidates.append(SHIPPED.parent.parent / path)  # relative to a source checkout
-        if path.suffix == "":
-            candidates.append(SHIPPED / f"{path}.json")  # zero2 | zero3 | zero3_offload
+    candidates = [resources.find(path)]  # as given, or recipes/deepspeed/... shipped with bico
+    if not path.is_absolute() and path.suffix == "":
+        candidates.append(resources.shipped("deepspeed", f"{path}.json"))  # zero2 | zero3 | zero3_offload
     for candidate in candidates:
         if candidate.is_file():
             try:
                 return json.loads(candidate.read_text()), str(candidate)
             except json.JSONDecodeError as err:
                 raise DeepSpeedConfigError(f"{candidate}: not valid JSON ({err})") from None
-    shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.json"))) or "none found"
+    shipped = ", ".join(sorted(p.stem for p in resources.shipped("deepspeed").glob("*.json"))) or "none found"
     raise DeepSpeedConfigError(f"train.deepspeed={value!r}: no such file (shipped configs: {shipped})")
 
 

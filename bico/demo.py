@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from bico.config import load_recipe
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
+from bico.resources import shipped
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
 # paper-faithful arm ("bico") does not (0.00 in every cell measured) and is left to --arms, to keep
 # the demo within its time budget.
@@ -31,9 +30,10 @@ QUICK_DATA = {"facts_per_subset": 2, "train_paraphrases": 4, "test_paraphrases":
 
 
 def recipe_path(arm: str, quick: bool = False) -> Path:
-    path = RECIPES / ("tiny.yaml" if quick else f"smollm2_{arm}.yaml")
+    path = shipped("demo", "tiny.yaml" if quick else f"smollm2_{arm}.yaml")
     if not path.is_file():
-        raise FileNotFoundError(f"demo recipe {path} is missing; run the demo from a bico source checkout")
+        arms = sorted(p.stem.removeprefix("smollm2_") for p in path.parent.glob("smollm2_*.yaml"))
+        raise FileNotFoundError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
     return path
 
 
