@@ -68,8 +68,7 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
             "train.log_every=1", "train.save_model=false", "train.progress=false",
             f"data.pack={'false' if setting == 'before' else 'true'}",
         ])
-        summary = T.train(recipe)
-        params = summary["total_params"]
+        params = T.train(recipe).summary["total_params"]
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[warmup - 1], rows[-1]
     seconds = last["elapsed_s"] - first["elapsed_s"]

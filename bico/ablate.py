@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 
@@ -89,7 +90,7 @@ def _kv(key: str, value) -> str:
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
-    path = Path(path)
+    path = resources.find(path)  # recipes/ablations/... works from an installed bico too
     if not path.is_file():
         raise RecipeError(f"ablation spec not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}
@@ -202,20 +203,19 @@ def run_cell(job: tuple) -> dict:
     folder = Path(folder)
     began = time.time()
     try:
-        from bico.evaluate import evaluate_recipe
-        from bico.train import train
+        from bico.pipeline import train_and_evaluate
 
         recipe = cell.recipe
         if _DEVICE is not None:
             recipe.train.device = _DEVICE
-        summary = train(recipe)
-        trained = time.time()
-        scores = evaluate_recipe(summary["model"], summary["tokenizer"], recipe, progress=False)
+        # cells always train afresh (train.resume=false), and are always evaluated
+        outcome = train_and_evaluate(recipe, label=cell.group, evaluate=True, progress=False)
+        summary, wall = outcome.result.summary, time.time() - began
         result = {
             "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
-            "options": cell.options, "splits": scores["splits"], "tokens": summary["tokens"],
-            "steps": summary["steps"], "final_loss": summary["final_loss"], "train_s": round(trained - began, 2),
-            "eval_s": round(time.time() - trained, 2), "wall_s": round(time.time() - began, 2),
+            "options": cell.options, "splits": outcome.scores["splits"], "tokens": summary["tokens"],
+            "steps": summary["steps"], "final_loss": summary["final_loss"],
+            "train_s": round(wall - outcome.eval_s, 2), "eval_s": outcome.eval_s, "wall_s": round(wall, 2),
             "device": summary["device"], "fingerprint": expected,
         }
         atomic_write_json(folder / "result.json", result)

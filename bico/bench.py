@@ -73,8 +73,9 @@ def attention_flops(pairs: int, D: int, Hq: int, mode: str) -> float:
     return 4.0 * D * Hq * pairs * (2.5 if mode == "fwd+bwd" else 1.0)
 
 
-def rope_tables(B: int, T: int, D: int, device, dtype):
-    """HF-style RoPE cos/sin ``[B, T, D]`` at positions 0..T-1 (for the mirrored-RoPE provider)."""
+def synthetic_rope_tables(B: int, T: int, D: int, device, dtype):
+    """HF-style RoPE cos/sin ``[B, T, D]`` at positions 0..T-1, base 10000, built without a model (for
+    the mirrored-RoPE provider)."""
     f = torch.arange(T, dtype=torch.float64, device=device)[:, None] / 10000.0 ** (
         torch.arange(0, D, 2, dtype=torch.float64, device=device) / D)
     emb = torch.cat([f, f], dim=-1).expand(B, T, D)
@@ -104,7 +105,7 @@ def make_attention(provider: str, lo: torch.Tensor, hi: torch.Tensor, D: int, dt
     if provider in ("bico-triton", "bico-triton-mirror"):
         import bico_kernels
 
-        tables = rope_tables(B, T, D, lo.device, dtype) if provider.endswith("mirror") else None
+        tables = synthetic_rope_tables(B, T, D, lo.device, dtype) if provider.endswith("mirror") else None
         classify = IntervalMask(lo, hi).blocks  # classified in the untimed warm-up, then cached
         return (lambda q, k, v: bico_kernels.masked_attention(q, k, v, lo, hi, mirror_rope=tables,
                                                               classify=classify)), tables

@@ -1,8 +1,9 @@
 """Command line: ``bico train|eval|demo|data``.
 
-Errors a user can fix (bad recipe keys or values, missing files, malformed data, over-long rows,
-an output dir in use or holding another run) print one line ``bico: error: ...`` and exit with
-status 2; Ctrl-C prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
+Errors a user can fix (bad arguments, bad recipe keys or values, missing files, malformed data,
+over-long rows, an output dir in use or holding another run) print one line ``bico: error: ...``
+(:func:`bico.config.print_error`, the one place that prints them) and exit with status 2; Ctrl-C
+prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -12,12 +13,24 @@ import os
 import sys
 from pathlib import Path
 
-from bico.config import RecipeError, load_recipe, one_line
+from bico.config import EvalConfig, load_recipe, print_error
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.train just to test that would load torch). ValueError covers RecipeError,
 # DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
 USER_ERRORS = (("bico.models", "ModelError"), ("bico.train", "TrainingError"))
+
+
+class UsageError(ValueError):
+    """Bad command-line arguments (argparse's own checks)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in bico's one format: argparse would print the usage and
+    ``PROG: error: ...`` on several lines; this raises, and :func:`main` prints one line."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -27,58 +40,31 @@ def is_user_error(err: BaseException) -> bool:
 
 def run_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # before torch loads: a bad recipe fails at once
-    from bico.train import train
-    from bico.distributed import is_main_process
+    from bico.pipeline import train_and_evaluate
 
-    result = train(recipe)
-    if not is_main_process():
-        return 0  # rank 0 alone prints and evaluates (after ZeRO-3 it holds the gathered model)
-    out = Path(recipe.train.output_dir)
-    if result.get("already_finished"):
-        from bico.rundir import EVAL_FILES
-
-        if not recipe.eval.enabled or all((out / name).is_file() for name in EVAL_FILES):
-            print(f"the run in {out} is finished ({result['steps']} steps); nothing to do "
-                  "(raise train.max_steps or train.epochs to train it further)")
-            return 0
-        # Killed while evaluating: evaluate the saved model, as the finished run would have.
-        if not (out / "model").is_dir():
-            raise RecipeError(f"the run in {out} is finished but not evaluated, and has no saved model to evaluate "
-                              "(train.save_model=false); train it again with train.overwrite=true")
-        print(f"the run in {out} is finished ({result['steps']} steps) but not evaluated; evaluating its model")
-        from bico.config import ModelConfig
-        from bico.models import load_model
-
-        model, tokenizer = load_model(ModelConfig(name=str(out / "model"),
-                                                  attn_implementation=recipe.model.attn_implementation))
-        evaluate_run(recipe, model, tokenizer)
-        return 0
-    final_loss = result["final_loss"]
-    print(f"trained {result['steps']} steps, final loss {final_loss:.4f}, {result['tokens_per_s']} tokens/s -> {out}")
-    if recipe.eval.enabled:
-        evaluate_run(recipe, result["model"], result["tokenizer"])
+    outcome = train_and_evaluate(recipe, say=print)
+    if outcome.report:
+        print(outcome.report["md"].read_text(), end="")
     return 0
 
 
-def evaluate_run(recipe, model, tokenizer) -> None:
-    """``eval.json/.md/.png`` in the output dir, and the table on stdout."""
-    from bico.evaluate import evaluate_recipe, write_report
-
-    paths = write_report({recipe.objective.name: evaluate_recipe(model, tokenizer, recipe)}, recipe.train.output_dir)
-    print(paths["md"].read_text(), end="")
+# `bico eval` options and the recipe keys they set: one set of defaults and range checks
+EVAL_OPTIONS = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "limit": "--limit"}
 
 
 def run_eval(args) -> int:
-    from bico.config import ModelConfig
-    from bico.data import resolve_data_dir
-    from bico.evaluate import evaluate, write_report
+    """The recipe's evaluation (its defaults, checks and code) on a saved model."""
+    from bico.config import DataConfig, ModelConfig, Recipe, check_ranges
+
+    values = {key: getattr(args, key) for key in EVAL_OPTIONS}
+    check_ranges({f"eval.{k}": v for k, v in values.items()}, {f"eval.{k}": o for k, o in EVAL_OPTIONS.items()})
+    ev = EvalConfig(**values)
+    ev.splits = list(args.splits or ev.splits)
+    from bico.evaluate import evaluate_recipe, write_report
     from bico.models import load_model
 
     model, tokenizer = load_model(ModelConfig(name=args.model))
-    splits = args.splits or ["p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test",
-                             "d2p_reverse_prompts_test"]
-    scores = evaluate(model, tokenizer, resolve_data_dir(args.data), splits, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, limit=args.limit)
+    scores = evaluate_recipe(model, tokenizer, Recipe(data=DataConfig(dir=args.data), eval=ev))
     paths = write_report({args.label or Path(args.model).name: scores}, args.out)
     print(paths["md"].read_text(), end="")
     return 0
@@ -92,7 +78,7 @@ def run_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bico", description=__doc__.splitlines()[0])
+    parser = Parser(prog="bico", description=__doc__.splitlines()[0])  # sub-parsers inherit the class
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     # The deepspeed launcher passes --local_rank=N before the command; bico reads $LOCAL_RANK instead.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -106,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="reversal-curse evaluation of a saved model folder")
     p.add_argument("--model", required=True, help="model folder (e.g. runs/x/model), or a preset")
     p.add_argument("--data", default=None, help="Berglund-format data folder")
-    p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files")
+    p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files (default: eval.splits' default)")
     p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--label", default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N rows per split")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=32)
+    defaults = EvalConfig()
+    p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split")
+    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.set_defaults(handler=run_eval)
 
     p = sub.add_parser("demo", help="the reversal curse and its cure on SmolLM2-135M and generated facts (CPU)")
@@ -129,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
 
-    from bico.data.cli import add_data_parser, run_data
+    from bico.data.cli import add_data_parser
 
-    add_data_parser(sub).set_defaults(handler=run_data)
+    add_data_parser(sub)
     from bico.ablate import add_ablate_parser
 
     add_ablate_parser(sub)
@@ -152,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if os.environ.get("BICO_DEBUG") or not is_user_error(err):
             raise
-        print(f"bico: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return print_error(err)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,33 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bico import resources
+
 
 class RecipeError(ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
 
 
-def one_line(err: BaseException) -> str:
+def one_line(err: BaseException | str) -> str:
     """An error's message on one line, whole: a message spread over lines is joined, not cut."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+USAGE_ERROR = 2  # exit status of every error a user can fix
+
+
+def print_error(err: BaseException | str) -> int:
+    """The one way bico reports an error a user can fix: ``bico: error: <one line>`` on stderr.
+    Returns the exit status, :data:`USAGE_ERROR`."""
+    print(f"bico: error: {one_line(err)}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 @dataclass
@@ -187,10 +200,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Recipe from a YAML file (``None`` = defaults) plus dotted overrides."""
+    """Recipe from a YAML file (``None`` = defaults) plus dotted overrides. A relative
+    ``recipes/...`` path that is not in the current directory is looked up among bico's shipped ones."""
     recipe = Recipe()
     if path is not None:
-        path = Path(path)
+        path = resources.find(path)  # recipes/... also names a recipe shipped with bico
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:
@@ -239,9 +253,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 def check_recipe(recipe: Recipe) -> None:
     """Every value in its range; raises :class:`RecipeError` naming the key and the range."""
     values = {f"{section}.{key}": value for section, fields in recipe.to_dict().items() for key, value in fields.items()}
-    for key, (ok, requirement) in _RANGES.items():
-        if values[key] is not None and not ok(values[key]):
-            raise RecipeError(f"recipe key {key!r} must be {requirement}, got {values[key]!r}")
+    check_ranges({key: values[key] for key in _RANGES})
     _check_options(recipe.objective.options, "objective.options")
     betas = recipe.train.betas
     if not (isinstance(betas, list) and len(betas) == 2
@@ -265,6 +277,16 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
         if model.heads % model.kv_heads:
             raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+def check_ranges(values: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    """Each recipe key's value in its range (the one table, used for recipes and for command-line
+    options that set the same values); ``names`` says how the user wrote a key (``--limit``)."""
+    for key, value in values.items():
+        ok, requirement = _RANGES[key]
+        if value is not None and not ok(value):
+            name = (names or {}).get(key) or f"recipe key {key!r}"
+            raise RecipeError(f"{name} must be {requirement}, got {value!r}")
 
 
 def _check_options(options: dict, where: str) -> None:

@@ -40,15 +40,13 @@ from pathlib import Path
 
 import torch
 
-from bico import distributed
-from bico.engine import CHECKPOINTS, TRAINER_STATE, lr_lambda, prune_checkpoints
-from bico.io_utils import atomic_write_json, replace_dir
+from bico import distributed, resources
+from bico.engine import (ADAM_EPS, Engine, adamw, check_precision, checkpoint_path, lr_schedule, publish_checkpoint,
+                         trainable_parameters)
 
 logger = logging.getLogger(__name__)
-SHIPPED = Path(__file__).resolve().parent.parent / "recipes" / "deepspeed"
 AUTO = "auto"
 TMP_TAG_PREFIX = ".tmp-"  # checkpoint tags being written; a killed save leaves one behind
-ADAM_EPS = 1e-8  # torch.optim.AdamW's default, used by the plain engine
 
 
 class DeepSpeedConfigError(ValueError):
@@ -60,18 +58,16 @@ def resolve_config(value) -> tuple[dict, str]:
     if isinstance(value, dict):
         return copy.deepcopy(value), "train.deepspeed"
     path = Path(str(value))
-    candidates = [path]
-    if not path.is_absolute():
-        candidates.append(SHIPPED.parent.parent / path)  # relative to a source checkout
-        if path.suffix == "":
-            candidates.append(SHIPPED / f"{path}.json")  # zero2 | zero3 | zero3_offload
+    candidates = [resources.find(path)]  # as given, or recipes/deepspeed/... shipped with bico
+    if not path.is_absolute() and path.suffix == "":
+        candidates.append(resources.shipped("deepspeed", f"{path}.json"))  # zero2 | zero3 | zero3_offload
     for candidate in candidates:
         if candidate.is_file():
             try:
                 return json.loads(candidate.read_text()), str(candidate)
             except json.JSONDecodeError as err:
                 raise DeepSpeedConfigError(f"{candidate}: not valid JSON ({err})") from None
-    shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.json"))) or "none found"
+    shipped = ", ".join(sorted(p.stem for p in resources.shipped("deepspeed").glob("*.json"))) or "none found"
     raise DeepSpeedConfigError(f"train.deepspeed={value!r}: no such file (shipped configs: {shipped})")
 
 
@@ -114,10 +110,8 @@ def fill_config(config: dict, recipe, *, world_size: int, hidden_size: int | Non
     _agree(ds, "train_batch_size", cfg.batch_size * cfg.grad_accum * world_size, where,
            f"train.batch_size x train.grad_accum x {world_size} ranks")
     _agree(ds, "gradient_clipping", float(cfg.max_grad_norm or 0.0), where, "train.max_grad_norm")
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise DeepSpeedConfigError(f"train.precision {cfg.precision!r}: use fp32, bf16 or fp16")
-    if cfg.precision == "fp16" and device_type != "cuda":
-        raise DeepSpeedConfigError("train.precision=fp16 needs a GPU; use fp32 (or bf16) on CPU")
+    # DeepSpeed runs bf16 on CPU ranks; fp16 needs its GPU loss scaler
+    check_precision(cfg.precision, device_type, on_cpu=("fp32", "bf16"), error=DeepSpeedConfigError)
     for name in ("bf16", "fp16"):
         section = ds.setdefault(name, {})
         if not isinstance(section, dict):
@@ -164,8 +158,8 @@ def _quiet_deepspeed() -> None:
     ds_logger.setLevel(logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING)
 
 
-class DeepSpeedEngine:
-    """ZeRO data parallelism with :class:`~bico.engine.TorchEngine`'s methods.
+class DeepSpeedEngine(Engine):
+    """ZeRO data parallelism behind bico's :class:`~bico.engine.Engine` interface.
 
     ``module`` is the DeepSpeed engine itself (call it like the model; ZeRO-3 gathers the
     parameters it needs). ``is_main_process`` is global rank 0.
@@ -186,18 +180,13 @@ class DeepSpeedEngine:
         self.config = fill_config(raw, recipe, world_size=self.world_size, hidden_size=_hidden_size(model),
                                   where=where, device_type=device.type)
         self.stage = zero_stage(self.config)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("no trainable parameters: check finetune.method / lora_targets")
+        params = trainable_parameters(model)
         self.has_frozen = any(not p.requires_grad for p in model.parameters())
-        optimizer = None
-        if "optimizer" not in self.config:
-            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
-                                          eps=ADAM_EPS, foreach=device.type == "cuda")
-        factor = lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
+        # without an "optimizer" section DeepSpeed steps the plain engine's AdamW (same training)
+        optimizer = adamw(params, cfg, device) if "optimizer" not in self.config else None
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, optimizer=optimizer, config=self.config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+            lr_scheduler=lr_schedule(cfg, total_steps),
         )
         self.module = self.ds
         self.is_main_process = distributed.rank() == 0
@@ -232,9 +221,6 @@ class DeepSpeedEngine:
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
 
     # -- the trained model ----------------------------------------------------------------
     def unwrapped_model(self):
@@ -274,22 +260,18 @@ class DeepSpeedEngine:
 
         ``output_dir`` must be on a file system that all nodes share.
         """
-        folder = Path(output_dir) / CHECKPOINTS
+        target = checkpoint_path(output_dir, step)
+        folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
-        tag = f"step-{step:07d}"
-        tmp_tag = f"{TMP_TAG_PREFIX}{tag}"
+        tmp_tag = f"{TMP_TAG_PREFIX}{target.name}"
         if self.is_main_process and (folder / tmp_tag).exists():
             shutil.rmtree(folder / tmp_tag)
         distributed.barrier()
         self.ds.save_checkpoint(str(folder), tag=tmp_tag, save_latest=False, exclude_frozen_parameters=self.has_frozen,
                                 client_state={"bico_step": step, "bico_world_size": self.world_size})
         distributed.barrier()
-        target = folder / tag
         if self.is_main_process:
-            if trainer_state is not None:
-                atomic_write_json(folder / tmp_tag / TRAINER_STATE, trainer_state)
-            replace_dir(folder / tmp_tag, target)
-            prune_checkpoints(folder, keep)
+            publish_checkpoint(folder / tmp_tag, target, keep, trainer_state)
         distributed.barrier()
         return target
 

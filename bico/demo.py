@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from bico.config import load_recipe
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "demo"
+from bico.resources import shipped
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
 # paper-faithful arm ("bico") does not (0.00 in every cell measured) and is left to --arms, to keep
 # the demo within its time budget.
@@ -31,9 +30,10 @@ QUICK_DATA = {"facts_per_subset": 2, "train_paraphrases": 4, "test_paraphrases":
 
 
 def recipe_path(arm: str, quick: bool = False) -> Path:
-    path = RECIPES / ("tiny.yaml" if quick else f"smollm2_{arm}.yaml")
+    path = shipped("demo", "tiny.yaml" if quick else f"smollm2_{arm}.yaml")
     if not path.is_file():
-        raise FileNotFoundError(f"demo recipe {path} is missing; run the demo from a bico source checkout")
+        arms = sorted(p.stem.removeprefix("smollm2_") for p in path.parent.glob("smollm2_*.yaml"))
+        raise FileNotFoundError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
     return path
 
 
@@ -66,8 +66,8 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     import torch
 
     from bico.data import generate_reversal_dataset
-    from bico.evaluate import evaluate_recipe, write_report
-    from bico.train import train
+    from bico.evaluate import write_report
+    from bico.pipeline import train_and_evaluate
 
     arms = tuple(arms or ARMS)
     for arm in arms:
@@ -80,14 +80,13 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     for arm in arms:
         t0 = time.time()
         recipe = arm_recipe(arm, data_dir, out, quick, list(overrides or []))
-        result = train(recipe)
-        trained = time.time()
-        runs[arm] = evaluate_recipe(result["model"], result["tokenizer"], recipe)
-        write_report({arm: runs[arm]}, out / arm)  # visible before the next arm ends
-        timings[arm] = {"train_s": result["wall_time_s"], "eval_s": round(time.time() - trained, 1),
-                        "total_s": round(time.time() - t0, 1), "tokens": result["tokens"], "steps": result["steps"],
-                        "tokens_per_s": result["tokens_per_s"]}
-        del result
+        # the arm's report lands in its train.output_dir (out/ARM), visible before the next arm ends
+        outcome = train_and_evaluate(recipe, label=arm, evaluate=True)
+        runs[arm], s = outcome.scores, outcome.result.summary
+        timings[arm] = {"train_s": s["wall_time_s"], "eval_s": round(outcome.eval_s, 1),
+                        "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
+                        "tokens_per_s": s["tokens_per_s"]}
+        del outcome  # the arm's model, before the next one loads
     machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     for arm in arms:
         runs[arm]["timing"] = timings[arm]

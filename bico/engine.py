@@ -1,14 +1,17 @@
-"""Engines: how a loss becomes an optimizer step. The training loop only calls this API.
+"""Engines: how a loss becomes an optimizer step. The training loop only calls :class:`Engine`.
 
-``TorchEngine`` is plain PyTorch (AdamW, warm-up + decay, clipping, autocast, checkpoints).
-A DeepSpeed engine implements the same methods; :func:`build_engine` picks one from the
-recipe (``train.deepspeed``).
+:class:`Engine` is the interface, with what every engine shares: AdamW and its learning-rate
+schedule, the precision check, checkpoint naming and rotation. :class:`TorchEngine` is plain
+PyTorch (AdamW, warm-up + decay, clipping, autocast, checkpoints);
+:class:`bico.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
+neither DeepSpeed nor that module (the loop picks one, :func:`bico.train.build_engine`).
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +23,8 @@ CHECKPOINTS = "checkpoints"
 # The training loop's own state in every checkpoint (counters and the recipe), written by the
 # engine into the checkpoint folder before it is renamed into place.
 TRAINER_STATE = "trainer_state.json"
+PRECISIONS = ("fp32", "bf16", "fp16")
+ADAM_EPS = 1e-8  # torch.optim.AdamW's default; DeepSpeed's own optimizers get it written out
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -54,26 +59,97 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class TorchEngine:
-    is_main_process = True
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"  # zero-padded: names sort by step
+
+
+def publish_checkpoint(tmp: Path, target: Path, keep: int, trainer_state: dict | None) -> Path:
+    """Finish a checkpoint written into the folder ``tmp``: add the loop's state, rename it to
+    ``target`` (a kill leaves the old checkpoint or the new one, never half of one), then drop
+    all but the newest ``keep``."""
+    if trainer_state is not None:
+        atomic_write_json(Path(tmp) / TRAINER_STATE, trainer_state)
+    replace_dir(tmp, target)
+    prune_checkpoints(Path(target).parent, keep)
+    return Path(target)
+
+
+def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32",), error=ValueError) -> None:
+    """``train.precision`` is known and, off a GPU, one of ``on_cpu`` (the engine says which)."""
+    if precision not in PRECISIONS:
+        raise error(f"train.precision {precision!r}: use fp32, bf16 or fp16")
+    if device_type != "cuda" and precision not in on_cpu:
+        raise error(f"train.precision={precision} needs a GPU; use {' or '.join(on_cpu)} on CPU")
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: check finetune.method / lora_targets")
+    return params
+
+
+def adamw(params, cfg, device: torch.device) -> torch.optim.AdamW:
+    """The optimizer of every engine (DeepSpeed gets this one unless its config names its own)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=ADAM_EPS,
+                             foreach=device.type == "cuda")
+
+
+def lr_schedule(cfg, total_steps: int):
+    """``optimizer -> LambdaLR`` with bico's warm-up and decay (``train.schedule``)."""
+    factor = lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Engine(ABC):
+    """What the training loop calls; an engine owns the optimizer, the schedule and checkpoints.
+
+    ``module`` is called like the model. ``is_main_process``: this process writes the run's
+    files. ``lockstep``: every rank must run exactly ``train.grad_accum`` backward passes per
+    step, since the engine's collectives must line up across ranks; the loop then runs an empty
+    micro-batch with weight 0 where it would otherwise skip it.
+    """
+
+    module: torch.nn.Module
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    is_main_process: bool = True
+    lockstep: bool = False
+
+    @abstractmethod
+    def backward_loss(self, compute_loss_sum, num_targets: int) -> float:
+        """Backward of ``compute_loss_sum()`` (loss summed over a micro-batch) divided by
+        ``num_targets`` (the targets of the whole step, on all ranks); returns the sum."""
+
+    @abstractmethod
+    def step(self) -> float | None:
+        """The optimizer step after the step's backward passes; returns the gradient norm, if known."""
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    @abstractmethod
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The trained model as a plain module (every rank calls it)."""
+
+    @abstractmethod
+    def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
+        """Atomically write ``checkpoints/step-N`` (see :func:`publish_checkpoint`)."""
+
+    @abstractmethod
+    def load_checkpoint(self, path: Path) -> int:
+        """Restore a checkpoint written by this kind of engine; returns its step."""
+
+
+class TorchEngine(Engine):
+    """Plain PyTorch in one process: AdamW, autocast (fp16 with a gradient scaler), clipping."""
 
     def __init__(self, model, recipe, total_steps: int, device: torch.device):
         cfg = recipe.train
         self.module, self.cfg, self.device = model, cfg, device
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ValueError("no trainable parameters: check finetune.method / lora_targets")
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas),
-            foreach=device.type == "cuda",
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
-        )
-        if cfg.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"train.precision {cfg.precision!r}: use fp32, bf16 or fp16")
-        if cfg.precision != "fp32" and device.type != "cuda":
-            raise ValueError(f"train.precision={cfg.precision} needs a GPU; use fp32 on CPU")
+        check_precision(cfg.precision, device.type)  # autocast to 16 bits on CPU is not offered
+        self.params = trainable_parameters(model)
+        self.optimizer = adamw(self.params, cfg, device)
+        self.scheduler = lr_schedule(cfg, total_steps)(self.optimizer)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
         self.module.train()
@@ -106,9 +182,6 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
     def unwrapped_model(self):
         return self.module
 
@@ -116,8 +189,7 @@ class TorchEngine:
         return {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self, output_dir: Path, step: int, keep: int = 2, trainer_state: dict | None = None) -> Path:
-        """Atomic: written to a temporary folder, then renamed to ``checkpoints/step-N``."""
-        target = Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
+        target = checkpoint_path(output_dir, step)
         tmp = temp_dir_beside(target)
         state = {
             "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
@@ -127,14 +199,10 @@ class TorchEngine:
         }
         try:
             torch.save(state, tmp / "state.pt")
-            if trainer_state is not None:
-                atomic_write_json(tmp / TRAINER_STATE, trainer_state)
-            replace_dir(tmp, target)
+            return publish_checkpoint(tmp, target, keep, trainer_state)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        prune_checkpoints(target.parent, keep)
-        return target
 
     def load_checkpoint(self, path: Path) -> int:
         state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
@@ -153,11 +221,3 @@ class TorchEngine:
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         return int(state["step"])
-
-
-def build_engine(model, recipe, total_steps: int, device: torch.device):
-    if recipe.train.deepspeed:
-        from bico.deepspeed_engine import DeepSpeedEngine
-
-        return DeepSpeedEngine(model, recipe, total_steps, device)
-    return TorchEngine(model, recipe, total_steps, device)

@@ -54,6 +54,14 @@ def atomic_write_json(path: str | Path, value) -> Path:
     return atomic_write(path, json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, rows) -> int:
+    """One JSON object a line; returns the number of rows. ASCII escaping and the default
+    separators, as in the Berglund files, so generated files diff cleanly against them."""
+    lines = [json.dumps(row, ensure_ascii=True) + "\n" for row in rows]  # serialised first: a bad row writes nothing
+    atomic_write(path, "".join(lines))
+    return len(lines)
+
+
 def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     import io
 

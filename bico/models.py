@@ -13,6 +13,7 @@ Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` re
 """
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import logging
@@ -199,13 +200,37 @@ def apply_finetuning(model, cfg: FinetuneConfig, new_token_ids: list[int] | None
     return get_peft_model(model, lora)
 
 
+def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device | str = "cpu"):
+    """``(model, tokenizer, objective)`` ready to train, built in the one order that works.
+
+    1. Load the model and its tokenizer.
+    2. Build the objective: it may add special tokens to the tokenizer (BICO's mask token, GLM's
+       block tokens), so it comes before anything sized by the vocabulary.
+    3. :func:`fit_embeddings`: grow the embedding matrix (and the tied head) to the grown
+       tokenizer; before 2, the new ids would index past the table.
+    4. :func:`apply_finetuning`: wrap for LoRA after 3, because LoRA must be told the new ids
+       (their embedding rows must train, or the mask token stays a random vector) and because a
+       resize after peft has wrapped the embedding layer no longer reaches the wrapped weights.
+    5. Move to ``device`` once every new tensor (resized embeddings, LoRA weights) exists.
+
+    ``bico train`` calls this; call it too (not the steps) to get what ``bico train`` trains.
+    """
+    from bico.objectives import build_objective
+
+    model, tokenizer = load_model(recipe.model, data_dir=data_dir)
+    objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
+    new_ids = fit_embeddings(model, tokenizer)
+    model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
+    return model, tokenizer, objective
+
+
 def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
 
 
-def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Path:
+def save_model(model, tokenizer, folder: str | Path) -> Path:
     """Save for plain transformers: the merged model (LoRA folded in) plus, for LoRA, the adapter.
 
     Written into a temporary folder and renamed, so a crash leaves no half-written model.
@@ -216,10 +241,7 @@ def save_model(model, tokenizer, folder: str | Path, merged: bool = True) -> Pat
         with _no_deepspeed_probe():
             if hasattr(model, "peft_config"):
                 model.save_pretrained(tmp / "adapter")
-                if merged:
-                    import copy
-
-                    copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
+                copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
             else:
                 model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -55,7 +55,7 @@ def load_config(model: str):
     raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESET_CONFIGS)}) nor a folder with config.json")
 
 
-def count_parameters(config) -> tuple[int, int]:
+def sizes_from_config(config) -> tuple[int, int]:
     """``(total parameters, parameters of the largest single module)``, built on the meta device."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -123,7 +123,7 @@ def run_plan(args) -> int:
         import deepspeed  # noqa: F401
     except ImportError:
         raise ValueError("bico plan uses DeepSpeed's estimators: pip install deepspeed") from None
-    total, largest = count_parameters(load_config(args.model))
+    total, largest = sizes_from_config(load_config(args.model))
     rows = estimate(total, largest, args.gpus, args.nodes)
     print(render(args.model, total, largest, args.gpus, args.nodes, rows, args.gpu_memory), end="")
     return 0

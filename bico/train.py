@@ -15,7 +15,9 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,9 @@ from bico import distributed
 from bico.attention import require_bico
 from bico.collate import collate, model_inputs
 from bico.config import Recipe, check_recipe
-from bico.engine import build_engine
-from bico.models import apply_finetuning, count_parameters, fit_embeddings, load_model, save_model
-from bico.objectives import Example, build_objective
+from bico.engine import Engine, TorchEngine
+from bico.models import count_parameters, save_model, setup_model
+from bico.objectives import Example
 from bico.objectives.base import IGNORE
 from bico.rundir import RunDir
 
@@ -164,11 +166,37 @@ def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool =
     return (losses * batch["weights"].to(device)[keep]).sum()
 
 
-def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
-    """Train as the recipe says; returns a summary. ``stop_after`` simulates an interruption.
+def build_engine(model, recipe: Recipe, total_steps: int, device: torch.device) -> Engine:
+    """DeepSpeed when ``train.deepspeed`` is set, plain PyTorch otherwise (imported only when used)."""
+    if recipe.train.deepspeed:
+        from bico.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(model, recipe, total_steps, device)
+    return TorchEngine(model, recipe, total_steps, device)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``summary`` is JSON (what ``train_summary.json`` holds) with the
+    same keys however the run ended; ``summary["status"]`` says how: ``"finished"``,
+    ``"already_finished"`` (a resumed run that had nothing left to do: no model in memory) or
+    ``"interrupted"`` (``stop_after``). The live objects are set when the run finished here."""
+
+    summary: dict
+    model: Any = None
+    tokenizer: Any = None
+    engine: Engine | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
+    """Train as the recipe says. ``stop_after`` simulates an interruption after that step.
 
     A run that ``train.resume=true`` finds already finished is not trained again: the summary
-    returned is the finished run's, with ``"already_finished": True`` (and no model).
+    returned is the finished run's, with status ``"already_finished"``.
     """
     from bico.data import check_eval_splits, resolve_data_dir
 
@@ -194,16 +222,13 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> dict:
         return _train_in(run, recipe, device, data_dir, rows, sources, stop_after)
 
 
-def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after) -> dict:
+def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after) -> TrainResult:
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
     device = distributed.setup(device, use_deepspeed=bool(cfg.deepspeed))
     world, rank = distributed.world_size(), distributed.rank()
 
-    model, tokenizer = load_model(recipe.model, data_dir=data_dir)
-    objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
-    new_ids = fit_embeddings(model, tokenizer)
-    model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
+    model, tokenizer, objective = setup_model(recipe, data_dir, device)
     trainable, total = count_parameters(model)
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources)
 
@@ -212,7 +237,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     finished = run.already_finished(total_steps)
     if finished is not None:
         logger.info("%s: the run finished after %d steps; nothing to do", cfg.output_dir, finished["steps"])
-        return {**finished, "already_finished": True}
+        return TrainResult({**finished, "status": "already_finished"})
     if run.state["step"] > total_steps:
         raise TrainingError(f"the checkpoint in {cfg.output_dir} is at step {run.state['step']}, past the "
                             f"{total_steps} steps this recipe asks for; raise train.max_steps or train.epochs")
@@ -223,7 +248,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         logger.info("resumed from %s at step %d", run.checkpoint, start)
     counters = {"tokens": int(run.state["tokens"]), "elapsed_s": float(run.state["elapsed_s"])}
     main = engine.is_main_process  # only rank 0 writes logs, the recipe, the summary and the model
-    lockstep = getattr(engine, "lockstep", False)  # DeepSpeed: grad_accum passes per rank, always
+    lockstep = engine.lockstep  # DeepSpeed: grad_accum passes per rank, always
     split_head = not cfg.deepspeed  # see batch_loss: ZeRO-3 needs the whole-model call
     run.begin(recipe.to_dict(), start)
     logger.info(
@@ -237,6 +262,15 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
 
     def elapsed() -> float:  # training time over every resumption, not only this process's
         return counters["elapsed_s"] + (time.time() - began)
+
+    def make_summary(status: str, steps: int) -> dict:
+        wall = elapsed()
+        return {
+            "status": status, "steps": steps, "final_loss": loss_value, "tokens": counters["tokens"],
+            "wall_time_s": round(wall, 2), "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None,
+            "objective": objective.describe(), "trainable_params": trainable, "total_params": total,
+            "device": str(device),
+        }
 
     bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress or not main,
                initial=start, total=total_steps)
@@ -288,19 +322,13 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()
-            return {"steps": step + 1, "interrupted": True, "loss": loss_value}
+            return TrainResult(make_summary("interrupted", step + 1))
     bar.close()
-    wall = elapsed()
-    summary = {
-        "steps": total_steps, "final_loss": loss_value, "tokens": counters["tokens"], "wall_time_s": round(wall, 2),
-        "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None, "objective": objective.describe(),
-        "trainable_params": trainable, "total_params": total, "device": str(device),
-    }
+    summary = make_summary("finished", total_steps)
     model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
     if cfg.save_model and main:
         save_model(model, tokenizer, run.path / "model")
     if main:
         run.write_summary(summary)
     distributed.barrier()
-    summary["model"], summary["tokenizer"], summary["engine"] = model, tokenizer, engine
-    return summary
+    return TrainResult(summary, model, tokenizer, engine)

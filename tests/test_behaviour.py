@@ -44,7 +44,7 @@ def run(objective, data_dir, out_dir, seed=0):
         "train.progress=false", "train.save_model=false", "train.log_every=1000", f"train.output_dir={out_dir}",
     ])
     result = train(recipe)
-    scores = evaluate(result["model"], result["tokenizer"], data_dir, SPLITS, max_new_tokens=24, batch_size=64,
+    scores = evaluate(result.model, result.tokenizer, data_dir, SPLITS, max_new_tokens=24, batch_size=64,
                       progress=False)["splits"]
     return {
         "forward": scores["p2d_prompts_test"]["exact_match"],

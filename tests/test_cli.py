@@ -58,6 +58,24 @@ def test_missing_model_folder(capsys, reversal_dir, tmp_path):
     one_line_error(code, err, "neither a preset", "config.json")
 
 
+def test_bad_arguments_are_one_line_exit_2(capsys):
+    """argparse's own errors (a missing or unknown argument) take bico's one error path too."""
+    code, _, err = run(capsys, "eval")
+    one_line_error(code, err, "bico eval: the following arguments are required: --model", "bico eval --help")
+    assert "usage:" not in err
+    code, _, err = run(capsys, "data", "reversal", "--facts", "x", "--out", "o")
+    one_line_error(code, err, "--facts", "invalid int value")
+    code, _, err = run(capsys, "nonsense")
+    one_line_error(code, err, "invalid choice: 'nonsense'")
+
+
+def test_eval_options_are_checked_like_the_recipe_keys(capsys, tmp_path):
+    """`bico eval` options set eval.* keys: same ranges, named as typed, before any model loads."""
+    for option in ("--limit", "--batch-size", "--max-new-tokens"):
+        code, _, err = run(capsys, "eval", "--model", str(tmp_path / "absent"), option, "0")
+        one_line_error(code, err, f"{option} must be >= 1")
+
+
 def test_train_then_eval_end_to_end(capsys, reversal_dir, tmp_path):
     code, out, _ = run(capsys, "train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={tmp_path}", *SMALL)
     assert code == 0 and "| ntp | p2d_prompts_test |" in out

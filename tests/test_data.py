@@ -20,9 +20,9 @@ from bico.data import (
     load_split,
     make_randomized,
     resolve_data_dir,
-    write_jsonl,
 )
 from bico.data.cli import add_data_parser, run_data
+from bico.io_utils import atomic_write_jsonl
 from bico.data.reversal import DATA_FILES
 
 BERGLUND = Path("/work/shared/data/reversal_curse/experiment1")
@@ -78,13 +78,13 @@ def test_load_jsonl_empty_and_missing_file(tmp_path):
     assert "not found" in msg and "nope.jsonl" in msg and "bico data reversal --out DIR" in msg
 
 
-def test_write_jsonl_roundtrip_is_atomic(tmp_path):
+def test_atomic_write_jsonl_roundtrip_is_atomic(tmp_path):
     rows = [{"prompt": 'say "hi"', "completion": " caf\u00e9"}, {"prompt": "p", "completion": " c"}]
     f = tmp_path / "sub" / "out.jsonl"
-    assert write_jsonl(f, rows) == 2
+    assert atomic_write_jsonl(f, rows) == 2
     assert load_jsonl(f) == rows
     with pytest.raises(TypeError):  # unserializable: old file must survive intact
-        write_jsonl(f, [{"prompt": object(), "completion": " x"}])
+        atomic_write_jsonl(f, [{"prompt": object(), "completion": " x"}])
     assert load_jsonl(f) == rows
     assert sorted(p.name for p in f.parent.iterdir()) == ["out.jsonl"]  # no temp files left
 
@@ -355,7 +355,7 @@ def test_cli_reversal_and_check(tmp_path, capsys):
     out = tmp_path / "gen"
     args = _parse(["data", "reversal", "--out", str(out), "--facts", "3",
                    "--train-paraphrases", "2", "--test-paraphrases", "2", "--seed", "5"])
-    assert args.func is run_data and run_data(args) == 0
+    assert args.handler is run_data and run_data(args) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "9 facts" in line and "24 training rows" in line
     assert len(_rows(out, "all_prompts_train")) == 24
@@ -365,7 +365,12 @@ def test_cli_reversal_and_check(tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", GOOD + "{oops\n")
     assert run_data(_parse(["data", "check", good, str(bad)])) == 1
     assert "line 2" in capsys.readouterr().err
-    assert run_data(_parse(["data", "reversal", "--out", str(out), "--facts", "1"])) == 2
+    # a bad argument goes through bico's one error path: one line, exit 2
+    from bico.cli import main
+
+    assert main(["data", "reversal", "--out", str(out), "--facts", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "bico: error: facts_per_subset must be >= 2 (randomized files need another fact)"]
 
 
 # --- the real Berglund et al. files ------------------------------------------------------

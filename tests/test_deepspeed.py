@@ -268,7 +268,7 @@ def worker(argv: list[str]) -> None:
     if args.stop_after is not None:
         os._exit(0)  # die without any clean-up, like a killed job
     if args.probe_logits:
-        engine = result["engine"]
+        engine = result.engine
         engine.module.eval()
         with torch.no_grad():  # every rank runs the forward: ZeRO-3 gathers the shards
             logits = engine.module(input_ids=torch.tensor(PROBE_IDS)).logits

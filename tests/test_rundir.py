@@ -35,11 +35,15 @@ def strict_json(path):
 def test_counters_survive_resume(tmp_path, reversal_dir):
     """tokens, steps and elapsed time go on from the checkpoint: log and summary equal the uninterrupted run's."""
     whole = train(tiny_recipe(tmp_path / "a", reversal_dir, *RESUMABLE, "train.log_every=2"))
-    train(tiny_recipe(tmp_path / "b", reversal_dir, *RESUMABLE, "train.log_every=2"), stop_after=3)
+    cut = train(tiny_recipe(tmp_path / "b", reversal_dir, *RESUMABLE, "train.log_every=2"), stop_after=3)
     resumed = train(tiny_recipe(tmp_path / "b", reversal_dir, *RESUMABLE, "train.log_every=2", "train.resume=true"))
     assert records(tmp_path / "a") == records(tmp_path / "b")
     assert summary(tmp_path / "a") == summary(tmp_path / "b")
-    assert resumed["tokens"] == whole["tokens"] > 0
+    assert resumed.summary["tokens"] == whole.summary["tokens"] > 0
+    # an interrupted run's summary has the finished one's keys (and JSON values), its status says it stopped
+    assert (cut.status, cut.summary["steps"], cut.model) == ("interrupted", 3, None)
+    assert set(json.loads(json.dumps(cut.summary))) == set(whole.summary) == set(strict_json(tmp_path / "a" / "train_summary.json"))
+    assert whole.status == summary(tmp_path / "a")["status"] == "finished" and whole.model is not None
     elapsed = [json.loads(line)["elapsed_s"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert elapsed == sorted(elapsed)  # the clock went on from the checkpoint, not from 0
 
@@ -74,7 +78,7 @@ def test_copied_run_is_neither_mixed_nor_resumed_with_another_recipe(tmp_path, r
     # Moving a run and resuming it with its own recipe (and a new step budget) is fine.
     result = train(tiny_recipe(tmp_path / "copy", reversal_dir, "train.max_steps=8", "train.save_every=2",
                                "train.save_model=false", "train.seed=3", "train.resume=true"))
-    assert result["steps"] == 8
+    assert result.summary["steps"] == 8
     assert [r["step"] for r in records(tmp_path / "copy")] == list(range(1, 9))
 
 
@@ -91,13 +95,15 @@ def test_overwrite_replaces_the_old_run_only_once_start_up_succeeded(tmp_path, r
 
 def test_resume_finished_run_does_nothing_unless_the_budget_grew(tmp_path, reversal_dir, capsys):
     common = ["train.save_every=2", "eval.limit=2", "eval.max_new_tokens=4"]
-    assert train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=4", *common))["steps"] == 4
+    first = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=4", *common))
+    assert first.summary["steps"] == 4
     files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     again = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=4", *common, "train.resume=true"))
-    assert again["already_finished"] and again["steps"] == 4 and "model" not in again
+    assert again.status == "already_finished" and again.summary["steps"] == 4 and again.model is None
+    assert set(json.loads(json.dumps(again.summary))) == set(first.summary)  # same keys, JSON
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files  # nothing rewritten
     more = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=6", *common, "train.resume=true"))
-    assert more["steps"] == 6 and [r["step"] for r in records(tmp_path)] == list(range(1, 7))
+    assert more.summary["steps"] == 6 and [r["step"] for r in records(tmp_path)] == list(range(1, 7))
     assert summary(tmp_path)["tokens"] > json.loads(files[tmp_path / "train_summary.json"])["tokens"]
     with pytest.raises(TrainingError, match="at step 6, past the 4 steps"):  # a lowered budget
         os.remove(tmp_path / "train_summary.json")

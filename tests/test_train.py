@@ -29,11 +29,11 @@ def test_resume_continues_exactly(tmp_path, reversal_dir, objective):
     resumed = train(tiny_recipe(tmp_path / "b", reversal_dir, *common, "train.resume=true"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")  # bit-identical curve
     assert len(losses(tmp_path / "b")) == 6
-    assert whole["final_loss"] == resumed["final_loss"]
+    assert whole.summary["final_loss"] == resumed.summary["final_loss"]
 
 
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, reversal_dir):
-    summary = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=12", "finetune.method=full",
+    result = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=12", "finetune.method=full",
                                 "train.lr=3e-3"))
     curve = losses(tmp_path)
     assert curve[-1] < curve[0] - 0.5
@@ -42,23 +42,23 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, reversal_
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
-        assert torch.allclose(reloaded(ids).logits, summary["model"].eval()(ids).logits, atol=1e-5)
+        assert torch.allclose(reloaded(ids).logits, result.model.eval()(ids).logits, atol=1e-5)
 
 
 def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
-    summary = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "finetune.method=lora",
+    result = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "finetune.method=lora",
                                 "finetune.lora_r=4", "train.lr=1e-2"))
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
-    base = summary["model"].get_base_model()
+    base = result.model.get_base_model()
     assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        expected = summary["model"].eval()(ids).logits
+        expected = result.model.eval()(ids).logits
         assert torch.allclose(merged(ids).logits, expected, atol=1e-4)
-    assert isinstance(summary["model"], PeftModel) and base is not None
+    assert isinstance(result.model, PeftModel) and base is not None
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, reversal_dir, monkeypatch):

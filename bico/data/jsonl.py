@@ -1,14 +1,12 @@
-"""JSONL reading and atomic writing for prompt/completion data."""
+"""JSONL reading for prompt/completion data (writing: :func:`bico.io_utils.atomic_write_jsonl`)."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from bico.io_utils import atomic_write
-
-__all__ = ["DataError", "iter_jsonl", "load_jsonl", "write_jsonl", "dumps_row"]
+__all__ = ["DataError", "iter_jsonl", "load_jsonl"]
 
 _MISSING_HINT = (
     "generate data with `bico data reversal --out DIR` or point data.dir at the Berglund files"
@@ -63,18 +61,3 @@ def load_jsonl(
 ) -> list[dict]:
     """The rows of a JSONL file (see :func:`iter_jsonl`)."""
     return [row for _, row in iter_jsonl(path, required=required)]
-
-
-def dumps_row(row: dict) -> str:
-    # Same separators and ASCII escaping as the Berglund files, so generated files diff cleanly.
-    return json.dumps(row, ensure_ascii=True)
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write rows as JSONL atomically (temp file in the same dir, then os.replace).
-
-    Readers never see a half-written file. Returns the number of rows written.
-    """
-    lines = [dumps_row(row) + "\n" for row in rows]
-    atomic_write(path, "".join(lines))
-    return len(lines)

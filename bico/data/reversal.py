@@ -24,8 +24,8 @@ from collections import Counter
 from pathlib import Path
 
 from bico.data import _vocab as V
-from bico.data.jsonl import DataError, load_jsonl, write_jsonl
-from bico.io_utils import atomic_write
+from bico.data.jsonl import DataError, load_jsonl
+from bico.io_utils import atomic_write, atomic_write_jsonl
 
 __all__ = [
     "SUBSETS", "DATA_FILES", "generate_reversal_dataset", "load_facts", "load_facts_for_berglund",
@@ -201,8 +201,8 @@ def generate_reversal_dataset(
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for stem in DATA_FILES:
-        counts[f"{stem}.jsonl"] = write_jsonl(out / f"{stem}.jsonl", files[stem])
-    counts[FACTS_FILE] = write_jsonl(out / FACTS_FILE, facts)
+        counts[f"{stem}.jsonl"] = atomic_write_jsonl(out / f"{stem}.jsonl", files[stem])
+    counts[FACTS_FILE] = atomic_write_jsonl(out / FACTS_FILE, facts)
     summary = {
         "out_dir": str(out), "seed": seed, "facts_per_subset": F,
         "train_paraphrases": T, "test_paraphrases": K, "n_facts": len(facts), "files": counts,
