@@ -169,8 +169,9 @@ def plot(result: dict, path: str | Path, label: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for k, metric in enumerate(("exact_match", "likelihood_win")):
         vals = [result["directions"][n][metric]["value"] for n in names]
-        lows = [v - result["directions"][n][metric]["ci95"][0] for v, n in zip(vals, names)]
-        highs = [result["directions"][n][metric]["ci95"][1] - v for v, n in zip(vals, names)]
+        # max(0, .): a Wilson bound at 0 or 1 may sit a rounding error past the value
+        lows = [max(0.0, v - result["directions"][n][metric]["ci95"][0]) for v, n in zip(vals, names)]
+        highs = [max(0.0, result["directions"][n][metric]["ci95"][1] - v) for v, n in zip(vals, names)]
         xs = [i + (k - 0.5) * 0.38 for i in range(len(names))]
         bars = ax.bar(xs, vals, 0.38, yerr=[lows, highs], capsize=3, label=metric.replace("_", " "))
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)

@@ -53,11 +53,13 @@ EVAL_OPTIONS = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-siz
 
 
 def run_eval(args) -> int:
-    """The recipe's evaluation (its defaults, checks and code) on a saved model."""
+    """The recipe's evaluation (its defaults, checks and code) on a saved model, or the celebrity suite."""
     from bico.config import DataConfig, ModelConfig, Recipe, check_ranges
 
     values = {key: getattr(args, key) for key in EVAL_OPTIONS}
     check_ranges({f"eval.{k}": v for k, v in values.items()}, {f"eval.{k}": o for k, o in EVAL_OPTIONS.items()})
+    if args.suite == "celebrity":
+        return run_celebrity(args)
     ev = EvalConfig(**values)
     ev.splits = list(args.splits or ev.splits)
     from bico.evaluate import evaluate_recipe, write_report
@@ -66,6 +68,19 @@ def run_eval(args) -> int:
     model, tokenizer = load_model(ModelConfig(name=args.model))
     scores = evaluate_recipe(model, tokenizer, Recipe(data=DataConfig(dir=args.data), eval=ev))
     paths = write_report({args.label or Path(args.model).name: scores}, args.out)
+    print(paths["md"].read_text(), end="")
+    return 0
+
+
+def run_celebrity(args) -> int:
+    from bico.celebrity import DEFAULT_CSV, evaluate_celebrity, load_pairs, write_report
+    from bico.config import ModelConfig
+    from bico.models import load_model
+
+    pairs = load_pairs(args.pairs or Path.cwd() / "../shared/data/reversal_curse" / DEFAULT_CSV, limit=args.limit)
+    model, tokenizer = load_model(ModelConfig(name=args.model))
+    result = evaluate_celebrity(model, tokenizer, pairs, batch_size=args.batch_size)
+    paths = write_report(result, args.out, args.label or Path(args.model).name)
     print(paths["md"].read_text(), end="")
     return 0
 
@@ -91,12 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="reversal-curse evaluation of a saved model folder")
     p.add_argument("--model", required=True, help="model folder (e.g. runs/x/model), or a preset")
+    p.add_argument("--suite", choices=("berglund", "celebrity"), default="berglund",
+                   help="berglund: the fictitious-facts splits (--data, --splits); celebrity: real parent/child "
+                        "pairs in both directions (--pairs)")
+    p.add_argument("--pairs", default=None, help="celebrity suite: parent_child_pairs.csv (default: "
+                                                  "../shared/data/reversal_curse/celebrity_relations/)")
     p.add_argument("--data", default=None, help="Berglund-format data folder")
     p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files (default: eval.splits' default)")
-    p.add_argument("--out", default="runs/eval", help="folder for eval.json, eval.md, eval.png")
+    p.add_argument("--out", default="runs/eval", help="folder for eval.json/.md/.png (celebrity.json/.md/.png)")
     p.add_argument("--label", default=None)
     defaults = EvalConfig()
-    p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split")
+    p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split (celebrity: pairs)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.set_defaults(handler=run_eval)

@@ -68,3 +68,16 @@ def test_bad_files(tmp_path):
     bad.write_text("child,parent,parent_type\nA,,mother\n")
     with pytest.raises(CelebrityDataError, match="line 2"):
         load_pairs(bad)
+
+
+def test_cli_celebrity_suite(tmp_path, capsys):
+    from bico.cli import main
+
+    path = tmp_path / "pairs.csv"
+    path.write_text(PAIRS)
+    assert main(["eval", "--suite", "celebrity", "--model", "tiny-random", "--pairs", str(path), "--out",
+                 str(tmp_path / "out"), "--limit", "3", "--batch-size", "2"]) == 0
+    assert "| forward (child -> parent) | 3 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "celebrity.json").read_text())["n_pairs"] == 3
+    assert main(["eval", "--suite", "celebrity", "--model", "tiny-random", "--pairs", str(tmp_path / "x.csv")]) == 2
+    assert "not found" in capsys.readouterr().err
