@@ -58,13 +58,13 @@ def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, **args):
     model, tokenizer, objective, rows = bico_setup(r)
     plan = StepPlan(len(rows), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     ordered = [rows[i] for s in range(steps) for batch in plan.micro_batches(s) for i in batch]
-    training_args = TrainingArguments(
-        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, max_steps=steps, learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay, adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], adam_epsilon=1e-8,
-        max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.schedule, warmup_steps=cfg.warmup_steps,
-        train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        seed=cfg.seed, disable_tqdm=True, **args)
+    training_args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "hf"), "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum, "max_steps": steps, "learning_rate": cfg.lr,
+        "weight_decay": cfg.weight_decay, "adam_beta1": cfg.betas[0], "adam_beta2": cfg.betas[1], "adam_epsilon": 1e-8,
+        "max_grad_norm": cfg.max_grad_norm, "lr_scheduler_type": cfg.schedule, "warmup_steps": cfg.warmup_steps,
+        "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+        "use_cpu": True, "seed": cfg.seed, "disable_tqdm": True, **args})
     optimizers = (None, None)
     if bico_optimizer:  # bico's AdamW (weight decay on every parameter) and warm-up schedule (bico.engine)
         from bico.engine import lr_lambda
@@ -117,6 +117,19 @@ def test_trainer_matches_bico_train_with_lora_dropout_annealing_and_workers(tmp_
     first = trainer.evaluate(eval_dataset=rows[:4])["eval_loss"]
     assert math.isfinite(first) and trainer.evaluate(eval_dataset=rows[:4])["eval_loss"] == first
 
+
+
+def test_a_resumed_trainer_continues_exactly(tmp_path, reversal_dir):
+    # Trainer skips the rows of the steps already done; the batches are built at state.global_step,
+    # so the coin, the masks and the dropout of the remaining steps are those of the whole run.
+    r = recipe(tmp_path, reversal_dir, "objective.name=bico", "finetune.method=lora", "finetune.lora_r=4",
+               "finetune.lora_dropout=0.1")
+    whole = hf_trainer(r, tmp_path, 4, save_strategy="steps", save_steps=2)
+    whole.train()
+    resumed = hf_trainer(r, tmp_path / "again", 4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-2"))
+    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
+    assert step_losses(resumed)[2:] == pytest.approx(step_losses(whole)[2:], abs=1e-6)
 
 def test_collator_batches_are_bico_trains_and_feed_the_model_directly(tmp_path, reversal_dir):
     from types import SimpleNamespace
@@ -194,6 +207,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, reversal_dir, tokenizer):
         BicoTrainer(model=make_llama("bico"), args=args)
 
 
+
+
+def test_the_example_runs_in_its_tiny_mode(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "hf_trainer.py"
+    spec = importlib.util.spec_from_file_location("hf_trainer_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--steps", "2", "--output-dir", str(tmp_path)])
+    assert len(result["losses"]) == 2 and all(math.isfinite(x) for x in result["losses"])
 
 @pytest.mark.distributed
 def test_deepspeed_zero3_on_two_cpu_ranks_matches_one_bico_train_process(tmp_path, reversal_dir):
