@@ -145,7 +145,7 @@ class BicoTrainer(Trainer):
         loss_sum = batch_loss(model, inputs, self.args.device, head_at_targets=split_head)
         if num_items_in_batch is None:  # evaluation, or a caller outside the training loop
             return _with_outputs(loss_sum / max(int(inputs["num_targets"]), 1), return_outputs)
-        loss = loss_sum / num_items_in_batch.clamp(min=1)
+        loss = loss_sum / torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
         return _with_outputs(loss * self.args.world_size, return_outputs)
 
     def evaluate(self, *args, **kwargs):
