@@ -41,35 +41,14 @@ import yaml
 from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
+from bico.stats import mean_ci, wilson_interval
 
 SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
 RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval")
-# Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (no scipy needed).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
 # it replaced an unfinished attempt in its folder).
 VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"))
-
-
-def t975(df: int) -> float:
-    if df <= len(T975):
-        return T975[df - 1]
-    z = 1.959964  # Cornish-Fisher step beyond the table (error < 1e-3 for df > 30)
-    return z + (z ** 3 + z) / (4 * df)
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval (nan for fewer than two values)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t975(n - 1) * sd / math.sqrt(n)
 
 
 @dataclass
@@ -213,7 +192,8 @@ def run_cell(job: tuple) -> dict:
         summary, wall = outcome.result.summary, time.time() - began
         result = {
             "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
-            "options": cell.options, "splits": outcome.scores["splits"], "tokens": summary["tokens"],
+            "options": cell.options, "splits": outcome.scores["splits"], "retention": outcome.scores.get("retention"),
+            "base": outcome.base, "tokens": summary["tokens"],
             "steps": summary["steps"], "final_loss": summary["final_loss"],
             "train_s": round(wall - outcome.eval_s, 2), "eval_s": outcome.eval_s, "wall_s": round(wall, 2),
             "device": summary["device"], "fingerprint": expected,
@@ -298,9 +278,37 @@ def _ensure_data(folder: Path, params: dict) -> None:
 
 # --- aggregation -----------------------------------------------------------------------------
 
+BASE = "base (before finetuning)"
+
+
+def _base_results(results: list[dict]) -> list[dict]:
+    """The base model's evaluation as pseudo-results, one per seed (cells of a seed share it)."""
+    by_seed = {}
+    for r in results:
+        if r.get("base") and r["seed"] not in by_seed:
+            by_seed[r["seed"]] = {"group": BASE, "objective": "-", "options": {}, "seed": r["seed"],
+                                  "splits": r["base"]["splits"], "retention": r["base"].get("retention"),
+                                  "tokens": 0, "wall_s": 0.0, "train_s": 0.0}
+    return list(by_seed.values())
+
+
+def _pooled(runs: list[dict], split: str, metric: str) -> tuple[float, float]:
+    """95% Wilson interval of a proportion pooled over seeds (all their prompts as one sample)."""
+    if split == "reverse (mean)":
+        parts = [m for r in runs for s, m in r["splits"].items() if "reverse" in s]
+    else:
+        parts = [r["splits"][split] for r in runs if split in r["splits"]]
+    n = sum(m["n"] for m in parts)
+    return wilson_interval(sum(m[metric] * m["n"] for m in parts), n)
+
+
 def aggregate(results: list[dict], cells: list[Cell]) -> list[dict]:
-    """One row per (group, split): mean and 95% CI over seeds, plus tokens and times."""
+    """One row per (group, split): mean and 95% t interval over seeds, the Wilson interval of the
+    pooled prompts, retention, tokens and times; the base model first where it was evaluated."""
     groups = list(dict.fromkeys(c.group for c in cells))
+    base = _base_results(results)
+    results = base + results
+    groups = [BASE] * bool(base) + groups
     rows = []
     for group in groups:
         mine = [r for r in results if r["group"] == group]
@@ -317,6 +325,11 @@ def aggregate(results: list[dict], cells: list[Cell]) -> list[dict]:
                 else:
                     values = [r["splits"][split][metric] for r in mine if split in r["splits"]]
                 row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci(values)
+                row[f"{metric}_pooled_low"], row[f"{metric}_pooled_high"] = _pooled(mine, split, metric)
+            kept = [r["retention"] for r in mine if r.get("retention")]
+            row["perplexity"] = round(mean_ci([k["perplexity"] for k in kept])[0], 3) if kept else math.nan
+            row["knowledge_exact_match"] = (round(mean_ci([k["knowledge_exact_match"] for k in kept])[0], 4)
+                                            if kept else math.nan)
             row["train_tokens"] = round(mean_ci([r["tokens"] for r in mine])[0])
             row["wall_s"] = round(mean_ci([r["wall_s"] for r in mine])[0], 1)
             row["train_s"] = round(mean_ci([r["train_s"] for r in mine])[0], 1)
@@ -342,11 +355,19 @@ def markdown(rows: list[dict]) -> str:
         cells = [_pm(at[g, s]["exact_match_mean"], at[g, s]["exact_match_ci95"]) if (g, s) in at else "—" for s in splits]
         first = next(r for r in rows if r["group"] == g)
         lines.append(f"| {g} | " + " | ".join(cells) + f" | {first['train_tokens']:,} | {first['wall_s']:.0f} |")
-    lines += ["", "All metrics per split (likelihood win: log p(correct) > log p(randomized); 0.5 = chance).", "",
+    lines += ["", "All metrics per split: mean ± 95% t interval over seeds, and [the 95% Wilson interval of "
+              "all seeds' prompts pooled] (likelihood win: log p(correct) > log p(randomized); 0.5 = chance).", "",
               "| objective | split | seeds | exact match | substring | likelihood win |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['group']} | {r['split']} | {r['seeds']} | " + " | ".join(
-            _pm(r[f"{m}_mean"], r[f"{m}_ci95"]) for m in METRICS) + " |")
+            f"{_pm(r[f'{m}_mean'], r[f'{m}_ci95'])} [{r[f'{m}_pooled_low']:.2f}, {r[f'{m}_pooled_high']:.2f}]"
+            for m in METRICS) + " |")
+    kept = [r for r in rows if r["split"] == splits[0] and not math.isnan(r["perplexity"])]
+    if kept:
+        lines += ["", "Retention (mean over seeds): perplexity on the prose sample, exact match on general-knowledge "
+                  "completions the base model gets right.", "", "| objective | perplexity | knowledge exact match |",
+                  "|---|---:|---:|"]
+        lines += [f"| {r['group']} | {r['perplexity']:.2f} | {r['knowledge_exact_match']:.3f} |" for r in kept]
     return "\n".join(lines) + "\n"
 
 

@@ -60,7 +60,7 @@ def run_eval(args) -> int:
     check_ranges({f"eval.{k}": v for k, v in values.items()}, {f"eval.{k}": o for k, o in EVAL_OPTIONS.items()})
     if args.suite == "celebrity":
         return run_celebrity(args)
-    ev = EvalConfig(**values)
+    ev = EvalConfig(**values, retention=args.retention)
     ev.splits = list(args.splits or ev.splits)
     from bico.evaluate import evaluate_recipe, write_report
     from bico.models import load_model
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split (celebrity: pairs)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--retention", action="store_true", help="also perplexity on a prose sample and general-knowledge "
+                                                            "exact match (what finetuning cost)")
     p.set_defaults(handler=run_eval)
 
     p = sub.add_parser("demo", help="the reversal curse and its cure on SmolLM2-135M and generated facts (CPU)")

@@ -117,6 +117,10 @@ class EvalConfig:
     # Generate at most (longest target of the split, in tokens) + this many tokens; None = max_new_tokens
     generation_margin: int | None = None
     enabled: bool = True
+    # Perplexity on a prose sample + general-knowledge exact match (bico/data/retention/)
+    retention: bool = False
+    # Also evaluate the model before finetuning (cached per model and data) as the report's base row
+    base: bool = True
 
 
 @dataclass

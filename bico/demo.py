@@ -76,13 +76,14 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     began = time.time()
     data_dir = out / "data"
     generate_reversal_dataset(data_dir, **(QUICK_DATA if quick else DATA))
-    runs, timings = {}, {}
+    runs, timings, base = {}, {}, None
     for arm in arms:
         t0 = time.time()
         recipe = arm_recipe(arm, data_dir, out, quick, list(overrides or []))
         # the arm's report lands in its train.output_dir (out/ARM), visible before the next arm ends
         outcome = train_and_evaluate(recipe, label=arm, evaluate=True)
         runs[arm], s = outcome.scores, outcome.result.summary
+        base = base or outcome.base  # every arm starts from the same model and data: one base row
         timings[arm] = {"train_s": s["wall_time_s"], "eval_s": round(outcome.eval_s, 1),
                         "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
                         "tokens_per_s": s["tokens_per_s"]}
@@ -91,7 +92,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     for arm in arms:
         runs[arm]["timing"] = timings[arm]
         runs[arm]["machine"] = machine
-    paths = write_report(runs, out, stem="demo", keyed=True)
+    paths = write_report(runs, out, stem="demo", keyed=True, base=base)
     total = time.time() - began
     print(paths["md"].read_text(), end="")
     for arm in arms:

@@ -18,6 +18,7 @@ class Outcome:
     scores: dict | None = None
     eval_s: float = 0.0
     report: dict | None = None
+    base: dict | None = None  # the model before finetuning, same evaluation (eval.base)
 
 
 def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bool | None = None,
@@ -31,7 +32,7 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     ``say(line)`` (e.g. ``print``) is told what happened as soon as training ends.
     """
     from bico.distributed import is_main_process
-    from bico.evaluate import evaluate_recipe, write_report
+    from bico.evaluate import base_scores, evaluate_recipe, write_report
     from bico.rundir import EVAL_FILES
 
     result = train(recipe)
@@ -62,5 +63,7 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
         return Outcome(result)
     began = time.time()
     scores = evaluate_recipe(model, tokenizer, recipe, progress=progress)
-    report = write_report({label or recipe.objective.name: scores}, out)
-    return Outcome(result, scores, round(time.time() - began, 2), report)
+    eval_s = round(time.time() - began, 2)  # the trained model's evaluation (the base one is cached)
+    base = base_scores(recipe, progress=progress) if recipe.eval.base else None
+    report = write_report({label or recipe.objective.name: scores}, out, base=base)
+    return Outcome(result, scores, eval_s, report, base)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bico import ablate
+from bico import ablate, stats
 from bico.config import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,10 +19,10 @@ SHRINK = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_h
 
 
 def test_mean_and_t_interval():
-    mean, ci = ablate.mean_ci([1.0, 2.0, 3.0])
+    mean, ci = stats.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and ci == pytest.approx(4.303 / math.sqrt(3))  # sd 1, t(0.975, 2) = 4.303
-    assert ablate.mean_ci([0.5]) == (0.5, ablate.mean_ci([0.5])[1]) and math.isnan(ablate.mean_ci([0.5])[1])
-    assert ablate.t975(1) == 12.706 and ablate.t975(1000) == pytest.approx(1.9623, abs=1e-3)
+    assert stats.mean_ci([0.5]) == (0.5, stats.mean_ci([0.5])[1]) and math.isnan(stats.mean_ci([0.5])[1])
+    assert stats.t975(1) == 12.706 and stats.t975(1000) == pytest.approx(1.9623, abs=1e-3)
 
 
 def test_markdown_one_seed_and_several_seeds():
@@ -87,20 +87,26 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     outcome = ablate.run_ablation(spec, progress=False)
     assert outcome["failed"] == {}
     rows = _rows(out / "results.csv")
-    # every objective x (2 splits + the reverse mean), each over both seeds, with finite intervals
+    # the base model, then every objective x (2 splits + the reverse mean), each over both seeds,
+    # with finite t intervals and the pooled Wilson interval around the pooled proportion
     assert [(r["group"], r["split"]) for r in rows] == [
-        (g, s) for g in labels for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")]
+        (g, s) for g in [ablate.BASE] + labels for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")]
     for r in rows:
-        assert r["seeds"] == "2" and int(r["train_tokens"]) > 0 and float(r["wall_s"]) > 0
+        trained = r["group"] != ablate.BASE
+        assert r["seeds"] == "2" and (int(r["train_tokens"]) > 0) == trained and (float(r["wall_s"]) > 0) == trained
         for metric in ablate.METRICS:
             assert 0 <= float(r[f"{metric}_mean"]) <= 1 and math.isfinite(float(r[f"{metric}_ci95"]))
+            assert 0 <= float(r[f"{metric}_pooled_low"]) <= float(r[f"{metric}_mean"]) <= float(r[f"{metric}_pooled_high"]) <= 1
     table = (out / "results.md").read_text()
-    assert all(f"| {label} |" in table for label in labels)
+    assert all(f"| {label} |" in table for label in labels + [ablate.BASE])
     for png in ("em_by_split.png", "reverse_vs_tokens.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # the objectives really differ: the reverse objectives train on twice the tokens of ntp
     tokens = {r["group"]: int(r["train_tokens"]) for r in rows}
     assert tokens["reverse-entity"] > 1.5 * tokens["ntp"]
+    # each cell's eval report holds the base model under "base" (one evaluation per seed, cached)
+    report = json.loads((out / "cells" / "ntp-seed0" / "train" / "eval.json").read_text())
+    assert report["base"]["splits"].keys() == report["splits"].keys()
 
     # A crash: one cell lost its result, one was half-written; a third was made from another recipe.
     cells = out / "cells"
