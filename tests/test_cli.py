@@ -96,8 +96,9 @@ def test_demo_quick(capsys, tmp_path):
     code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path), *SMALL[:-1])
     assert code == 0
     runs = json.loads((tmp_path / "demo.json").read_text())
-    assert set(runs) == {"ntp", "bico_names"}
+    assert set(runs) == {"base", "ntp", "bico_names"}  # base: the model before finetuning
     assert (tmp_path / "demo.png").is_file() and "| bico_names | p2d_reverse_prompts_test |" in out
+    assert "| base | p2d_reverse_prompts_test |" in out
 
 
 def test_data_commands(capsys, tmp_path):
@@ -112,7 +113,7 @@ def test_demo_arms_option(capsys, tmp_path):
     code, _, err = run(capsys, "demo", "--quick", "--arms", "ntp,nope", "--out", str(tmp_path))
     assert code == 2 and "smollm2_nope.yaml" in err
     code, out, _ = run(capsys, "demo", "--quick", "--arms", "ntp", "--out", str(tmp_path), *SMALL[:-1])
-    assert code == 0 and set(json.loads((tmp_path / "demo.json").read_text())) == {"ntp"}
+    assert code == 0 and set(json.loads((tmp_path / "demo.json").read_text())) == {"base", "ntp"}
 
 
 def test_demo_reruns_into_the_same_folder(capsys, tmp_path):

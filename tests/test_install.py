@@ -72,7 +72,7 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
 
     done = _run([str(venv / "bin" / "bico"), "demo", "--quick", "--out", "out"], cwd=work, env=env)
     report = json.loads((work / "out" / "demo.json").read_text())
-    assert set(report) == {"ntp", "bico_names"} and (work / "out" / "demo.md").is_file()
+    assert set(report) == {"base", "ntp", "bico_names"} and (work / "out" / "demo.md").is_file()
     assert "demo finished" in done.stdout
     print(f"build + install + demo --quick: {time.time() - began:.1f} s")
 
