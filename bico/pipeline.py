@@ -32,6 +32,7 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     """
     from bico.distributed import is_main_process
     from bico.evaluate import evaluate_recipe, write_report
+    from bico.report import report_eval
     from bico.rundir import EVAL_FILES
 
     result = train(recipe)
@@ -63,4 +64,5 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     began = time.time()
     scores = evaluate_recipe(model, tokenizer, recipe, progress=progress)
     report = write_report({label or recipe.objective.name: scores}, out)
+    report_eval(recipe, out, scores, summary["steps"])  # to TensorBoard/W&B where train.report_to asks
     return Outcome(result, scores, round(time.time() - began, 2), report)
