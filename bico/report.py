@@ -208,7 +208,8 @@ def draw_loss(ax, records: list[dict], colors: dict, **style) -> None:
     """One line per mode on ``ax``, coloured by mode (``colors`` grows as modes appear)."""
     for mode, (steps, losses) in loss_series(records).items():
         color = colors.setdefault(mode, f"C{len(colors)}")
-        ax.plot(steps, losses, color=color, **style)
+        # dots where the points are few: a series of one point (a run logged twice) shows no line
+        ax.plot(steps, losses, color=color, **{"marker": "." if len(steps) < 50 else None, **style})
 
 
 def mode_legend(ax, colors: dict) -> None:
@@ -230,7 +231,7 @@ def plot_loss(folder: str | Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     colors: dict = {}
-    draw_loss(ax, records, colors, marker="." if len(records) < 50 else None)
+    draw_loss(ax, records, colors)
     mode_legend(ax, colors)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (per target token)")

@@ -37,6 +37,26 @@ def test_markdown_one_seed_and_several_seeds():
     assert two.startswith("Exact match, mean ± 95% CI over 2 seeds") and "0.300 ± 1.271" in two
 
 
+def test_loss_curves_one_panel_per_objective(tmp_path):
+    from bico.ablate_plots import plot_loss_curves
+
+    cells = []
+    for group, modes in (("ntp", ["ntp"]), ("bico", ["ntp", "denoise"])):
+        for seed in (0, 1):
+            folder = tmp_path / f"{group}-{seed}"
+            folder.mkdir()
+            (folder / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": k, "loss": 5.0 - k / 10 + seed, "mode": modes[k % len(modes)]}) + "\n"
+                for k in range(1, 21)))
+            cells.append(SimpleNamespace(group=group, seed=seed, recipe=SimpleNamespace(
+                train=SimpleNamespace(output_dir=str(folder)))))
+    cells.append(SimpleNamespace(group="lost", seed=0, recipe=SimpleNamespace(  # no metrics: no panel
+        train=SimpleNamespace(output_dir=str(tmp_path / "missing")))))
+    paths = plot_loss_curves(cells, tmp_path)
+    assert paths["loss_png"].read_bytes()[:4] == b"\x89PNG"
+    assert plot_loss_curves(cells[-1:], tmp_path / "none") == {}
+
+
 def test_spec_errors(tmp_path):
     with pytest.raises(RecipeError, match="ablation spec not found"):
         ablate.load_spec(tmp_path / "missing.yaml")
@@ -96,7 +116,7 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
             assert 0 <= float(r[f"{metric}_mean"]) <= 1 and math.isfinite(float(r[f"{metric}_ci95"]))
     table = (out / "results.md").read_text()
     assert all(f"| {label} |" in table for label in labels)
-    for png in ("em_by_split.png", "reverse_vs_tokens.png"):
+    for png in ("em_by_split.png", "reverse_vs_tokens.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # the objectives really differ: the reverse objectives train on twice the tokens of ntp
     tokens = {r["group"]: int(r["train_tokens"]) for r in rows}
