@@ -51,8 +51,8 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
-# it replaced an unfinished attempt in its folder).
-VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"))
+# it replaced an unfinished attempt in its folder, where it was watched).
+VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"), ("train", "report_to"))
 
 
 def t975(df: int) -> float:

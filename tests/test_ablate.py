@@ -91,6 +91,12 @@ def test_grid_sweep_and_overrides(tmp_path):
         assert cell.recipe.data.dir == str(tmp_path / "data")
         assert Path(cell.recipe.train.output_dir).parent.name == cell.key
     assert ablate.fingerprint(cells[0], spec) != ablate.fingerprint(cells[1], spec)
+    # watching a grid in TensorBoard does not make its finished cells stale
+    watched = ablate.load_spec(TINY_SPEC, ["seeds=[3]", "train.lr=5e-4", f"output_dir={tmp_path}",
+                                           "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
+                                           "objectives=[{label: b, name: bico}, {label: m, name: mntp}]",
+                                           "train.report_to=[tensorboard]"])
+    assert ablate.fingerprint(ablate.build_cells(watched)[0], watched) == ablate.fingerprint(cells[0], spec)
 
 
 def _rows(path: Path) -> list[dict]:
