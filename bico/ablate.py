@@ -41,7 +41,6 @@ import yaml
 
 from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
-from bico.ablate_plots import plot, plot_loss_curves
 from bico.io_utils import atomic_write, atomic_write_json
 
 SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
@@ -353,6 +352,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_results(results: list[dict], cells: list[Cell], out_dir: Path) -> dict:
+    # imported here: it imports torch (through bico.rundir), which `bico --help` must not
+    from bico.ablate_plots import plot, plot_loss_curves
+
     rows = aggregate(results, cells)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))

@@ -27,9 +27,8 @@ import uuid
 from pathlib import Path
 
 from bico.io_utils import atomic_savefig, atomic_write
-from bico.rundir import METRICS
+from bico.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
 
-TENSORBOARD, WANDB, LOSS_PNG = "tensorboard", "wandb", "loss.png"
 EVENT_FILES = "events.out.tfevents.*"
 
 

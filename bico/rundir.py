@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 LOCK = ".bico.lock"
 METRICS, RECIPE, SUMMARY = "metrics.jsonl", "recipe.json", "train_summary.json"
 EVAL_FILES = ("eval.json", "eval.md", "eval.png")  # written by `bico train` after training
-REPORT_FILES, REPORT_FOLDERS = ("loss.png",), ("tensorboard", "wandb")  # bico.report (train.report_to)
+LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.report
+REPORT_FILES, REPORT_FOLDERS = (LOSS_PNG,), (TENSORBOARD, WANDB)
 RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES, *REPORT_FILES)
 RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)
 # Recipe keys that may differ between a run and its resumption: the step budget, evaluation, and
