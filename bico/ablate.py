@@ -20,7 +20,8 @@ Each cell (objective x sweep x seed) trains, evaluates and writes ``cells/ID/res
 atomically; a rerun skips cells whose result exists *and* was made from the same recipe, so a
 crash or Ctrl-C never loses finished cells nor reuses a half-written or stale one. Cells run
 in this process, in ``--workers N`` CPU processes, or in one process per ``--devices`` entry
-(GPUs). Then ``results.csv``, ``results.md``, ``em_by_split.png`` and ``reverse_vs_tokens.png``.
+(GPUs). Then ``results.csv``, ``results.md``, ``em_by_split.png``, ``reverse_vs_tokens.png`` and
+``loss_curves.png`` (:mod:`bico.ablate_plots`).
 """
 from __future__ import annotations
 
@@ -40,15 +41,15 @@ import yaml
 
 from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
-from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
+from bico.io_utils import atomic_write, atomic_write_json
 from bico.stats import mean_ci, wilson_interval
 
 SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
 RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval")
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
-# it replaced an unfinished attempt in its folder).
-VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"))
+# it replaced an unfinished attempt in its folder, where it was watched).
+VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"), ("train", "report_to"))
 
 
 @dataclass
@@ -372,6 +373,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_results(results: list[dict], cells: list[Cell], out_dir: Path) -> dict:
+    # imported here: it imports torch (through bico.rundir), which `bico --help` must not
+    from bico.ablate_plots import plot, plot_loss_curves
+
     rows = aggregate(results, cells)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -380,53 +384,8 @@ def write_results(results: list[dict], cells: list[Cell], out_dir: Path) -> dict
     paths = {"csv": atomic_write(out_dir / "results.csv", buffer.getvalue()),
              "md": atomic_write(out_dir / "results.md", markdown(rows))}
     paths.update(plot(rows, out_dir))
-    return paths
-
-
-def plot(rows: list[dict], out_dir: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = list(dict.fromkeys(r["group"] for r in rows))
-    splits = [s for s in dict.fromkeys(r["split"] for r in rows) if s != "reverse (mean)"]
-    at = {(r["group"], r["split"]): r for r in rows}
-    width = 0.8 / max(len(splits), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(splits)) / 2), 4.2))
-    for k, split in enumerate(splits):
-        xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(groups))]
-        ys = [at[g, split]["exact_match_mean"] if (g, split) in at else math.nan for g in groups]
-        err = [0 if (g, split) not in at or math.isnan(at[g, split]["exact_match_ci95"])
-               else at[g, split]["exact_match_ci95"] for g in groups]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, label=split.replace("_prompts_test", ""),
-               hatch="//" if "reverse" in split else None, edgecolor="black", linewidth=0.4)
-    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    ax.set_ylabel("exact match")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Forward vs reverse exact match (mean ± 95% CI over seeds)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = {"em_png": atomic_savefig(fig, out_dir / "em_by_split.png", dpi=120)}
-    plt.close(fig)
-    reverse = [r for r in rows if r["split"] == "reverse (mean)"]
-    if reverse:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        for ax, key, label in ((axes[0], "train_tokens", "training tokens (mean per run)"),
-                               (axes[1], "train_s", "training time, minutes (mean per run)")):
-            for r in reverse:
-                err = 0 if math.isnan(r["exact_match_ci95"]) else r["exact_match_ci95"]
-                x = r[key] / 60 if key == "train_s" else r[key]
-                ax.errorbar(x, r["exact_match_mean"], yerr=err, fmt="o", capsize=3, label=r["group"])
-            ax.set_xscale("log")
-            ax.set_xlabel(label)
-            ax.set_ylim(-0.02, 1.02)
-        axes[0].set_ylabel("reverse exact match (mean of reverse splits)")
-        fig.suptitle("Reverse accuracy vs training cost")
-        axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        paths["tokens_png"] = atomic_savefig(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
-        plt.close(fig)
+    finished = {r["cell"] for r in results}
+    paths.update(plot_loss_curves([c for c in cells if c.key in finished], out_dir))
     return paths
 
 

@@ -104,6 +104,7 @@ class TrainConfig:
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
+    report_to: list = field(default_factory=list)  # tensorboard | wandb: see REPORT_TO
 
 
 @dataclass
@@ -230,6 +231,24 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     return recipe
 
 
+# train.report_to: each name is the module it needs and the extra that installs it (bico[NAME]).
+REPORT_TO = ("tensorboard", "wandb")
+
+
+def _check_report_to(names) -> None:
+    import importlib.util
+
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or len(set(names)) != len(names):
+        raise RecipeError(f"recipe key 'train.report_to' must be a list of distinct names from {', '.join(REPORT_TO)} "
+                          f"(e.g. train.report_to=[tensorboard]), got {names!r}")
+    for name in names:
+        if name not in REPORT_TO:
+            raise RecipeError(f"train.report_to: unknown {name!r}; available: {', '.join(REPORT_TO)}")
+        # find_spec imports nothing: a missing package fails here, before anything is loaded or written
+        if importlib.util.find_spec(name) is None:
+            raise RecipeError(f"train.report_to lists {name} but it is not installed; pip install 'bico[{name}]'")
+
+
 # Ranges of numeric keys: (key, test, what the test requires). None passes where the default is None.
 _AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 _AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
@@ -272,6 +291,7 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"recipe key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}")
     if not isinstance(recipe.train.output_dir, str) or not recipe.train.output_dir.strip():
         raise RecipeError("recipe key 'train.output_dir' must be a folder name")
+    _check_report_to(recipe.train.report_to)
     if recipe.train.resume and recipe.train.overwrite:
         raise RecipeError("train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
                           "set one of them")

@@ -33,6 +33,7 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     """
     from bico.distributed import is_main_process
     from bico.evaluate import base_scores, evaluate_recipe, write_report
+    from bico.report import report_eval
     from bico.rundir import EVAL_FILES
 
     result = train(recipe)
@@ -66,4 +67,5 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     eval_s = round(time.time() - began, 2)  # the trained model's evaluation (the base one is cached)
     base = base_scores(recipe, progress=progress) if recipe.eval.base else None
     report = write_report({label or recipe.objective.name: scores}, out, base=base)
+    report_eval(recipe, out, scores, summary["steps"])  # to TensorBoard/W&B where train.report_to asks
     return Outcome(result, scores, eval_s, report, base)

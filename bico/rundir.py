@@ -40,14 +40,17 @@ logger = logging.getLogger(__name__)
 LOCK = ".bico.lock"
 METRICS, RECIPE, SUMMARY = "metrics.jsonl", "recipe.json", "train_summary.json"
 EVAL_FILES = ("eval.json", "eval.md", "eval.png")  # written by `bico train` after training
-RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES)
-RUN_FOLDERS = (CHECKPOINTS, "model")
+LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.report
+REPORT_FILES, REPORT_FOLDERS = (LOSS_PNG,), (TENSORBOARD, WANDB)
+RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES, *REPORT_FILES)
+RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)
 # Recipe keys that may differ between a run and its resumption: the step budget, evaluation, and
 # keys that change where or how visibly the run goes or what it keeps on disk. None of them
 # changes the weights of a given step (every random choice derives from (train.seed, step)).
 FREE_ON_RESUME = {
     "train.max_steps", "train.epochs", "train.progress", "train.device", "train.resume", "train.overwrite",
     "train.output_dir", "train.save_every", "train.keep_checkpoints", "train.log_every", "train.save_model",
+    "train.report_to",
 }
 FREE_SECTIONS_ON_RESUME = ("eval.",)
 

@@ -31,6 +31,7 @@ from bico.engine import Engine, TorchEngine
 from bico.models import count_parameters, save_model, setup_model
 from bico.objectives import Example
 from bico.objectives.base import IGNORE
+from bico.report import Reporter
 from bico.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     lockstep = engine.lockstep  # DeepSpeed: grad_accum passes per rank, always
     split_head = not cfg.deepspeed  # see batch_loss: ZeRO-3 needs the whole-model call
     run.begin(recipe.to_dict(), start)
+    # After begin: the metrics log is cut back to the checkpoint, and so are the event files.
+    reporter = Reporter(recipe, run.path, start_step=start, counters=counters, enabled=main)
     logger.info(
         "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
         recipe.model.name, len(examples), total_steps, objective.describe(), f"{trainable:,}", f"{total:,}", device,
@@ -314,6 +317,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             }
             if main:
                 run.append_metrics(record)
+                reporter.log(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
         # A checkpoint at the last step too, so that raising the step budget later goes on from there.
         if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps):
@@ -322,8 +326,10 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()
+            reporter.close()
             return TrainResult(make_summary("interrupted", step + 1))
     bar.close()
+    reporter.close()  # loss.png
     summary = make_summary("finished", total_steps)
     model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
     if cfg.save_model and main:

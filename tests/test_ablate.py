@@ -37,6 +37,26 @@ def test_markdown_one_seed_and_several_seeds():
     assert two.startswith("Exact match, mean ± 95% CI over 2 seeds") and "0.300 ± 1.271" in two
 
 
+def test_loss_curves_one_panel_per_objective(tmp_path):
+    from bico.ablate_plots import plot_loss_curves
+
+    cells = []
+    for group, modes in (("ntp", ["ntp"]), ("bico", ["ntp", "denoise"])):
+        for seed in (0, 1):
+            folder = tmp_path / f"{group}-{seed}"
+            folder.mkdir()
+            (folder / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": k, "loss": 5.0 - k / 10 + seed, "mode": modes[k % len(modes)]}) + "\n"
+                for k in range(1, 21)))
+            cells.append(SimpleNamespace(group=group, seed=seed, recipe=SimpleNamespace(
+                train=SimpleNamespace(output_dir=str(folder)))))
+    cells.append(SimpleNamespace(group="lost", seed=0, recipe=SimpleNamespace(  # no metrics: no panel
+        train=SimpleNamespace(output_dir=str(tmp_path / "missing")))))
+    paths = plot_loss_curves(cells, tmp_path)
+    assert paths["loss_png"].read_bytes()[:4] == b"\x89PNG"
+    assert plot_loss_curves(cells[-1:], tmp_path / "none") == {}
+
+
 def test_spec_errors(tmp_path):
     with pytest.raises(RecipeError, match="ablation spec not found"):
         ablate.load_spec(tmp_path / "missing.yaml")
@@ -71,6 +91,12 @@ def test_grid_sweep_and_overrides(tmp_path):
         assert cell.recipe.data.dir == str(tmp_path / "data")
         assert Path(cell.recipe.train.output_dir).parent.name == cell.key
     assert ablate.fingerprint(cells[0], spec) != ablate.fingerprint(cells[1], spec)
+    # watching a grid in TensorBoard does not make its finished cells stale
+    watched = ablate.load_spec(TINY_SPEC, ["seeds=[3]", "train.lr=5e-4", f"output_dir={tmp_path}",
+                                           "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
+                                           "objectives=[{label: b, name: bico}, {label: m, name: mntp}]",
+                                           "train.report_to=[tensorboard]"])
+    assert ablate.fingerprint(ablate.build_cells(watched)[0], watched) == ablate.fingerprint(cells[0], spec)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -99,7 +125,7 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
             assert 0 <= float(r[f"{metric}_pooled_low"]) <= float(r[f"{metric}_mean"]) <= float(r[f"{metric}_pooled_high"]) <= 1
     table = (out / "results.md").read_text()
     assert all(f"| {label} |" in table for label in labels + [ablate.BASE])
-    for png in ("em_by_split.png", "reverse_vs_tokens.png"):
+    for png in ("em_by_split.png", "reverse_vs_tokens.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # the objectives really differ: the reverse objectives train on twice the tokens of ntp
     tokens = {r["group"]: int(r["train_tokens"]) for r in rows}
