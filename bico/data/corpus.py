@@ -160,14 +160,17 @@ def _check(ds, path: Path, fmt: str, fields: dict) -> object:
             raise DataError(f"{path}: no column {name!r}{hint}; columns: {', '.join(ds.column_names)}")
     ds = ds.select_columns(list(names.values())).rename_columns({v: k for k, v in names.items() if v != k})
     for col, name in names.items():
-        bad = _first_bad(ds[col], fmt)
+        try:
+            bad = _first_bad(ds[col], fmt)
+        except UnicodeDecodeError:  # pyarrow stores bytes unchecked; Python decodes them here
+            bad = (None, "is not UTF-8")
         if bad is not None:
             row, problem = bad
-            if path.suffix == ".jsonl" and fmt != "chat":
-                # the JSONL reader's message for that line (missing field, wrong type), as before
-                for _ in iter_jsonl(path, required=list(names.values())):
+            if path.suffix == ".jsonl" and (fmt != "chat" or row is None):
+                # the JSONL reader's message for that line (missing field, wrong type, bad byte), as before
+                for _ in iter_jsonl(path, required=list(names.values()) if fmt != "chat" else ()):
                     pass
-            raise DataError(f"{_where(path, row)}: field {name!r} {problem}")
+            raise DataError(f"{_where(path, row) if row is not None else path}: field {name!r} {problem}")
     # One schema for every file (CSV gives large_string, JSON string ...), so that files concatenate.
     import datasets
 
