@@ -20,6 +20,14 @@ CHAT = [{"role": "user", "content": "Who keeps the lighthouse?"}, {"role": "assi
         {"role": "user", "content": "Since when?"}, {"role": "assistant", "content": "Since 1952."}]
 
 
+@pytest.fixture
+def tokenizer(tokenizer):
+    """A copy of the session's tokenizer: objectives built here (GLM) add tokens to it."""
+    import copy
+
+    return copy.deepcopy(tokenizer)
+
+
 def recipe(tmp_path, *extra):
     return load_recipe(None, TINY + [f"train.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}",
                                      *extra])
