@@ -75,7 +75,16 @@ class ObjectiveConfig:
 @dataclass
 class DataConfig:
     dir: str | None = None  # Berglund-format folder; None = $BICO_REVERSAL_DATA or ../shared/...
-    train_files: list = field(default_factory=lambda: ["all_prompts_train.jsonl"])
+    train_files: list = field(default_factory=lambda: ["all_prompts_train.jsonl"])  # in dir, unless files is set
+    # Training files or save_to_disk folders (.jsonl .json .csv .parquet .txt), read through `datasets`;
+    # set, they replace dir + train_files for training (dir still holds the evaluation splits)
+    files: list | None = None
+    format: str = "prompt_completion"  # prompt_completion | text | chat (see bico/data/encode.py)
+    fields: dict = field(default_factory=dict)  # column names in the files, e.g. {prompt: question}
+    chunk_overlap: int = 0  # text: tokens a chunk repeats from the one before, as context (no loss)
+    chat_loss: str = "assistant"  # chat: assistant (loss and masking on assistant turns only) | all
+    cache: bool = True  # keep tokenised corpora, so the next run on the same files skips tokenising
+    cache_dir: str | None = None  # None = $BICO_CACHE/datasets (~/.cache/bico/datasets)
     max_length: int = 256
     pack: bool = False
 
@@ -138,7 +147,7 @@ class Recipe:
 
 
 # Sections whose values are free-form dicts (objective options are checked by the objective).
-_FREE_FORM = {("objective", "options")}
+_FREE_FORM = {("objective", "options"), ("data", "fields")}
 
 
 def _merge(obj: Any, values: dict, where: str) -> None:
@@ -258,7 +267,7 @@ _RANGES = {
     "model.kv_heads": _AT_LEAST_1, "model.intermediate_size": _AT_LEAST_1, "model.init_seed": _AT_LEAST_0,
     "finetune.lora_r": _AT_LEAST_1, "finetune.lora_alpha": _POSITIVE,
     "finetune.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"),
+    "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"), "data.chunk_overlap": _AT_LEAST_0,
     "train.epochs": _POSITIVE, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
     "train.grad_accum": _AT_LEAST_1, "train.lr": _POSITIVE, "train.weight_decay": _AT_LEAST_0,
     "train.warmup_steps": _AT_LEAST_0, "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
@@ -285,6 +294,7 @@ def check_recipe(recipe: Recipe) -> None:
     train_files = recipe.data.train_files
     if not (isinstance(train_files, list) and train_files and all(isinstance(f, str) and f for f in train_files)):
         raise RecipeError(f"recipe key 'data.train_files' must be a non-empty list of file names, got {train_files!r}")
+    _check_data(recipe.data)
     if not isinstance(recipe.eval.splits, list) or not all(isinstance(s, str) for s in recipe.eval.splits):
         raise RecipeError(f"recipe key 'eval.splits' must be a list of split names, got {recipe.eval.splits!r}")
     if not isinstance(recipe.train.device, str) or not _DEVICE.fullmatch(recipe.train.device):
@@ -301,6 +311,33 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
         if model.heads % model.kv_heads:
             raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+# Each data.format and the columns its rows have (data.fields renames them from the files' own)
+DATA_FORMATS = {"prompt_completion": ("prompt", "completion"), "text": ("text",), "chat": ("messages",)}
+
+
+def _check_data(data: DataConfig) -> None:
+    if isinstance(data.files, str):
+        data.files = [data.files]  # one file may be written without brackets
+    if data.files is not None and not (data.files and all(isinstance(f, str) and f for f in data.files)):
+        raise RecipeError(f"recipe key 'data.files' must be a non-empty list of paths (or null), got {data.files!r}")
+    if data.format not in DATA_FORMATS:
+        raise RecipeError(f"recipe key 'data.format' must be one of {', '.join(DATA_FORMATS)}, got {data.format!r}")
+    if data.format != "prompt_completion" and not data.files:
+        raise RecipeError(f"data.format={data.format} reads data.files; name the files (data.files=[PATH, ...])")
+    columns = DATA_FORMATS[data.format]
+    for key, value in data.fields.items():
+        if key not in columns:
+            raise RecipeError(f"recipe key 'data.fields.{key}': data.format={data.format} has the fields "
+                              f"{', '.join(columns)}")
+        if not isinstance(value, str) or not value:
+            raise RecipeError(f"recipe key 'data.fields.{key}' must be a column name, got {value!r}")
+    if data.chat_loss not in ("assistant", "all"):
+        raise RecipeError(f"recipe key 'data.chat_loss' must be assistant or all, got {data.chat_loss!r}")
+    if data.chunk_overlap >= data.max_length - 2:
+        raise RecipeError(f"data.chunk_overlap={data.chunk_overlap} must be less than data.max_length - 2 "
+                          f"({data.max_length - 2}): a chunk must bring a new token")
 
 
 def check_ranges(values: dict[str, Any], names: dict[str, str] | None = None) -> None:

@@ -51,6 +51,7 @@ FREE_ON_RESUME = {
     "train.max_steps", "train.epochs", "train.progress", "train.device", "train.resume", "train.overwrite",
     "train.output_dir", "train.save_every", "train.keep_checkpoints", "train.log_every", "train.save_model",
     "train.report_to",
+    "data.cache", "data.cache_dir",  # where tokenised data is kept, not what it is
 }
 FREE_SECTIONS_ON_RESUME = ("eval.",)
 

@@ -16,7 +16,6 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from bico import distributed
 from bico.attention import require_bico
 from bico.collate import collate, model_inputs
-from bico.config import Recipe, check_recipe
+from bico.config import DataConfig, Recipe, check_recipe
 from bico.engine import Engine, TorchEngine
 from bico.models import count_parameters, save_model, setup_model
 from bico.objectives import Example
@@ -41,43 +40,53 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
 
 
-def tokenize_examples(rows: list[dict], tokenizer, max_length: int, sources: list[str] | None = None) -> list[Example]:
-    """Tokenize once (prompt with the tokenizer's special tokens, completion without).
-    ``sources[i]`` says where row i comes from (file and line), for the error on an over-long row."""
+def tokenize_examples(rows, tokenizer, max_length: int, sources=None, *, data=None) -> list[Example]:
+    """Tokenize once, as ``bico/data/encode.py`` says (prompt/completion rows: prompt with the
+    tokenizer's special tokens, completion without; text and chat rows: the whole text). ``rows``:
+    row dicts, or the :class:`~bico.data.corpus.Corpus` of :func:`load_training_rows`, whose
+    tokenisation is cached when ``data.cache`` is on. ``sources[i]`` says where row i comes from
+    (file and line), for the error on an over-long row."""
+    from bico.data.encode import cache_root, encode_corpus
+
+    data, corpus, began = data or DataConfig(max_length=max_length), hasattr(rows, "dataset"), time.time()
+    cols, cached = encode_corpus(rows, tokenizer, data, cache_root(data) if corpus else None)
+    if data.format != "prompt_completion":
+        texts = None  # text, chat: the ids are the example
+    elif corpus:
+        texts = list(zip(*(rows.dataset.data.column(c).to_pylist() for c in ("prompt", "completion"))))
+    else:
+        texts = [(row["prompt"], row["completion"]) for row in rows]
+    metas = rows.meta if corpus else [row.get("meta", {}) for row in rows]
     examples = []
-    for i, row in enumerate(rows):
-        prompt_ids = tokenizer(row["prompt"]).input_ids
-        completion_ids = tokenizer(row["completion"], add_special_tokens=False).input_ids
-        length = len(prompt_ids) + len(completion_ids) + 1
+    for prompt_ids, completion_ids, eos, spans, i in zip(*cols.values()):
+        length = len(prompt_ids) + len(completion_ids) + eos
         if length > max_length:
             where = sources[i] if sources else f"training row {i + 1}"
             raise TrainingError(
                 f"{where}: {length} tokens, more than data.max_length={max_length}; "
                 "raise data.max_length or shorten the row"
             )
-        examples.append(Example(row["prompt"], row["completion"], prompt_ids, completion_ids, row.get("meta", {})))
+        prompt, completion = texts[i] if texts else ("", "")
+        examples.append(Example(prompt, completion, prompt_ids, completion_ids, (metas[i] if metas else None) or {},
+                                eos=bool(eos), loss_spans=list(zip(spans[::2], spans[1::2])) if spans else None))
+    if not examples:
+        raise TrainingError(f"{len(rows)} training rows gave no example (every text is empty)")
+    logger.info("%d rows -> %d examples (%s) in %.1f s", len(rows), len(examples),
+                "tokenised earlier: cache" if cached else "tokenised", time.time() - began)
     return examples
 
 
-def load_training_rows(recipe: Recipe) -> tuple[list[dict], list[str]]:
-    """Training rows and where each comes from (``file, line N``). Where the data dir's facts
-    are known, each row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans for
-    objectives such as entity-preserving reversal)."""
-    from bico.data import fact_groups, iter_jsonl, load_facts, resolve_data_dir
+def load_training_rows(recipe: Recipe):
+    """Training rows (a :class:`~bico.data.corpus.Corpus`: ``data.files`` or the Berglund layout
+    ``data.dir`` + ``data.train_files``, read through ``datasets``) and where each comes from
+    (``file, line N`` / ``file, row N``). Where the data dir's facts are known, each
+    prompt/completion row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans
+    for objectives such as entity-preserving reversal)."""
+    from bico.data.corpus import load_corpus
+    from bico.data.encode import cache_root
 
-    folder = resolve_data_dir(recipe.data.dir)
-    rows, sources = [], []
-    for name in recipe.data.train_files:
-        for line, row in iter_jsonl(Path(folder) / name):
-            rows.append(row)
-            sources.append(f"{Path(folder) / name}, line {line}")
-    facts = load_facts(folder)
-    if facts:
-        descriptions = {f["name"]: f["description"] for f in facts}
-        for row, name in zip(rows, fact_groups(rows, facts)):
-            if name is not None:
-                row["meta"] = {"name": name, "description": descriptions[name]}
-    return rows, sources
+    corpus = load_corpus(recipe.data, cache_root=cache_root(recipe.data))
+    return corpus, corpus.sources
 
 
 def pick_device(name: str) -> torch.device:
@@ -214,7 +223,9 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
         resolve_config(cfg.deepspeed)  # a missing config fails before anything is loaded or written
     device = pick_device(cfg.device)
     # Everything that can be checked without the model is checked before the output dir is touched.
-    data_dir = resolve_data_dir(recipe.data.dir)
+    # A corpus in data.files needs no reversal data dir, unless evaluation or a word vocabulary reads it.
+    needs_dir = not recipe.data.files or recipe.data.dir or recipe.eval.enabled or recipe.model.tokenizer == "words"
+    data_dir = resolve_data_dir(recipe.data.dir) if needs_dir else None
     rows, sources = load_training_rows(recipe)
     if recipe.eval.enabled:
         check_eval_splits(data_dir, recipe.eval.splits)
@@ -231,7 +242,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
 
     model, tokenizer, objective = setup_model(recipe, data_dir, device)
     trainable, total = count_parameters(model)
-    examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources)
+    examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
 
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))

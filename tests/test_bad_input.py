@@ -5,6 +5,7 @@ asserts: exit 2, stderr is exactly one ``bico: error: ...`` line containing the 
 and the output dir either does not exist afterwards or (when the case made it first) holds
 exactly what it held before. A few cases also run as real processes (``python -m bico``).
 """
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,10 @@ def _model_folder(tmp, *, config: str | None, tokenizer: bool) -> list[str]:
 
 
 GOOD_ROW = '{"prompt": "Q", "completion": " A"}\n'
+
+
+def _files(tmp, name: str, content, *extra: str) -> list[str]:
+    return [f"data.files=[{_write(tmp / 'in' / name, content)}]", f"data.cache_dir={tmp / 'cache'}", *extra]
 
 # (id, extra arguments or a function (tmp, reversal_dir, out) -> arguments, words the error line contains)
 CASES = [
@@ -110,6 +115,36 @@ CASES = [
     ("data train file is a folder", lambda tmp, data, out: [f"data.dir={data}", "data.train_files=[.]"],
      ["is a directory"]),
     ("row too long", ["data.max_length=8"], ["p2d_prompts_train.jsonl, line 1", "data.max_length=8"]),
+    # data.files (read through `datasets`): the file and its row or line, one line
+    ("data.format unknown", ["data.format=tsv"], ["data.format", "prompt_completion, text, chat"]),
+    ("text format without files", ["data.format=text"], ["data.format=text", "data.files"]),
+    ("data.fields unknown", lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW, "data.fields.body=x"),
+     ["data.fields.body", "prompt, completion"]),
+    ("chunk_overlap too big", ["data.chunk_overlap=62"], ["data.chunk_overlap", "data.max_length"]),
+    ("chat_loss unknown", ["data.chat_loss=user"], ["data.chat_loss"]),
+    ("data file missing", lambda tmp, data, out: [f"data.files=[{tmp / 'gone.csv'}]"], ["data file not found", "gone.csv"]),
+    ("data file type", lambda tmp, data, out: _files(tmp, "a.xml", "<a/>"), ["a.xml", "unsupported file type .xml"]),
+    ("folder not saved by datasets", lambda tmp, data, out: [f"data.files=[{data}]"], ["is a directory", "save_to_disk"]),
+    ("csv column missing", lambda tmp, data, out: _files(tmp, "a.csv", "question,completion\nq,a\n"),
+     ["a.csv", "no column 'prompt'", "data.fields.prompt"]),
+    ("csv value missing", lambda tmp, data, out: _files(tmp, "a.csv", "prompt,completion\nq,a\nq2,\n"),
+     ["a.csv, row 2", "'completion' is missing"]),
+    ("jsonl via data.files: malformed", lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW + "\n{oops\n"),
+     ["a.jsonl, line 3", "malformed JSON"]),
+    ("renamed field missing", lambda tmp, data, out: _files(tmp, "a.jsonl", '{"q": "Q", "completion": "A"}\n'
+                                                            '{"completion": "B"}\n', "data.fields.prompt=q"),
+     ["a.jsonl, line 2", "missing field 'q'"]),
+    (".txt as prompt_completion", lambda tmp, data, out: _files(tmp, "a.txt", "words"), ["a.txt", "data.format=text"]),
+    ("text not UTF-8", lambda tmp, data, out: _files(tmp, "a.txt", b"ok \xff", "data.format=text"), ["a.txt", "not UTF-8"]),
+    ("chat messages malformed", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
+                                                              '"content": "hi"}]}\n{"messages": "hi"}\n', "data.format=chat"),
+     ["c.jsonl, line 2", "'messages'"]),
+    ("chat without assistant", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
+                                                             '"content": "hi"}]}\n', "data.format=chat"),
+     ["c.jsonl, line 1", "no assistant message", "data.chat_loss=all"]),
+    ("chat row too long", lambda tmp, data, out: _files(tmp, "c.jsonl", json.dumps({"messages": [
+        {"role": "user", "content": "hi " * 40}, {"role": "assistant", "content": "ok"}]}) + "\n", "data.format=chat"),
+     ["c.jsonl, line 1", "data.max_length=64"]),
     ("output_dir is a file", lambda tmp, data, out: [f"train.output_dir={_write(tmp / 'afile', 'x')}"],
      ["train.output_dir", "is a file"]),
     ("output_dir not writable", ["train.output_dir=/proc/bico-test/run"], ["train.output_dir", "/proc/bico-test/run"]),

@@ -37,6 +37,10 @@ class Example:
     prompt_ids: list[int]
     completion_ids: list[int]
     meta: dict = field(default_factory=dict)  # e.g. entity spans, for objectives that use them
+    eos: bool = True  # False: the text goes on (a chunk of a longer document) or ends itself (a chat)
+    # Token ranges [a, b) of text_ids that carry loss and may be masked (chat: the assistant turns;
+    # a chunk: its tokens after the overlap); None = all of them. See loss_tokens.
+    loss_spans: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -56,21 +60,35 @@ class Sample:
         return self.input_ids.numel()
 
 
-def next_token_targets(ids: list[int], first_target: int = 1) -> torch.Tensor:
+def loss_tokens(example: Example, n: int) -> torch.Tensor | None:
+    """Which of the example's ``n`` text tokens may be predicted or masked (``Example.loss_spans``);
+    None = all. Objectives pass it to :func:`next_token_targets` and :func:`eligible_tokens`."""
+    if example.loss_spans is None:
+        return None
+    keep = torch.zeros(n, dtype=torch.bool)
+    for a, b in example.loss_spans:
+        keep[a:b] = True
+    return keep
+
+
+def next_token_targets(ids: list[int], first_target: int = 1, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Targets of plain next-token prediction: position t predicts ids[t+1].
 
-    Only tokens at index >= ``first_target`` are predicted (1 = every token after the first).
+    Only tokens at index >= ``first_target`` are predicted (1 = every token after the first), and
+    with ``allowed`` (see :func:`loss_tokens`) only the allowed ones.
     """
     targets = torch.full((len(ids),), IGNORE, dtype=torch.long)
     if len(ids) > 1:
         targets[:-1] = torch.tensor(ids[1:], dtype=torch.long)
         targets[: max(first_target - 1, 0)] = IGNORE
+        if allowed is not None:
+            targets[:-1][~allowed[1:]] = IGNORE
     return targets
 
 
-def next_token_sample(ids: list[int], first_target: int = 1) -> Sample:
+def next_token_sample(ids: list[int], first_target: int = 1, allowed: torch.Tensor | None = None) -> Sample:
     """A causal next-token sample of ``ids`` (positions 0..T-1, standard RoPE)."""
-    return Sample(input_ids=torch.tensor(ids, dtype=torch.long), targets=next_token_targets(ids, first_target),
+    return Sample(input_ids=torch.tensor(ids, dtype=torch.long), targets=next_token_targets(ids, first_target, allowed),
                   position_ids=torch.arange(len(ids)), mask=IntervalMask.causal(len(ids)))
 
 
@@ -104,9 +122,11 @@ def resolve_mask_id(tokenizer, mask_token: str) -> int:
     return int(token_id)
 
 
-def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool) -> torch.Tensor:
-    """Which positions may be masked: non-special, and not position 0 when shifting."""
+def eligible_tokens(ids: torch.Tensor, special_ids, shift: bool, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Which positions may be masked: non-special, allowed (:func:`loss_tokens`), not position 0 when shifting."""
     eligible = torch.tensor([int(i) not in special_ids for i in ids.tolist()], dtype=torch.bool)
+    if allowed is not None:
+        eligible &= allowed
     if shift and eligible.numel():
         eligible[0] = False  # nothing precedes position 0 to predict it from
     return eligible
@@ -180,8 +200,13 @@ class Objective:
         raise NotImplementedError
 
     def text_ids(self, example: Example) -> list[int]:
-        """prompt + completion + EOS, as the Berglund and BICO training code build it."""
-        return example.prompt_ids + example.completion_ids + [self.eos_id]
+        """prompt + completion + EOS, as the Berglund and BICO training code build it (no EOS where
+        ``example.eos`` is False)."""
+        return example.prompt_ids + example.completion_ids + ([self.eos_id] if example.eos else [])
+
+    def allowed(self, example: Example) -> torch.Tensor | None:
+        """:func:`loss_tokens` of the example's :meth:`text_ids`."""
+        return loss_tokens(example, len(example.prompt_ids) + len(example.completion_ids) + int(example.eos))
 
     def describe(self) -> dict:
         """The options this objective was built with (logged with every run)."""

@@ -69,11 +69,11 @@ class Bico(Objective):
 
     def encode(self, example: Example, rng, state: str | None = None) -> Sample:
         if state == "ntp":
-            return next_token_sample(self.text_ids(example))
+            return next_token_sample(self.text_ids(example), allowed=self.allowed(example))
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
         draws = torch.tensor([rng.random() for _ in range(n)])
-        eligible = eligible_tokens(ids, self.special_ids, self.shift)
+        eligible = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example))
         masked = eligible & (draws < self.mask_ratio)
         if self.entity_mask and rng.random() < self.entity_mask:
             masked |= self.entity_span(ids, example.meta, rng)

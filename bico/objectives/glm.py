@@ -99,13 +99,19 @@ class BlankInfilling(Objective):
         self.special_ids = self.special_ids | {self.mask_id, self.sop_id, self.eop_id}
         self.weights = poisson_weights(self.poisson_lambda, self.max_span)
 
-    def spans(self, ids: list[int], rng) -> list[tuple[int, int]]:
+    def spans(self, ids: list[int], rng, runs=None) -> list[tuple[int, int]]:
+        """``runs``: the example's ``loss_spans`` (None = the whole text); spans are drawn inside each
+        run, so that none is lost by crossing text outside it (a chat's user turns)."""
         eligible = [i > 0 and t not in self.special_ids for i, t in enumerate(ids)]
-        return sample_spans(eligible, rng, ratio=self.mask_ratio, weights=self.weights)
+        out = []
+        for a, b in runs or [(0, len(ids))]:
+            out += sample_spans([ok and a <= i < b for i, ok in enumerate(eligible)], rng, ratio=self.mask_ratio,
+                                weights=self.weights)
+        return out
 
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = self.text_ids(example)
-        spans = self.spans(ids, rng)
+        spans = self.spans(ids, rng, example.loss_spans)
         starts = {a: k for k, (a, _) in enumerate(spans)}
         # Part A: the corrupted text; remember each span's mask index.
         part_a, orig_pos, mask_index = [], [], [0] * len(spans)

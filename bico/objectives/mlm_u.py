@@ -48,7 +48,7 @@ class UniformRateMLM(Objective):
         n = ids.numel()
         rate = self.min_rate + (1.0 - self.min_rate) * rng.random()
         draws = torch.tensor([rng.random() for _ in range(n)])
-        masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < rate)
+        masked = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example)) & (draws < rate)
         return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, masked, self.shift),
                                 masked if self.hide_masked else None, self.rope, weights=torch.full((n,), 1.0 / rate))
 

@@ -61,7 +61,7 @@ class MaskedNextTokenPrediction(Objective):
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
-        eligible = eligible_tokens(ids, self.special_ids, self.shift)
+        eligible = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example))
         draws = torch.tensor([rng.random() for _ in range(n)])  # one per token, as BICO draws
         selected = eligible & (draws < self.mask_ratio)
         inputs = ids.clone()

@@ -18,7 +18,7 @@ class NextTokenPrediction(Objective):
 
     def encode(self, example: Example, rng=None, state=None) -> Sample:
         first = len(example.prompt_ids) if self.completion_only else 1
-        return next_token_sample(self.text_ids(example), first_target=first)
+        return next_token_sample(self.text_ids(example), first_target=first, allowed=self.allowed(example))
 
     def describe(self) -> dict:
         return {"name": self.name, "completion_only": self.completion_only}

@@ -22,7 +22,7 @@ class PrefixLM(Objective):
         prefix = len(example.prompt_ids)
         return Sample(
             input_ids=torch.tensor(ids, dtype=torch.long),
-            targets=next_token_targets(ids, first_target=max(prefix, 1)),
+            targets=next_token_targets(ids, first_target=max(prefix, 1), allowed=self.allowed(example)),
             position_ids=torch.arange(len(ids)),
             mask=IntervalMask.prefix_lm(len(ids), prefix),
         )
