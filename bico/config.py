@@ -65,6 +65,8 @@ class DataConfig:
     train_files: list = field(default_factory=lambda: ["all_prompts_train.jsonl"])
     max_length: int = 256
     pack: bool = False
+    # {rate, templates}: identity statements for the facts' entities (bico/data/identity.py); {} = off
+    identity_bridge: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +122,7 @@ class Recipe:
 
 
 # Sections whose values are free-form dicts (objective options are checked by the objective).
-_FREE_FORM = {("objective", "options")}
+_FREE_FORM = {("objective", "options"), ("data", "identity_bridge")}
 
 
 def _merge(obj: Any, values: dict, where: str) -> None:
@@ -243,6 +245,12 @@ def check_recipe(recipe: Recipe) -> None:
         if values[key] is not None and not ok(values[key]):
             raise RecipeError(f"recipe key {key!r} must be {requirement}, got {values[key]!r}")
     _check_options(recipe.objective.options, "objective.options")
+    from bico.data.identity import identity_settings  # torch-free
+
+    try:
+        identity_settings(recipe.data.identity_bridge)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     betas = recipe.train.betas
     if not (isinstance(betas, list) and len(betas) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):

@@ -59,8 +59,10 @@ def tokenize_examples(rows: list[dict], tokenizer, max_length: int, sources: lis
 def load_training_rows(recipe: Recipe) -> tuple[list[dict], list[str]]:
     """Training rows and where each comes from (``file, line N``). Where the data dir's facts
     are known, each row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans for
-    objectives such as entity-preserving reversal)."""
+    objectives such as entity-preserving reversal). ``data.identity_bridge`` adds identity rows
+    for those facts (:mod:`bico.data.identity`)."""
     from bico.data import fact_groups, iter_jsonl, load_facts, resolve_data_dir
+    from bico.data.identity import add_identity_bridge
 
     folder = resolve_data_dir(recipe.data.dir)
     rows, sources = [], []
@@ -74,7 +76,7 @@ def load_training_rows(recipe: Recipe) -> tuple[list[dict], list[str]]:
         for row, name in zip(rows, fact_groups(rows, facts)):
             if name is not None:
                 row["meta"] = {"name": name, "description": descriptions[name]}
-    return rows, sources
+    return add_identity_bridge(rows, sources, recipe.data.identity_bridge)
 
 
 def pick_device(name: str) -> torch.device:
