@@ -83,7 +83,7 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     out = tmp_path / "grid"
     spec = ablate.load_spec(TINY_SPEC, SHRINK + [f"output_dir={out}"])
     labels = [e["label"] for e in spec["objectives"]]
-    assert len(labels) == 9 and spec["seeds"] == [0, 1]
+    assert len(labels) == 14 and spec["seeds"] == [0, 1]
     outcome = ablate.run_ablation(spec, progress=False)
     assert outcome["failed"] == {}
     rows = _rows(out / "results.csv")

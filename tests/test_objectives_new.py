@@ -274,3 +274,16 @@ def test_identity_bridge_errors_are_one_line(value, match):
     with pytest.raises(RecipeError, match=match) as err:
         load_recipe(None, [value])
     assert "\n" not in str(err.value)
+
+
+def test_identity_bridge_off_matches_runs_made_before_the_key():
+    from bico import ablate
+    from bico.config import load_recipe
+    from bico.rundir import recipe_differences
+
+    now = load_recipe(None, []).to_dict()
+    before = load_recipe(None, []).to_dict()
+    del before["data"]["identity_bridge"]
+    assert recipe_differences(before, now) == []  # resume of an older run: nothing changed
+    assert recipe_differences(before, load_recipe(None, ["data.identity_bridge.rate=0.2"]).to_dict())
+    assert ablate._comparable({"recipe": before}) == ablate._comparable({"recipe": now})  # finished cells reused
