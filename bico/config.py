@@ -87,6 +87,8 @@ class DataConfig:
     cache_dir: str | None = None  # None = $BICO_CACHE/datasets (~/.cache/bico/datasets)
     max_length: int = 256
     pack: bool = False
+    # {rate, templates}: identity statements for the facts' entities (bico/data/identity.py); {} = off
+    identity_bridge: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -147,7 +149,7 @@ class Recipe:
 
 
 # Sections whose values are free-form dicts (objective options are checked by the objective).
-_FREE_FORM = {("objective", "options"), ("data", "fields")}
+_FREE_FORM = {("objective", "options"), ("data", "fields"), ("data", "identity_bridge")}
 
 
 def _merge(obj: Any, values: dict, where: str) -> None:
@@ -287,6 +289,12 @@ def check_recipe(recipe: Recipe) -> None:
     values = {f"{section}.{key}": value for section, fields in recipe.to_dict().items() for key, value in fields.items()}
     check_ranges({key: values[key] for key in _RANGES})
     _check_options(recipe.objective.options, "objective.options")
+    from bico.data.identity import identity_settings  # torch-free
+
+    try:
+        identity_settings(recipe.data.identity_bridge)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     betas = recipe.train.betas
     if not (isinstance(betas, list) and len(betas) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):

@@ -65,7 +65,9 @@ def recipe_differences(saved: dict, current: dict) -> list[str]:
     old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
     keys = sorted(k for k in old.keys() | new.keys()
                   if k not in FREE_ON_RESUME and not k.startswith(FREE_SECTIONS_ON_RESUME))
-    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k) != new.get(k)]
+    # An empty mapping is the default of a section added later (data.identity_bridge): same as unset.
+    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys
+            if old.get(k) != new.get(k) and not (old.get(k) in (None, {}) and new.get(k) in (None, {}))]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

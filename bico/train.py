@@ -81,12 +81,16 @@ def load_training_rows(recipe: Recipe):
     ``data.dir`` + ``data.train_files``, read through ``datasets``) and where each comes from
     (``file, line N`` / ``file, row N``). Where the data dir's facts are known, each
     prompt/completion row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans
-    for objectives such as entity-preserving reversal)."""
+    for objectives such as entity-preserving reversal). ``data.identity_bridge`` adds identity
+    rows for those facts (:mod:`bico.data.identity`; the rows are then a plain list)."""
     from bico.data.corpus import load_corpus
     from bico.data.encode import cache_root
+    from bico.data.identity import add_identity_bridge
 
     corpus = load_corpus(recipe.data, cache_root=cache_root(recipe.data))
-    return corpus, corpus.sources
+    if not recipe.data.identity_bridge:
+        return corpus, corpus.sources
+    return add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))], recipe.data.identity_bridge)
 
 
 def pick_device(name: str) -> torch.device:

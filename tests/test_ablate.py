@@ -109,7 +109,7 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     out = tmp_path / "grid"
     spec = ablate.load_spec(TINY_SPEC, SHRINK + [f"output_dir={out}"])
     labels = [e["label"] for e in spec["objectives"]]
-    assert len(labels) == 9 and spec["seeds"] == [0, 1]
+    assert len(labels) == 14 and spec["seeds"] == [0, 1]
     outcome = ablate.run_ablation(spec, progress=False)
     assert outcome["failed"] == {}
     rows = _rows(out / "results.csv")
@@ -146,7 +146,7 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     monkeypatch.setattr(ablate, "run_cell", lambda job: ran.append(job[0].key) or real(job))
     again = ablate.run_ablation(spec, progress=False)
     assert sorted(ran) == ["bico-seed1", "mntp-seed0", "ntp-seed0"]
-    assert again["failed"] == {} and len(again["results"]) == 18
+    assert again["failed"] == {} and len(again["results"]) == 2 * len(labels)
     # CPU training is deterministic: the rerun cells reproduce their first results
     assert _rows(out / "results.csv") == rows or all(
         a["exact_match_mean"] == b["exact_match_mean"] for a, b in zip(_rows(out / "results.csv"), rows))

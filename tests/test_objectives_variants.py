@@ -47,6 +47,9 @@ CONFIGS = [
     ("reverse", {"mode": "entity"}), ("reverse", {"mode": "segment", "segment_max": 3}),
     ("anneal", {"inner": "mlm_u", "steps": 10}),
     ("mix", {"components": [{"name": "ntp", "weight": 1}, {"name": "glm", "weight": 1}]}),
+    ("masked_ar", {}), ("masked_ar", {"positions": "shared", "loss_on": "both", "separator": "token"}),
+    ("bd3lm", {}), ("bd3lm", {"block_size": 3, "shift": False, "rate_per": "sample"}),
+    ("permute", {}), ("permute", {"mode": "segment", "segment_max": 3}), ("mix", {"preset": "ul2"}),
 ]
 
 

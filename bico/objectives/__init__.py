@@ -13,5 +13,8 @@ from bico.objectives import prefix_lm as _prefix_lm  # noqa: E402,F401
 from bico.objectives import fim as _fim  # noqa: E402,F401
 from bico.objectives import anneal as _anneal  # noqa: E402,F401
 from bico.objectives import mix as _mix  # noqa: E402,F401
+from bico.objectives import masked_ar as _masked_ar  # noqa: E402,F401
+from bico.objectives import bd3lm as _bd3lm  # noqa: E402,F401
+from bico.objectives import permute as _permute  # noqa: E402,F401
 
 __all__ = ["IGNORE", "Example", "Objective", "Sample", "REGISTRY", "build_objective", "objective_options", "register"]

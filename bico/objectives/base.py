@@ -26,6 +26,8 @@ from bico.masks import IntervalMask
 IGNORE = -100
 ADDED_MASK_TOKEN = "<|mask|>"
 ROPE_CHOICES = ("standard", "mirrored")  # what a denoising objective's `rope` option may say
+UNIT_MODES = ("token", "word", "entity", "segment")  # how reverse / permute cut a text into units
+UNIT_SEP_TOKEN = "<|rev|>"  # joins random segments (reverse training's separator)
 
 
 @dataclass
@@ -165,6 +167,23 @@ def strip_specials(ids: list[int], special_ids) -> tuple[list[int], list[int], l
     return ids[:a], ids[a:b], ids[b:]
 
 
+def check_units(name: str, mode: str, segment_max: int) -> None:
+    if mode not in UNIT_MODES:
+        raise ValueError(f"{name}.mode must be one of {', '.join(UNIT_MODES)}, got {mode!r}")
+    if int(segment_max) < 1:
+        raise ValueError(f"{name}.segment_max must be >= 1, got {segment_max}")
+
+
+def join_units(content: list[int], units: list[tuple[int, int]], sep: int | None = None) -> list[int]:
+    """The tokens of ``units`` (ranges of ``content``) in the given order, ``sep`` between them."""
+    body: list[int] = []
+    for k, (a, b) in enumerate(units):
+        if k and sep is not None:
+            body.append(sep)
+        body += content[a:b]
+    return body
+
+
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[list[int]] = []
     for a, b in sorted(ranges):
@@ -252,6 +271,23 @@ class Objective:
                 runs.append((words[k][0], words[m - 1][1]))
             k = max(m, k + 1)
         return runs
+
+    def units(self, content: list[int], mode: str, meta: dict | None, rng, segment_max: int) -> list[tuple[int, int]]:
+        """``content`` cut into units, in text order (reverse training's segmenters, Golovneva et al.):
+        ``token``, ``word``, ``entity`` (words, entity spans whole) or random ``segment``s of
+        1..``segment_max`` tokens (one ``rng.randint`` per segment)."""
+        if mode == "token":
+            return [(i, i + 1) for i in range(len(content))]
+        if mode == "word":
+            return self.units_by_words(content)
+        if mode == "entity":
+            return self.units_by_words(content, self.entity_ranges(content, meta or {}))
+        units, i = [], 0
+        while i < len(content):
+            step = rng.randint(1, segment_max)
+            units.append((i, min(i + step, len(content))))
+            i += step
+        return units
 
     def units_by_words(self, content: list[int], entities=()) -> list[tuple[int, int]]:
         """Words as token ranges; an entity range is one unit (with any glued punctuation)."""

@@ -5,7 +5,8 @@ Every example is seen forward *and* reversed: one sample holds the forward text 
 reversal as two packed documents (each causal, positions restarting at 0, neither seeing the
 other; ``IntervalMask.concat``), next-token loss on every token of both (``forward=False``
 keeps only the reversed one). The content between leading special tokens and the final EOS
-is cut into units whose order is reversed, each unit keeping its own token order:
+is cut into units whose order is reversed, each unit keeping its own token order
+(:meth:`Objective.units`, shared with ``permute``):
 
 * ``token``: units are single tokens;
 * ``word``: units are words (a token whose text starts with whitespace starts a word);
@@ -22,47 +23,25 @@ from __future__ import annotations
 import torch
 
 from bico.masks import IntervalMask
-from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_targets,
-                                  strip_specials)
+from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
+                                  join_units, next_token_targets, strip_specials)
 from bico.objectives.registry import register
-
-MODES = ("token", "word", "entity", "segment")
-REV_TOKEN = "<|rev|>"
 
 
 @register("reverse")
 class ReverseTraining(Objective):
     def __init__(self, tokenizer, mode: str = "entity", segment_max: int = 25, forward: bool = True):
         super().__init__(tokenizer)
-        if mode not in MODES:
-            raise ValueError(f"reverse.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if int(segment_max) < 1:
-            raise ValueError(f"reverse.segment_max must be >= 1, got {segment_max}")
+        check_units("reverse", mode, segment_max)
         self.mode, self.segment_max, self.forward = mode, int(segment_max), bool(forward)
-        self.rev_id = add_special_token(tokenizer, REV_TOKEN) if mode == "segment" else None
+        self.rev_id = add_special_token(tokenizer, UNIT_SEP_TOKEN) if mode == "segment" else None
         if self.rev_id is not None:
             self.special_ids = self.special_ids | {self.rev_id}
 
     def reverse_ids(self, ids: list[int], meta: dict, rng) -> list[int]:
         lead, content, tail = strip_specials(ids, self.special_ids)
-        if self.mode == "token":
-            units = [(i, i + 1) for i in range(len(content))]
-        elif self.mode == "word":
-            units = self.units_by_words(content)
-        elif self.mode == "entity":
-            units = self.units_by_words(content, self.entity_ranges(content, meta or {}))
-        else:
-            units, i = [], 0
-            while i < len(content):
-                step = rng.randint(1, self.segment_max)
-                units.append((i, min(i + step, len(content))))
-                i += step
-        body: list[int] = []
-        for k, (a, b) in enumerate(reversed(units)):
-            if k and self.mode == "segment":
-                body.append(self.rev_id)
-            body += content[a:b]
-        return lead + body + tail
+        units = self.units(content, self.mode, meta, rng, self.segment_max)
+        return lead + join_units(content, units[::-1], self.rev_id) + tail
 
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = self.text_ids(example)
