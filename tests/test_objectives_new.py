@@ -248,7 +248,7 @@ def test_identity_bridge_rows(reversal_dir):
     from bico.train import load_training_rows
 
     base = [f"data.dir={reversal_dir}", "data.train_files=[p2d_prompts_train.jsonl]"]
-    plain, _ = load_training_rows(load_recipe(None, base))
+    plain = list(load_training_rows(load_recipe(None, base))[0])  # the corpus, as row dicts
     rows, sources = load_training_rows(load_recipe(None, base + [
         'data.identity_bridge={"rate": 0.5, "templates": ["The name of {name} is {name}.", "{description} is {description}."]}']))
     added, names = rows[len(plain):], {r["meta"]["name"] for r in plain}
