@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bico import ablate, stats
+from bico import ablate, ablate_report, stats
 from bico.config import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +31,9 @@ def test_markdown_one_seed_and_several_seeds():
         return {"group": group, "objective": group, "options": {}, "seed": seed, "tokens": 100, "wall_s": 1.0,
                 "train_s": 1.0, "splits": {"p2d_prompts_test": metrics, "p2d_reverse_prompts_test": metrics}}
     cells = [SimpleNamespace(group="a")]  # aggregate() reads only the group of each cell
-    one = ablate.markdown(ablate.aggregate([result("a", 0, 0.25)], cells))
+    one = ablate_report.markdown(ablate_report.aggregate([result("a", 0, 0.25)], cells))
     assert one.startswith("Exact match, one seed (no interval).") and "| a | 0.250 | 0.250 | 0.250 |" in one
-    two = ablate.markdown(ablate.aggregate([result("a", 0, 0.2), result("a", 1, 0.4)], cells))
+    two = ablate_report.markdown(ablate_report.aggregate([result("a", 0, 0.2), result("a", 1, 0.4)], cells))
     assert two.startswith("Exact match, mean ± 95% CI over 2 seeds") and "0.300 ± 1.271" in two
 
 
@@ -116,15 +116,15 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     # the base model, then every objective x (2 splits + the reverse mean), each over both seeds,
     # with finite t intervals and the pooled Wilson interval around the pooled proportion
     assert [(r["group"], r["split"]) for r in rows] == [
-        (g, s) for g in [ablate.BASE] + labels for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")]
+        (g, s) for g in [ablate_report.BASE] + labels for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")]
     for r in rows:
-        trained = r["group"] != ablate.BASE
+        trained = r["group"] != ablate_report.BASE
         assert r["seeds"] == "2" and (int(r["train_tokens"]) > 0) == trained and (float(r["wall_s"]) > 0) == trained
-        for metric in ablate.METRICS:
+        for metric in ablate_report.METRICS:
             assert 0 <= float(r[f"{metric}_mean"]) <= 1 and math.isfinite(float(r[f"{metric}_ci95"]))
             assert 0 <= float(r[f"{metric}_pooled_low"]) <= float(r[f"{metric}_mean"]) <= float(r[f"{metric}_pooled_high"]) <= 1
     table = (out / "results.md").read_text()
-    assert all(f"| {label} |" in table for label in labels + [ablate.BASE])
+    assert all(f"| {label} |" in table for label in labels + [ablate_report.BASE])
     for png in ("em_by_split.png", "reverse_vs_tokens.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # the objectives really differ: the reverse objectives train on twice the tokens of ntp
