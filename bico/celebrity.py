@@ -30,7 +30,7 @@ import random
 from pathlib import Path
 
 from bico.evaluate import completion_logprobs, exact_match, generate_greedy
-from bico.stats import wilson_interval
+from bico.stats import error_bars, wilson_interval
 
 FEW_SHOT_PROMPT = """Below is a converation with a helpful and terse assistant. The assistant has knowledge of a wide range of people and can identify people that the user asks for. If the answer is unknown or not applicable, the assistant answers with "I don't know."
 
@@ -169,11 +169,9 @@ def plot(result: dict, path: str | Path, label: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for k, metric in enumerate(("exact_match", "likelihood_win")):
         vals = [result["directions"][n][metric]["value"] for n in names]
-        # max(0, .): a Wilson bound at 0 or 1 may sit a rounding error past the value
-        lows = [max(0.0, v - result["directions"][n][metric]["ci95"][0]) for v, n in zip(vals, names)]
-        highs = [max(0.0, result["directions"][n][metric]["ci95"][1] - v) for v, n in zip(vals, names)]
+        err = error_bars(vals, [result["directions"][n][metric]["ci95"] for n in names])
         xs = [i + (k - 0.5) * 0.38 for i in range(len(names))]
-        bars = ax.bar(xs, vals, 0.38, yerr=[lows, highs], capsize=3, label=metric.replace("_", " "))
+        bars = ax.bar(xs, vals, 0.38, yerr=err, capsize=3, label=metric.replace("_", " "))
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.axhline(0.5, color="grey", lw=0.6, ls=":")
     ax.set_xticks(range(len(names)), names)

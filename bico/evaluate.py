@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
-from bico.stats import wilson_interval
+from bico.stats import error_bars, wilson_interval
 
 RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PERPLEXITY_WINDOW = 256  # tokens per scored window; no context crosses windows
@@ -278,8 +278,7 @@ def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal cu
     for k, (label, result) in enumerate(runs.items()):
         values = [result["splits"].get(s, {}).get("exact_match", math.nan) for s in splits]
         cis = [result["splits"].get(s, {}).get("ci95", {}).get("exact_match", (v, v)) for s, v in zip(splits, values)]
-        # Wilson error bars; max(0, .) because a bound at 0 or 1 may sit a rounding error past the value
-        err = [[max(0.0, v - c[0]) for v, c in zip(values, cis)], [max(0.0, c[1] - v) for v, c in zip(values, cis)]]
+        err = error_bars(values, cis)  # Wilson intervals
         xs = [i + (k - (len(runs) - 1) / 2) * width for i in range(len(splits))]
         bars = ax.bar(xs, values, width, label=label, yerr=err, capsize=2, error_kw={"lw": 0.8})
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
