@@ -147,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted() -> int:
+    """Report Ctrl-C in one line; the exit status is 130."""
+    print("bico: interrupted", file=sys.stderr)
+    forget_unhandled_interrupt()
+    return 130
+
+
+def forget_unhandled_interrupt() -> None:
+    """CPython (3.11 at least) marks the whole process as killed by Ctrl-C when the KeyboardInterrupt
+    starts inside code run by ``exec``/``eval`` of a string (``dataclasses`` does that while torch or
+    ``datasets`` import), even when the exception is caught later; ``python -m bico`` then dies with
+    SIGINT (status -2) instead of 130. Every string ``exec`` clears that mark as it begins."""
+    exec("None")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -156,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if os.environ.get("BICO_DEBUG"):
             raise
-        print("bico: interrupted", file=sys.stderr)
-        return 130
+        return interrupted()
     except Exception as err:
         if os.environ.get("BICO_DEBUG") or not is_user_error(err):
             raise

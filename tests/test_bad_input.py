@@ -234,6 +234,23 @@ def test_help_imports_no_torch():
     assert "bico.cli" in modules and not {"torch", "transformers", "deepspeed"} & modules
 
 
+def test_ctrl_c_inside_exec_still_exits_130(tmp_path):
+    """A KeyboardInterrupt that starts inside exec'd code (dataclasses does that during torch's and
+    datasets' imports) makes CPython kill a ``python -m`` process with SIGINT at exit, even though
+    bico caught it; CI saw status -2 that way. The probe raises it there deterministically."""
+    (tmp_path / "interrupt_probe.py").write_text(
+        "import argparse, sys\n"
+        "from bico import cli\n"
+        "args = argparse.Namespace(verbose=False, handler=lambda a: exec('raise KeyboardInterrupt'))\n"
+        "cli.build_parser = lambda: argparse.Namespace(parse_args=lambda argv: args)\n"
+        "sys.exit(cli.main([]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env.pop("BICO_DEBUG", None)
+    done = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert (done.returncode, done.stderr.strip()) == (130, "bico: interrupted")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
     import signal
