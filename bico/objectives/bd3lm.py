@@ -58,14 +58,14 @@ class BlockDiffusion(Objective):
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
         self.special_ids = self.special_ids | {self.mask_id}
 
-    def _rate(self, rng) -> float:
-        return self.min_rate + (self.max_rate - self.min_rate) * rng.random()
-
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n, bs = ids.numel(), self.block_size
         blocks = [(a, min(a + bs, n)) for a in range(0, n, bs)]
-        rates = [self._rate(rng)] * len(blocks) if self.rate_per == "sample" else [self._rate(rng) for _ in blocks]
+        if self.rate_per == "sample":
+            rates = [rng.uniform(self.min_rate, self.max_rate)] * len(blocks)
+        else:
+            rates = [rng.uniform(self.min_rate, self.max_rate) for _ in blocks]
         draws = torch.tensor([rng.random() for _ in range(n)])
         rate_of = torch.cat([torch.full((b - a,), r) for (a, b), r in zip(blocks, rates)])
         masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < rate_of)

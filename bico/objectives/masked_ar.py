@@ -65,14 +65,11 @@ class MaskedAR(Objective):
         else:
             self.sep_ids = list(tokenizer(RELEASED_INSTRUCTION, add_special_tokens=False).input_ids)
 
-    def _rate(self, rng) -> float:
-        return self.min_rate + (self.max_rate - self.min_rate) * rng.random()
-
     def start_batch(self, rng):
-        return self._rate(rng) if self.rate_per == "batch" else None
+        return rng.uniform(self.min_rate, self.max_rate) if self.rate_per == "batch" else None
 
     def encode(self, example: Example, rng, state=None) -> Sample:
-        rate = state if isinstance(state, float) else self._rate(rng)
+        rate = state if isinstance(state, float) else rng.uniform(self.min_rate, self.max_rate)
         lead, content, tail = strip_specials(self.text_ids(example), self.special_ids)
         masked = [rng.random() < rate for _ in content]  # every content token is eligible (non-special)
         corrupted = lead + [self.mask_id if m else t for t, m in zip(content, masked)]

@@ -46,7 +46,7 @@ class UniformRateMLM(Objective):
     def encode(self, example: Example, rng, state=None) -> Sample:
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
-        rate = self.min_rate + (1.0 - self.min_rate) * rng.random()
+        rate = rng.uniform(self.min_rate, 1.0)
         draws = torch.tensor([rng.random() for _ in range(n)])
         masked = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example)) & (draws < rate)
         return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, masked, self.shift),
