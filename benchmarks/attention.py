@@ -17,11 +17,8 @@ A quick CPU run (PyTorch reference only; the kernel and flex are recorded as ski
     python benchmarks/attention.py --device cpu --seqlens 256,512 --repeats 3
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from bico.cli import main  # noqa: E402
+from bico.cli import main  # needs bico installed (`make venv` installs it in editable mode)
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

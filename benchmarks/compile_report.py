@@ -5,7 +5,7 @@ no GPU needed. Prints a markdown table and writes it, with a JSON twin, to --out
     python benchmarks/compile_report.py
     # re-prune the config table after a kernel or Triton change: compile every candidate config,
     # keep the clean ones (zero spills, <= 227 KB shared memory, wgmma, no ptxas advice) best-first,
-    # and rewrite kernels/config_table.py
+    # and rewrite kernels/bico_kernels/config_table.py
     python benchmarks/compile_report.py --candidates --write-table --workers 4
     # the same, stopping at the 4 best clean candidates per variant and reusing a stored report's
     # results while the kernels' source is unchanged (a hash of it)
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", default="",
                     help="comma list of stored reports whose results are reused while the kernel source is unchanged")
     ap.add_argument("--write-table", action="store_true",
-                    help="with --candidates: rewrite kernels/config_table.py from the clean candidates")
+                    help="with --candidates: rewrite kernels/bico_kernels/config_table.py from the clean candidates")
     ap.add_argument("--only", default="", help="comma list: keep variants whose key contains one of these")
     ap.add_argument("--configs", default="",
                     help="explicit configs for every variant, 'bm,bn,warps,stages;...' (an experiment, not the table)")
@@ -57,13 +57,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/compile-sm90"))
     ap.add_argument("--name", default=None, help="file stem (default: defaults or candidates)")
     ap.add_argument("--table-from", default=None, metavar="REPORT.json",
-                    help="rewrite kernels/config_table.py from a stored --candidates report, compiling nothing")
+                    help="rewrite kernels/bico_kernels/config_table.py from a stored --candidates report, compiling nothing")
     args = ap.parse_args(argv)
     if args.table_from:
         records = json.loads(Path(args.table_from).read_text())["records"]
         table = cr.render_config_table([cr.result_from_dict(d) for d in records], keep=args.keep)
-        atomic_write(ROOT / "kernels/config_table.py", table)
-        print(f"wrote {ROOT / 'kernels/config_table.py'} from {len(records)} records")
+        atomic_write(ROOT / "kernels/bico_kernels/config_table.py", table)
+        print(f"wrote {ROOT / 'kernels/bico_kernels/config_table.py'} from {len(records)} records")
         return 0
     if args.write_table and not args.candidates:
         ap.error("--write-table needs --candidates")
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                       f"{meta['versions']['triton']}, commit {meta['git_commit']}"
                       f"{' (dirty)' if meta['git_dirty'] else ''}\n\nSample call: {cr.SAMPLE_CALL}.\n\n{table}")
     if args.write_table:
-        path = ROOT / "kernels/config_table.py"
+        path = ROOT / "kernels/bico_kernels/config_table.py"
         atomic_write(path, cr.render_config_table(results, keep=args.keep))
         print(f"wrote {path}")
     total = sum(r.compile_s for r in results)

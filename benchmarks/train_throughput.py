@@ -24,17 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import bico.train as T  # noqa: E402
-from bico.collate import model_inputs  # noqa: E402
-from bico.config import load_recipe  # noqa: E402
-from bico.data import generate_reversal_dataset  # noqa: E402
-from bico.demo import DATA, cpu_model, recipe_path  # noqa: E402
-from bico.io_utils import atomic_savefig, atomic_write_json  # noqa: E402
+import bico.train as T
+from bico.collate import model_inputs
+from bico.config import load_recipe
+from bico.data import generate_reversal_dataset
+from bico.demo import DATA, recipe_path
+from bico.machine import cpu_model
+from bico.io_utils import atomic_savefig, atomic_write_json
 
 
 def full_logits_loss(model, batch, device, *_):

@@ -39,6 +39,7 @@ import yaml
 from bico import resources
 from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
 from bico.io_utils import atomic_write, atomic_write_json
+from bico.machine import machine_info
 
 SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
 RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval")
@@ -201,7 +202,7 @@ def run_cell(job: tuple) -> dict:
             "base": outcome.base, "tokens": summary["tokens"],
             "steps": summary["steps"], "final_loss": summary["final_loss"],
             "train_s": round(wall - outcome.eval_s, 2), "eval_s": outcome.eval_s, "wall_s": round(wall, 2),
-            "device": summary["device"], "fingerprint": expected,
+            "device": summary["device"], "machine": machine_info(), "fingerprint": expected,
         }
         atomic_write_json(folder / "result.json", result)
         (folder / "error.txt").unlink(missing_ok=True)

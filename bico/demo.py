@@ -14,11 +14,11 @@
 """
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 
 from bico.config import load_recipe
+from bico.machine import machine_info
 from bico.resources import shipped
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
 # paper-faithful arm ("bico") does not (0.00 in every cell measured) and is left to --arms, to keep
@@ -50,21 +50,8 @@ def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list
     return recipe
 
 
-def cpu_model() -> str:
-    """The CPU's model name (timings are only comparable on the same kind of machine)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None,
          arms: list[str] | None = None) -> dict:
-    import torch
-
     from bico.data import generate_reversal_dataset
     from bico.evaluate import write_report
     from bico.pipeline import train_and_evaluate
@@ -88,7 +75,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
                         "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
                         "tokens_per_s": s["tokens_per_s"]}
         del outcome  # the arm's model, before the next one loads
-    machine = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = machine_info()
     for arm in arms:
         runs[arm]["timing"] = timings[arm]
         runs[arm]["machine"] = machine

@@ -22,7 +22,6 @@ of an epoch and a resumed run cannot shift them. Called on its own, the collator
 from __future__ import annotations
 
 import math
-import random
 from types import SimpleNamespace
 
 import torch

@@ -1,20 +1,29 @@
-"""Files shipped with bico (recipes, DeepSpeed configs, launch scripts): the package ``bico.recipes``.
+"""Files shipped with bico (recipes, DeepSpeed configs, launch scripts): a data folder, not a package.
 
-In a source checkout it is the ``recipes/`` folder; in an installed wheel, ``bico/recipes/``.
+In a source checkout (and an editable install) it is the root's ``recipes/`` folder; in an
+installed wheel, ``bico/recipes/``. Neither has an ``__init__.py``: a root folder that imports as
+``recipes`` would shadow a PyPI package of that name whenever the checkout is on ``sys.path``.
 Paths such as ``recipes/demo/tiny.yaml`` that users type (and the docs show) are tried as given
 first, then inside the package, so they work from any directory once bico is installed.
 """
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 PREFIX = "recipes"  # how the docs and users name the shipped folder
 
 
+_MARKER = ("deepspeed", "zero2.json")  # a file every copy of the folder has
+
+
 def recipes_dir() -> Path:
-    """The shipped recipes folder (a real folder: bico is installed unzipped)."""
-    return Path(str(files("bico.recipes")))
+    """The shipped recipes folder: the wheel's ``bico/recipes/`` first, then the checkout's."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "recipes", package.parent / "recipes"):
+        if candidate.joinpath(*_MARKER).is_file():
+            return candidate
+    raise RuntimeError(f"bico's recipes folder is missing (looked in {package / 'recipes'} and "
+                       f"{package.parent / 'recipes'}): reinstall bico")
 
 
 def shipped(*parts: str) -> Path:

@@ -1,7 +1,6 @@
 """Shared fixtures: the SmolLM2 tokenizer, small Llama models, generated reversal data."""
 from __future__ import annotations
 
-import copy
 import os
 
 # Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before
@@ -25,27 +24,6 @@ def tokenizer():
     from bico.models import load_tokenizer
 
     return load_tokenizer("tiny-random")
-
-
-def make_llama(attn: str = "bico", *, vocab: int = 128, hidden: int = 64, layers: int = 2, heads: int = 4,
-               kv_heads: int = 2, seed: int = 0):
-    """A small random Llama; every call gets its own config object (they are mutable)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(copy.deepcopy(config)).eval()
-    model.set_attn_implementation(attn)
-    return model
-
-
-def twin_models(vocab: int = 128, **kwargs):
-    """The same weights under "bico" and under stock "sdpa"."""
-    a = make_llama("bico", vocab=vocab, **kwargs)
-    b = make_llama("sdpa", vocab=vocab, **kwargs)
-    b.load_state_dict(a.state_dict())
-    return a, b
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import bico
 from bico import IntervalMask
 from bico.attention import rope_tables, rotary_embedding
 from bico_kernels import reference_masked_attention
-from conftest import make_llama, twin_models
+from helpers import make_llama, twin_models
 
 
 def reference_interval_attention(q, k, v, lo, hi, *, scale, mirror_rope=None):

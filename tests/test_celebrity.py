@@ -40,7 +40,7 @@ def test_questions_follow_the_released_prompt(tmp_path):
 
 
 def test_evaluate_and_report(tmp_path):
-    from conftest import make_llama
+    from helpers import make_llama
     from bico.models import load_tokenizer
 
     tok = load_tokenizer("tiny-random")

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch
 
 LOSS_TOL = 1e-4  # |2-rank loss - 1-process loss| per step; measured: <= 1e-6 (metrics keep 6 decimals)
 LOGIT_TOL = 1e-4  # exported model (plain transformers) vs the engine's forward
-RANK_TIMEOUT = 150  # seconds for one 2-rank launch (about 20 s on 2 shared cores)
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
         "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
         "train.batch_size=2", "train.grad_accum=2", "train.lr=1e-3", "train.log_every=1", "train.progress=false",
@@ -125,46 +123,6 @@ def test_plan_llama_2_7b_on_8_gpus(capsys):
 
 
 # -- 2 CPU ranks --------------------------------------------------------------------------------
-def _rank_env(rank: int, world: int, port: int) -> dict:
-    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return env
-
-
-def launch(args: list[str], log_dir: Path, world: int = 2) -> None:
-    """Run ``python ARGS`` as ``world`` ranks; fails the test with the logs if any rank fails."""
-    from bico.distributed import free_port
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    procs, logs = [], []
-    for rank in range(world):
-        log = open(log_dir / f"rank{rank}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen([sys.executable] + args, env=_rank_env(rank, world, port), cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.time() + RANK_TIMEOUT
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        for log in logs:
-            log.close()
-    codes = [p.returncode for p in procs]
-    if any(codes):
-        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n" + (log_dir / f"rank{r}.log").read_text()[-3000:]
-                          for r, c in enumerate(codes))
-        pytest.fail(f"a rank failed or timed out after {RANK_TIMEOUT}s:\n{tails}")
-
-
 def _common(stage: str, data_dir) -> list[str]:
     return TINY + SETUPS[stage] + [f"data.dir={data_dir}"]
 

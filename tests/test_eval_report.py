@@ -8,7 +8,7 @@ import torch
 from bico.config import load_recipe
 from bico.evaluate import RETENTION_DIR, base_scores, evaluate_split, perplexity, retention, write_report
 from bico.stats import wilson_interval
-from conftest import make_llama
+from helpers import make_llama
 
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
         "model.intermediate_size=64", "train.progress=false", "eval.limit=4", "eval.max_new_tokens=4",

@@ -199,7 +199,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, reversal_dir, tokenizer):
     with pytest.raises(RuntimeError, match="cannot count steps inside DataLoader workers: set num_workers=0"):
         next(iter(loader))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    from tests.conftest import make_llama
+    from helpers import make_llama
 
     with pytest.raises(UnsupportedModelError, match="runs 'sdpa' attention, which ignores bico_mask"):
         BicoTrainer(model=make_llama("sdpa"), args=args, data_collator=collator)
@@ -225,7 +225,7 @@ def test_deepspeed_zero3_on_two_cpu_ranks_matches_one_bico_train_process(tmp_pat
     # dropout, 2 gloo ranks vs one `bico train` process with the same global batch (grad_accum x 2).
     # ZeRO-2 matches the same way (checked by hand); one launch keeps the test short.
     pytest.importorskip("deepspeed")
-    from tests.test_deepspeed import launch
+    from helpers import launch
 
     out = tmp_path / "ranks" / "result.json"
     out.parent.mkdir()

@@ -9,7 +9,7 @@ from bico import IntervalMask
 from bico.collate import collate
 from bico.objectives import IGNORE, Example, build_objective
 from bico.train import batch_loss
-from tests.conftest import make_llama
+from helpers import make_llama
 
 NAME, DESCRIPTION = "Daphne Barrington", "the director of A Journey Through Time"
 
