@@ -1,16 +1,19 @@
-"""Training throughput of SmolLM2-135M on this CPU, before/after the waste removal of issue 11.
+"""Training throughput of SmolLM2-135M on this CPU: the demo's step in fp32 as it was, fp32 with the
+fused AdamW, and bf16 autocast, against this CPU's own fp32 and bf16 matmul peaks.
 
-    python benchmarks/train_throughput.py [--steps 24] [--warmup 4] [--out benchmarks/results/throughput-cpu]
+    python benchmarks/train_throughput.py [--steps 16] [--warmup 4] [--out benchmarks/results/throughput-cpu]
 
-Measures, with nothing else running:
-* this CPU's fp32 matmul peak with torch (square matmuls, median of repeats, torch's threads);
-* tokens/s of the demo's training step (SmolLM2-135M-Instruct, full finetuning, fp32, batch 8,
-  the demo's data) for NTP and BICO, in two settings:
-  - ``before``: every row padded to the batch's longest, LM head + log-softmax at every position;
-  - ``after``: rows packed (``data.pack``), LM head only at positions with a target (bico.train.batch_loss);
-* model FLOP/s = 6 x parameters x tokens/s (the usual training-FLOP convention; the ``after``
-  setting does fewer FLOPs for the same tokens, so this is useful work per second) and its
-  fraction of the matmul peak.
+Measures, with nothing else running (the settings interleave per objective, so that slow drift
+hits all alike):
+* this CPU's fp32 and bf16 matmul peaks with torch (square 2048 matmuls and SmolLM2's MLP and LM
+  head shapes, median of repeats, torch's threads);
+* tokens/s of the demo's training step (SmolLM2-135M-Instruct, full finetuning, batch 8, packed
+  rows, the demo's data; LM head only where a target is) for NTP and BICO (the demo's bico_names
+  recipe), in three settings:
+  - ``fp32-before``: fp32 with the per-tensor AdamW loop (bico before the bf16 work, b330f0d);
+  - ``fp32``: fp32 with the fused AdamW (what ``train.precision=auto`` picks on CPUs without bf16 hardware);
+  - ``bf16``: bf16 autocast with fp32 master weights (what auto picks on CPUs with AMX or AVX512-BF16);
+* model FLOP/s = 6 x parameters x tokens/s and its fraction of the matmul peak of that precision.
 Per setting: seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl), tokens counted
 without padding. Writes throughput.json and throughput.png under --out.
 """
@@ -25,29 +28,21 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+import bico.engine as E
 import bico.train as T
-from bico.collate import model_inputs
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
 from bico.demo import DATA, recipe_path
-from bico.machine import cpu_model
 from bico.io_utils import atomic_savefig, atomic_write_json
+from bico.machine import machine_info
 
 
-def full_logits_loss(model, batch, device, *_):
-    """The loss as computed before: logits (and log-softmax) at every position."""
-    logits = model(use_cache=False, **model_inputs(batch, device)).logits
-    losses = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].to(device).flatten(), ignore_index=-100,
-                             reduction="none")
-    return (losses * batch["weights"].to(device).flatten()).sum()
-
-
-def matmul_peak(sizes=(1024, 2048), repeats=10) -> dict:
+def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> dict:
+    shapes = {"2048^3": (2048, 2048, 2048), "MLP 256x576x1536": (256, 576, 1536), "LM head 512x576x49152": (512, 576, 49152)}
     out = {}
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    for label, (m, k, n) in shapes.items():
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         for _ in range(3):
             a @ b
         times = []
@@ -55,17 +50,23 @@ def matmul_peak(sizes=(1024, 2048), repeats=10) -> dict:
             t0 = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t0)
-        out[str(n)] = 2 * n ** 3 / statistics.median(times) / 1e9
-    return {"gflops_by_size": out, "gflops": max(out.values())}
+        out[label] = round(2 * m * k * n / statistics.median(times) / 1e9, 1)
+    return {"gflops_by_shape": out, "gflops": max(out.values())}
+
+
+def old_adamw(params, cfg, device):
+    """The optimizer as bico built it before (b330f0d): the per-tensor loop on CPU."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=E.ADAM_EPS,
+                             foreach=device.type == "cuda")
 
 
 def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: int) -> dict:
-    T.batch_loss = full_logits_loss if setting == "before" else ORIGINAL_LOSS
+    E.adamw = old_adamw if setting == "fp32-before" else FUSED_ADAMW
+    precision = "bf16" if setting == "bf16" else "fp32"
     with tempfile.TemporaryDirectory() as out:
         recipe = load_recipe(recipe_path(objective, False), [
             f"data.dir={data_dir}", f"train.output_dir={out}", f"train.max_steps={warmup + steps}",
-            "train.log_every=1", "train.save_model=false", "train.progress=false",
-            f"data.pack={'false' if setting == 'before' else 'true'}",
+            "train.log_every=1", "train.save_model=false", "train.progress=false", f"train.precision={precision}",
         ])
         params = T.train(recipe).summary["total_params"]
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -73,46 +74,54 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
     seconds = last["elapsed_s"] - first["elapsed_s"]
     tokens = last["tokens"] - first["tokens"]
     tps = tokens / seconds
-    return {"objective": objective, "setting": setting, "steps": steps, "seconds": round(seconds, 2),
-            "tokens": tokens, "tokens_per_s": round(tps, 1), "s_per_step": round(seconds / steps, 3),
-            "model_gflops": round(6 * params * tps / 1e9, 1), "params": params}
+    return {"objective": objective, "setting": setting, "precision": precision, "steps": steps,
+            "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tps, 1),
+            "s_per_step": round(seconds / steps, 3), "model_gflops": round(6 * params * tps / 1e9, 1), "params": params}
 
 
-ORIGINAL_LOSS = T.batch_loss
+FUSED_ADAMW = E.adamw
+SETTINGS = ("fp32-before", "fp32", "bf16")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=4)
+    ap.add_argument("--objectives", default="ntp,bico_names")
     ap.add_argument("--out", default="benchmarks/results/throughput-cpu")
     args = ap.parse_args()
     out = Path(args.out)
     data_dir = Path(tempfile.mkdtemp()) / "data"
     generate_reversal_dataset(data_dir, **DATA)
-    peak = matmul_peak()
-    runs = [measure(o, s, data_dir, args.steps, args.warmup) for o in ("ntp", "bico") for s in ("before", "after")]
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    runs = [measure(o, s, data_dir, args.steps, args.warmup) for o in args.objectives.split(",") for s in SETTINGS]
     for r in runs:
-        r["fraction_of_peak"] = round(r["model_gflops"] / peak["gflops"], 3)
-    result = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "command": "python " + " ".join(sys.argv), "matmul_peak": peak, "runs": runs}
+        r["fraction_of_peak"] = round(r["model_gflops"] / peaks[r["precision"]]["gflops"], 3)
+        base = next(b for b in runs if b["objective"] == r["objective"] and b["setting"] == "fp32-before")
+        r["speedup_vs_fp32_before"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+    machine = machine_info()
+    result = {"machine": machine, "command": "python " + " ".join(sys.argv), "matmul_peaks": peaks, "runs": runs}
     atomic_write_json(out / "throughput.json", result)
-    print(f"{result['cpu']}, {result['threads']} threads: fp32 matmul peak {peak['gflops']:.1f} GFLOP/s")
-    print("| objective | setting | s/step | tokens/s | model GFLOP/s | of peak |\n|---|---|---:|---:|---:|---:|")
+    print(f"{machine['cpu']} (bf16 flags: {', '.join(machine['cpu_bf16']) or 'none'}), {machine['torch_threads']} "
+          f"threads: matmul peak fp32 {peaks['fp32']['gflops']:.0f}, bf16 {peaks['bf16']['gflops']:.0f} GFLOP/s")
+    print("| objective | setting | s/step | tokens/s | vs fp32-before | model GFLOP/s | of its peak |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     for r in runs:
-        print(f"| {r['objective']} | {r['setting']} | {r['s_per_step']} | {r['tokens_per_s']} | {r['model_gflops']} | "
-              f"{r['fraction_of_peak']:.0%} |")
+        print(f"| {r['objective']} | {r['setting']} | {r['s_per_step']} | {r['tokens_per_s']} | "
+              f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} |")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = [f"{r['objective']}\n{r['setting']}" for r in runs]
-    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=["#999", "#4a7", "#999", "#4a7"])
-    ax.bar_label(bars, fmt="%.0f")
+    colors = {"fp32-before": "#999", "fp32": "#6a9", "bf16": "#27c"}
+    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
+    ax.bar_label(bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7)
     ax.set_ylabel("training tokens/s")
-    ax.set_title(f"SmolLM2-135M full FT, fp32, {result['cpu']}, {result['threads']} threads", fontsize=8)
+    ax.set_title(f"SmolLM2-135M full FT, demo step, {machine['cpu']}, {machine['torch_threads']} threads, "
+                 f"torch {machine['versions']['torch']}", fontsize=7)
     fig.tight_layout()
     atomic_savefig(fig, out / "throughput.png", dpi=120)
 

@@ -105,7 +105,7 @@ class TrainConfig:
     schedule: str = "linear"  # linear | cosine | constant
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GPU)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast, fp32 master weights; fp16 GPU only); auto: bf16 where the hardware has it
     log_every: int = 10
     save_every: int | None = None  # checkpoint every N optimizer steps
     keep_checkpoints: int = 2  # 0 = keep all

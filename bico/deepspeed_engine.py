@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from bico import distributed, resources
-from bico.engine import (ADAM_EPS, Engine, adamw, check_precision, checkpoint_path, lr_schedule, publish_checkpoint,
+from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, lr_schedule, publish_checkpoint, resolve_precision,
                          trainable_parameters)
 
 logger = logging.getLogger(__name__)
@@ -111,12 +111,12 @@ def fill_config(config: dict, recipe, *, world_size: int, hidden_size: int | Non
            f"train.batch_size x train.grad_accum x {world_size} ranks")
     _agree(ds, "gradient_clipping", float(cfg.max_grad_norm or 0.0), where, "train.max_grad_norm")
     # DeepSpeed runs bf16 on CPU ranks; fp16 needs its GPU loss scaler
-    check_precision(cfg.precision, device_type, on_cpu=("fp32", "bf16"), error=DeepSpeedConfigError)
+    precision, _ = resolve_precision(cfg.precision, device_type, error=DeepSpeedConfigError)
     for name in ("bf16", "fp16"):
         section = ds.setdefault(name, {})
         if not isinstance(section, dict):
             raise DeepSpeedConfigError(f"{where}: {name!r} must be a mapping such as {{\"enabled\": \"auto\"}}")
-        _agree(section, "enabled", cfg.precision == name, f"{where} ({name})", "train.precision")
+        _agree(section, "enabled", precision == name, f"{where} ({name})", "train.precision")
     optimizer = ds.get("optimizer")
     if optimizer is not None:
         params = optimizer.setdefault("params", {})
@@ -180,6 +180,7 @@ class DeepSpeedEngine(Engine):
         self.config = fill_config(raw, recipe, world_size=self.world_size, hidden_size=_hidden_size(model),
                                   where=where, device_type=device.type)
         self.stage = zero_stage(self.config)
+        self.precision = next((n for n in ("bf16", "fp16") if self.config.get(n, {}).get("enabled") is True), "fp32")
         params = trainable_parameters(model)
         self.has_frozen = any(not p.requires_grad for p in model.parameters())
         # without an "optimizer" section DeepSpeed steps the plain engine's AdamW (same training)

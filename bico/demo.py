@@ -73,7 +73,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
         base = base or outcome.base  # every arm starts from the same model and data: one base row
         timings[arm] = {"train_s": s["wall_time_s"], "eval_s": round(outcome.eval_s, 1),
                         "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
-                        "tokens_per_s": s["tokens_per_s"]}
+                        "tokens_per_s": s["tokens_per_s"], "precision": s.get("precision")}
         del outcome  # the arm's model, before the next one loads
     machine = machine_info()
     for arm in arms:
@@ -84,7 +84,7 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     print(paths["md"].read_text(), end="")
     for arm in arms:
         t = timings[arm]
-        print(f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s "
+        print(f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s in {t['precision']} "
               f"({t['tokens_per_s']} tokens/s), eval {t['eval_s']:.0f} s")
     print(f"demo finished in {total / 60:.1f} min on {machine['cpu']} ({machine['torch_threads']} torch threads); "
           f"results in {paths['json']} and {paths['png']}")

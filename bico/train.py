@@ -102,14 +102,15 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def nan_hint(cfg) -> str:
-    """What to change after a NaN/inf loss: the usual remedies, minus those already in force."""
+def nan_hint(cfg, precision: str) -> str:
+    """What to change after a NaN/inf loss: the usual remedies, minus those already in force
+    (``precision``: what ``train.precision`` resolved to)."""
     already, try_next = [], [f"lower train.lr (now {cfg.lr:g})"]
     if cfg.max_grad_norm:
         already.append(f"train.max_grad_norm={cfg.max_grad_norm:g}")
     else:
         try_next.append("set train.max_grad_norm=1.0")
-    if cfg.precision == "fp32":
+    if precision == "fp32":
         already.append("train.precision=fp32")
     else:
         try_next.append("use train.precision=fp32")
@@ -287,7 +288,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             "status": status, "steps": steps, "final_loss": loss_value, "tokens": counters["tokens"],
             "wall_time_s": round(wall, 2), "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None,
             "objective": objective.describe(), "trainable_params": trainable, "total_params": total,
-            "device": str(device),
+            "device": str(device), "precision": engine.precision,
         }
 
     bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress or not main,
@@ -320,7 +321,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         counters["tokens"] += step_tokens
         loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / max(num_targets, 1)
         if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at step {step + 1}; {nan_hint(cfg)}")
+            raise TrainingError(f"loss became {loss_value} at step {step + 1}; {nan_hint(cfg, engine.precision)}")
         grad_norm = engine.step()
         # step 0, not the first step of this process: a resumed run logs the same lines as an uninterrupted one
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == 0:

@@ -13,6 +13,10 @@ try:
 except ImportError:
     pass
 
+# train.precision=auto would pick bf16 on CPUs with AMX/AVX512-BF16 and fp32 elsewhere; the suite
+# compares runs bit for bit, so it decides auto the same on every machine (bf16 has its own tests).
+os.environ.setdefault("BICO_AUTO_PRECISION", "fp32")
+
 import pytest
 import torch
 

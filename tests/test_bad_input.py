@@ -76,7 +76,7 @@ CASES = [
     ("resume+overwrite", ["train.resume=true", "train.overwrite=true"], ["set one of them"]),
     ("device=gpu", ["train.device=gpu"], ["train.device"]),
     ("schedule", ["train.schedule=step"], ["train.schedule"]),
-    ("precision=bf16 on CPU", ["train.device=cpu", "train.precision=bf16"], ["bf16", "GPU"]),
+    ("precision=fp16 on CPU", ["train.device=cpu", "train.precision=fp16"], ["fp16", "GPU", "fp32 or bf16"]),
     ("deepspeed config missing", ["train.deepspeed=missing.json"], ["missing.json", "no such file"]),
     ("max_length=0", ["data.max_length=0"], ["data.max_length"]),
     ("train_files=[]", ["data.train_files=[]"], ["data.train_files"]),

@@ -1,6 +1,7 @@
 """The engine boundary and the model setup: one interface, shared pieces, no import cycle, one order."""
 import ast
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -44,15 +45,60 @@ def test_engines_implement_one_interface_without_an_import_cycle():
 
 def test_precision_rules_are_one_function():
     check_precision("fp32", "cpu")
-    with pytest.raises(ValueError, match="train.precision 'fp8': use fp32, bf16 or fp16"):
+    check_precision("bf16", "cpu")  # autocast to bf16 on CPU, fp32 master weights
+    with pytest.raises(ValueError, match="train.precision 'fp8': use auto, fp32, bf16 or fp16"):
         check_precision("fp8", "cuda")
-    with pytest.raises(ValueError, match="bf16 needs a GPU; use fp32 on CPU"):
-        check_precision("bf16", "cpu")  # the plain engine
-    check_precision("bf16", "cpu", on_cpu=("fp32", "bf16"))  # DeepSpeed's CPU ranks run bf16
+    with pytest.raises(ValueError, match="fp16 needs a GPU; use fp32 or bf16 on CPU"):
+        check_precision("fp16", "cpu")
     from bico.deepspeed_engine import DeepSpeedConfigError, fill_config
 
     with pytest.raises(DeepSpeedConfigError, match="fp16 needs a GPU; use fp32 or bf16 on CPU"):
         fill_config({}, load_recipe(None, ["train.precision=fp16"]), world_size=1, hidden_size=8, device_type="cpu")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch):
+    import bico.engine as E
+
+    monkeypatch.delenv(E.AUTO_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: ["amx_bf16", "avx512_bf16"])
+    assert E.resolve_precision("auto", "cpu") == ("bf16", "auto: this CPU multiplies bf16 natively (amx_bf16, avx512_bf16)")
+    monkeypatch.setattr(E, "cpu_bf16_flags", lambda: [])
+    assert E.resolve_precision("auto", "cpu")[0] == "fp32"
+    assert E.resolve_precision("bf16", "cpu") == ("bf16", "train.precision")  # asked for: allowed, even if emulated
+    monkeypatch.setenv(E.AUTO_PRECISION_ENV, "bf16")
+    assert E.resolve_precision("auto", "cpu") == ("bf16", f"auto, set by {E.AUTO_PRECISION_ENV}")
+    assert E.resolve_precision("fp32", "cpu")[0] == "fp32"  # the variable decides auto only
+    monkeypatch.setenv(E.AUTO_PRECISION_ENV, "fp8")
+    with pytest.raises(ValueError, match="BICO_AUTO_PRECISION='fp8': use fp32, bf16 or fp16"):
+        E.resolve_precision("auto", "cpu")
+    from bico.deepspeed_engine import fill_config
+
+    monkeypatch.setenv(E.AUTO_PRECISION_ENV, "bf16")
+    config = fill_config({}, load_recipe(None, []), world_size=1, hidden_size=8, device_type="cpu")
+    assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
+
+
+def test_bf16_training_on_cpu_keeps_fp32_masters_and_the_mask(monkeypatch):
+    """bf16 autocast on CPU: weights and optimizer state stay fp32, the loss is finite, and the
+    interval mask still takes effect (a bidirectional mask changes the first row's logits)."""
+    from bico.masks import IntervalMask
+    from helpers import make_llama
+
+    model = make_llama("bico")
+    engine = TorchEngine(model, load_recipe(None, ["train.precision=bf16", "train.lr=1e-3"]), 4, torch.device("cpu"))
+    assert engine.precision == "bf16" and engine.autocast_dtype is torch.bfloat16
+    ids = torch.randint(3, 128, (1, 9))
+    with engine._autocast():
+        causal = model(input_ids=ids, bico_mask=IntervalMask.causal(9)).logits
+        both = model(input_ids=ids, bico_mask=IntervalMask.bidirectional(9)).logits
+    assert causal.dtype == torch.bfloat16 or causal.dtype == torch.float32
+    assert not torch.allclose(causal[0, 0].float(), both[0, 0].float()), "the mask was ignored under autocast"
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    loss = engine.backward_loss(lambda: model(input_ids=ids, labels=ids, bico_mask=IntervalMask.causal(9)).loss, 1)
+    engine.step()
+    assert math.isfinite(loss) and all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(before, model.model.layers[0].mlp.up_proj.weight)
+    assert all(v.dtype == torch.float32 for s in engine.optimizer.state.values() for v in s.values() if v.dim())
 
 
 def test_torch_engine_checkpoints_rotate_and_restore(tmp_path):
