@@ -11,7 +11,6 @@ imported only when used.
 from __future__ import annotations
 
 import importlib
-import platform
 import subprocess
 import sys
 import time
@@ -259,15 +258,14 @@ def _try(fn):
 
 
 def metadata(cfg: dict) -> dict:
-    from importlib.metadata import version
+    from bico.machine import cpu_model, library_versions
 
     cuda = cfg["device"] == "cuda"
     git = lambda *a: _try(lambda: subprocess.run(["git", *a], cwd=Path(__file__).resolve().parent, check=True,  # noqa: E731
                                                  capture_output=True, text=True, timeout=10).stdout.strip())
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
-            "versions": {"torch": torch.__version__, "triton": _try(lambda: version("triton")),
-                         "transformers": _try(lambda: version("transformers")), "python": platform.python_version()},
+    return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({cpu_model()})",
+            "versions": {**library_versions(), "torch": torch.__version__},
             "command": list(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
             "config": cfg, "note": None if cuda else CPU_NOTE}
