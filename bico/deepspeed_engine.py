@@ -41,12 +41,23 @@ from pathlib import Path
 import torch
 
 from bico import distributed, resources
-from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, lr_schedule, publish_checkpoint, resolve_precision,
-                         trainable_parameters)
+from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
+                         resolve_precision, trainable_parameters)
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
 TMP_TAG_PREFIX = ".tmp-"  # checkpoint tags being written; a killed save leaves one behind
+
+
+def deepspeed_state_types() -> tuple:
+    """The classes, besides tensors and containers, that DeepSpeed's own checkpoint files pickle
+    (``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO-2 and ZeRO-3 checkpoints):
+    plain records whose loading runs no code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address)
 
 
 class DeepSpeedConfigError(ValueError):
@@ -278,6 +289,8 @@ class DeepSpeedEngine(Engine):
 
     def load_checkpoint(self, path: Path) -> int:
         path = Path(path)
+        for part in sorted(path.glob("*.pt")):  # DeepSpeed unpickles them with weights_only=False: vet them first
+            load_state(part, allow=deepspeed_state_types())
         loaded, client = self.ds.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=not self.has_frozen)
         if loaded is None:
             raise ValueError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")

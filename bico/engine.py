@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
@@ -33,6 +35,24 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # bit for bit across CPUs with and without bf16 hardware; the test suite sets it).
 AUTO_PRECISION_ENV = "BICO_AUTO_PRECISION"
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default; DeepSpeed's own optimizers get it written out
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from; the message names the file and what to do."""
+
+
+def load_state(path: Path, allow: tuple = ()):
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and containers, which is
+    all bico's engine saves (RNG states are tensors), and the classes in ``allow``. A pickle that
+    asks for anything else could run code while it loads, so it is refused, not loaded."""
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        wanted = re.search(r"GLOBAL (\S+)", str(err))
+        raise CheckpointError(f"checkpoint file {path} asks for {wanted.group(1) if wanted else 'more than tensors'} "
+                              "when loaded, which could run code, so bico does not load it; resume only from "
+                              "checkpoints bico wrote, or start over with train.overwrite=true") from None
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -245,7 +265,7 @@ class TorchEngine(Engine):
             raise
 
     def load_checkpoint(self, path: Path) -> int:
-        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+        state = load_state(Path(path) / "state.pt")
         named = dict(self.module.named_parameters())
         missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
         if missing:

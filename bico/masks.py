@@ -77,6 +77,41 @@ class IntervalMask:
         return cls(lo, _full(length, length), rope, _zeros_if_2d(rope, length))
 
     @classmethod
+    def isolated_blocks(cls, length: int, prefix_length: int, blocks: Sequence[tuple[int, int]],
+                        rope: str = "standard") -> IntervalMask:
+        """:meth:`prefix_lm`, except that each block ``[start, end)`` after the prefix is seen by its
+        own later rows only (GLM's ``isolated_spans``: a span sees Part A and itself)."""
+        if not 0 <= prefix_length <= length:
+            raise ValueError(f"prefix_length {prefix_length} outside [0, {length}]")
+        lo = torch.arange(length, dtype=INDEX_DTYPE)
+        lo[:prefix_length] = 0
+        hi = _full(length, length)
+        for start, end in blocks:
+            if not prefix_length <= start <= end <= length:
+                raise ValueError(f"block [{start}, {end}) outside [{prefix_length}, {length})")
+            hi[start:end] = end
+        return cls(lo, hi, rope, _zeros_if_2d(rope, length))
+
+    @classmethod
+    def block_diffusion(cls, block_lengths: Sequence[int], rope: str = "standard") -> IntervalMask:
+        """BD3LM's attention in the layout ``[noisy_0, clean_0, noisy_1, clean_1, ..., noisy_{B-1}]``
+        (blocks of ``block_lengths`` tokens; no clean copy of the last block). A noisy block's keys
+        are seen by that block only; a clean block's keys by every row from it to the end (clean
+        blocks b' >= b, noisy blocks b' > b). See :mod:`bico.objectives.bd3lm` for why that is all."""
+        lo, hi, start = [], [], 0
+        total = 2 * sum(block_lengths) - (block_lengths[-1] if block_lengths else 0)
+        for k, n in enumerate(block_lengths):
+            lo += [start] * n
+            hi += [start + n] * n  # noisy_k
+            start += n
+            if k < len(block_lengths) - 1:
+                lo += [start] * n
+                hi += [total] * n  # clean_k
+                start += n
+        return cls(torch.tensor(lo, dtype=INDEX_DTYPE), torch.tensor(hi, dtype=INDEX_DTYPE), rope,
+                   _zeros_if_2d(rope, total))
+
+    @classmethod
     def bico(cls, length: int, hidden: torch.Tensor, rope: str = "standard") -> IntervalMask:
         """BICO's denoising mask: bidirectional, with the ``hidden`` positions hidden as keys."""
         return cls.bidirectional(length, rope).hide(hidden)

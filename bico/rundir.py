@@ -90,7 +90,7 @@ class RunLock:
     def acquire(self) -> None:
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = open_in_run_dir(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
                 raise RunDirError(f"train.output_dir {self.path.parent} is not writable ({err.strerror})") from None
             try:
@@ -122,6 +122,22 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # before unlocking: see the inode check in acquire
             os.close(self.fd)
             self.fd = None
+
+
+def open_in_run_dir(path: Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that never follows a symbolic link at ``path``: a link planted in a run dir
+    would have bico write through it to a file outside (a link is a one-line error instead)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _link_error(path) from None
+        raise
+
+
+def _link_error(path: Path) -> RunDirError:
+    return RunDirError(f"{path} is a symbolic link; bico writes nothing in a run dir through a link: remove it "
+                       "(or put a copy of its target there)")
 
 
 def _remove(path: Path) -> None:
@@ -220,6 +236,10 @@ class RunDir:
 
     def _check_ownership(self) -> None:
         if self.resume:
+            # Kept on resume and written again (metrics appended, files replaced): none may be a link.
+            links = [n for n in self._run_entries()[0] if (self.path / n).is_symlink()]
+            if links:
+                raise _link_error(self.path / links[0])
             return
         ours, foreign = self._run_entries()
         if foreign:
@@ -324,7 +344,8 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         """One JSON line, in one write: a kill can only tear the last line, which resume drops."""
         line = json.dumps(json_safe(record), allow_nan=False) + "\n"
-        with open(self.path / METRICS, "a", encoding="utf-8") as f:
+        with os.fdopen(open_in_run_dir(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w",
+                       encoding="utf-8") as f:
             f.write(line)
 
     def write_summary(self, summary: dict) -> None:

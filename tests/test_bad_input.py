@@ -268,3 +268,30 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
         assert proc.returncode == 130 and err.strip() == "bico: interrupted", err
         # Nothing left behind, unless (a fast machine) training had begun: then its files are kept.
         assert not out.exists() or (out / "recipe.json").is_file()
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a crafted checkpoint would do)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_dir, capsys):
+    import torch
+
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    args = ["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL, "train.save_every=1",
+            "train.save_model=false", "eval.enabled=false"]
+    assert main(args) == 0
+    capsys.readouterr()
+    newest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    torch.save({"step": _RunsCode(f"touch {marker}")}, newest / "state.pt")
+    code = main(args + ["train.resume=true", "train.max_steps=3"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bico: error: "), lines
+    assert "state.pt" in lines[0] and "posix.system" in lines[0] and "could run code" in lines[0], lines[0]
+    assert not marker.exists()

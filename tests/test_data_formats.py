@@ -162,3 +162,42 @@ def test_tokenisation_is_cached_per_corpus_and_tokenizer(tmp_path, tokenizer, ca
     assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
     path.write_text(path.read_text() + json.dumps({"text": "one more"}) + "\n")  # a changed file: tokenised anew
     assert len(examples_of(r, tokenizer)) == len(first) + 1
+
+
+def test_ul2_mode_tokens_keep_chat_loss_spans_on_the_assistant_tokens(tmp_path, tokenizer):
+    """A mode token joins the text before the spans: they move with their tokens (they once stayed,
+    so the last assistant token lost its loss and the token before each answer gained one)."""
+    path = write_rows(tmp_path / "chat.jsonl", [{"messages": CHAT}])
+    ul2 = build_objective("mix", tokenizer, {"preset": "ul2"})
+    ex = examples_of(recipe(tmp_path, f"data.files=[{path}]", "data.format=chat", "data.max_length=256"), tokenizer)[0]
+    keep = torch.zeros(len(ex.completion_ids), dtype=torch.bool)
+    for a, b in ex.loss_spans:
+        keep[a:b] = True
+    keep = torch.cat([torch.tensor([False]), keep])  # the mode token comes first and carries no loss
+    seen, blanked = set(), []
+    for seed in range(40):
+        rng = random.Random(seed)
+        state = ul2.start_batch(rng)
+        s = ul2.encode(ex, rng, state)
+        seen.add(state.split(":")[0])
+        if state.startswith("S:"):  # prefix-LM over [S] + the chat: NTP's loss on the assistant tokens
+            assert torch.equal(s.targets[:-1] != IGNORE, keep[1:])
+            assert s.targets[len(keep) - 2] == ex.completion_ids[-1]  # the last assistant token keeps its loss
+        else:  # GLM: every span it blanks out lies inside an answer
+            blanked += [t for t in s.targets.tolist() if t not in (IGNORE, ul2.components[0].eop_id)]  # Part B
+    answers = [t for t, k in zip([0] + ex.completion_ids, keep.tolist()) if k]
+    assert blanked and all(t in answers for t in blanked)
+    assert seen == {"R", "S", "X"}
+
+
+def test_inserting_tokens_moves_and_splits_loss_spans():
+    from bico.objectives import Example
+
+    ex = Example("", "", [1, 2, 3], [4, 5, 6], eos=False, loss_spans=[(0, 1), (1, 4), (5, 6)])
+    out = ex.with_inserted(2, [9, 9])
+    assert out.prompt_ids == [1, 2, 9, 9, 3] and out.completion_ids == [4, 5, 6]
+    assert out.loss_spans == [(0, 1), (1, 2), (4, 6), (7, 8)]  # the new tokens are in no span
+    assert ex.loss_spans == [(0, 1), (1, 4), (5, 6)] and ex.prompt_ids == [1, 2, 3]  # the original is untouched
+    assert Example("", "", [1], [2]).with_inserted(0, [9]).loss_spans is None  # no spans: every token trains
+    with pytest.raises(ValueError, match="outside the prompt"):
+        ex.with_inserted(4, [9])

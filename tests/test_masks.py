@@ -125,3 +125,31 @@ def test_to_keeps_one_copy_per_device_and_pickles_without_caches():
     m.blocks(16, 16)
     clone = pickle.loads(pickle.dumps(m))
     assert clone == m and clone._blocks == {}
+
+
+def test_isolated_blocks_equal_prefix_lm_with_each_block_cut_off():
+    """GLM's isolated spans, as glm.py used to build them (editing ``hi`` of a built mask)."""
+    prefix, blocks = 5, [(5, 8), (8, 9), (9, 13)]
+    edited = IntervalMask.prefix_lm(13, prefix)
+    hi = edited.hi.clone()
+    for start, end in blocks:
+        hi[0, start:end] = end
+    assert IntervalMask.isolated_blocks(13, prefix, blocks) == IntervalMask(edited.lo, hi)
+    assert IntervalMask.isolated_blocks(13, prefix, []) == IntervalMask.prefix_lm(13, prefix)
+    with pytest.raises(ValueError, match="outside"):
+        IntervalMask.isolated_blocks(13, prefix, [(3, 6)])
+
+
+@pytest.mark.parametrize("lengths", [[4, 4, 4, 1], [3], [2, 5], []])
+def test_block_diffusion_equals_bd3lm_s_former_construction(lengths):
+    lo, hi, ranges, start = [], [], [], 0
+    for k, n in enumerate(lengths):  # bd3lm.py's loop before the constructor
+        for clean in (False, True) if k < len(lengths) - 1 else (False,):
+            ranges.append((start, start + n, clean))
+            start += n
+    for a, b, clean in ranges:
+        lo += [a] * (b - a)
+        hi += [start if clean else b] * (b - a)
+    mask = IntervalMask.block_diffusion(lengths)
+    assert mask == IntervalMask(torch.tensor(lo, dtype=INDEX_DTYPE), torch.tensor(hi, dtype=INDEX_DTYPE))
+    assert mask.seq_len == 2 * sum(lengths) - (lengths[-1] if lengths else 0)

@@ -58,6 +58,7 @@ def test_common_contract(tok, name, options):
     obj = build_objective(name, tok, options)
     ex = example(tok, meta=META)
     original = text(tok, ex)
+    targets = 0
     for seed in range(8):
         a, b = encode(obj, ex, seed), encode(obj, ex, seed)
         for field in ("input_ids", "targets", "position_ids"):
@@ -66,12 +67,16 @@ def test_common_contract(tok, name, options):
         n = len(a)
         assert a.mask.lo.dtype == INDEX_DTYPE and a.mask.lo.shape == a.mask.hi.shape == (1, n)
         assert a.targets.shape == a.position_ids.shape == (n,)
-        assert ((a.targets == IGNORE) | ((a.targets >= 0) & (a.targets < len(tok)))).any()
+        assert ((a.targets == IGNORE) | ((a.targets >= 0) & (a.targets < len(tok)))).all()
+        targets += int((a.targets != IGNORE).sum())
         # EOS (special) is never corrupted: the last token of the (first) document is still EOS.
         assert tok.eos_token_id in a.input_ids.tolist()
         if name in ("mntp", "mlm_u"):
             kept = [i for i, t in enumerate(original) if t in obj.special_ids]
             assert all(int(a.input_ids[i]) == original[i] for i in kept)
+    # Over the seeds, not per sample: one draw per token at a fixed rate may select nothing (mntp,
+    # seed 0: all 24 eligible draws >= 0.2), and the trainer counts such a sample's 0 targets.
+    assert targets
     seeds = {tuple(encode(obj, ex, s).input_ids.tolist()) + tuple(encode(obj, ex, s).targets.tolist()) for s in range(8)}
     deterministic = name == "prefix_lm" or options.get("mode") == "entity"  # no random choice at all
     assert deterministic or len(seeds) > 1  # different seeds, different samples

@@ -206,3 +206,43 @@ def test_recipe_differences_ignore_keys_free_on_resume():
     assert recipe_differences(a, b) == []
     c = load_recipe(None, ["train.seed=2", "objective.options.mask_ratio=0.3"]).to_dict()
     assert recipe_differences(a, c) == ["objective.options: {} -> {'mask_ratio': 0.3}", "train.seed: 1 -> 2"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path, reversal_dir, capsys, resume):
+    from test_cli import SMALL, TINY
+
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    if resume:
+        train(tiny_recipe(run, reversal_dir, *RESUMABLE))
+    run.mkdir(exist_ok=True)
+    (run / LOCK).symlink_to(victim)
+    code = main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={run}", *SMALL,
+                 *(RESUMABLE + ["train.resume=true", "train.max_steps=8"] if resume else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is a symbolic link" in err[0] and LOCK in err[0], err
+    assert victim.read_text() == "precious" and (run / LOCK).is_symlink()
+
+
+def test_resume_never_appends_metrics_through_a_link(tmp_path, reversal_dir, capsys):
+    from test_cli import SMALL, TINY
+
+    run, outside = tmp_path / "run", tmp_path / "outside.jsonl"
+    train(tiny_recipe(run, reversal_dir, *RESUMABLE))
+    outside.write_bytes((run / "metrics.jsonl").read_bytes())
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(outside)
+    before = outside.read_bytes()
+    code = main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={run}", *SMALL, *RESUMABLE,
+                 "train.resume=true", "train.max_steps=8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "metrics.jsonl is a symbolic link" in err[0], err
+    assert outside.read_bytes() == before
+    (run / "metrics.jsonl").unlink()  # a link planted while the run runs: the append refuses it too
+    (run / "metrics.jsonl").symlink_to(outside)
+    from bico.rundir import RunDir
+
+    with pytest.raises(RunDirError, match="symbolic link"):
+        RunDir(run, tiny_recipe(run, reversal_dir)).append_metrics({"step": 99})
+    assert outside.read_bytes() == before

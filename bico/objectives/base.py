@@ -15,6 +15,7 @@ entity spans) live here, so that each objective file depends on this base only.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,21 @@ class Example:
     # Token ranges [a, b) of text_ids that carry loss and may be masked (chat: the assistant turns;
     # a chunk: its tokens after the overlap); None = all of them. See loss_tokens.
     loss_spans: list[tuple[int, int]] | None = None
+
+    def with_inserted(self, at: int, token_ids: list[int]) -> Example:
+        """A new Example with ``token_ids`` inserted before text token ``at`` (at most the prompt's
+        length: they join the prompt). Every transformation of an Example goes through here, so the
+        loss spans move with their tokens; the inserted tokens carry loss only if every token does."""
+        if not 0 <= at <= len(self.prompt_ids):
+            raise ValueError(f"insert position {at} outside the prompt [0, {len(self.prompt_ids)}]")
+        k = len(token_ids)
+        spans = None
+        if self.loss_spans is not None:
+            spans = []
+            for a, b in self.loss_spans:  # a span that holds `at` is split around the new tokens
+                spans += [(a, b)] if b <= at else [(a + k, b + k)] if a >= at else [(a, at), (at + k, b + k)]
+        return dataclasses.replace(self, prompt_ids=self.prompt_ids[:at] + list(token_ids) + self.prompt_ids[at:],
+                                   loss_spans=spans)
 
 
 @dataclass
@@ -174,14 +190,38 @@ def check_units(name: str, mode: str, segment_max: int) -> None:
         raise ValueError(f"{name}.segment_max must be >= 1, got {segment_max}")
 
 
-def join_units(content: list[int], units: list[tuple[int, int]], sep: int | None = None) -> list[int]:
-    """The tokens of ``units`` (ranges of ``content``) in the given order, ``sep`` between them."""
-    body: list[int] = []
-    for k, (a, b) in enumerate(units):
+def separated(units: list[tuple[int, int]], sep: int | None = None) -> list:
+    """``units`` as pieces for :func:`rearranged`, with the token ``sep`` (None = nothing) between them."""
+    pieces: list = []
+    for k, unit in enumerate(units):
         if k and sep is not None:
-            body.append(sep)
-        body += content[a:b]
-    return body
+            pieces.append(sep)
+        pieces.append(unit)
+    return pieces
+
+
+def rearranged(ids: list[int], allowed: torch.Tensor | None, start: int, end: int,
+               pieces: list) -> tuple[list[int], torch.Tensor | None]:
+    """``ids`` with its content ``ids[start:end]`` replaced by ``pieces``: a tuple ``(a, b)`` is the
+    content's tokens ``a..b-1``, an int a token the objective inserts (a separator, a sentinel).
+
+    Returns the new ids and their loss flags (None when ``allowed`` is None: every token trains).
+    A text token keeps its flag wherever it moves; an inserted token gets none (with loss spans,
+    exactly the spans' tokens train, as with :meth:`Example.with_inserted`).
+    """
+    content = ids[start:end]
+    body, flags = [], []
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            body += content[piece[0]:piece[1]]
+            flags += [] if allowed is None else allowed[start + piece[0]:start + piece[1]].tolist()
+        else:
+            body.append(piece)
+            flags.append(False)
+    out = ids[:start] + body + ids[end:]
+    if allowed is None:
+        return out, None
+    return out, torch.tensor(allowed[:start].tolist() + flags + allowed[end:].tolist(), dtype=torch.bool)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

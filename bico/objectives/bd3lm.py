@@ -8,8 +8,8 @@ Rules:
   the last one possibly shorter. Block b is noised with rate t_b: ``rate_per="block"`` draws
   one t per block (the paper's NELBO, a t per block), ``"sample"`` one per example (dLLM's
   trainer); t ~ U[``min_rate``, ``max_rate``] (the paper's clipped schedule [beta, omega];
-  defaults 1e-3 and 1 as MLM-U, dLLM's time epsilon). Each eligible token (not special; with
-  ``shift`` not the first) is replaced by the mask token with probability t_b.
+  defaults 1e-3 and 1 as MLM-U, dLLM's time epsilon). Each eligible token (not special, inside
+  the loss spans; with ``shift`` not the first) is replaced by the mask token with probability t_b.
 * attention, from BD3LM's three masks on [x_t, x_0]: a noisy block sees itself bidirectionally
   (M_BD) and the clean blocks before it (M_OBC); a clean block sees the clean blocks up to and
   including itself (M_BC); nothing sees a noisy block from outside it.
@@ -68,21 +68,15 @@ class BlockDiffusion(Objective):
             rates = [rng.uniform(self.min_rate, self.max_rate) for _ in blocks]
         draws = torch.tensor([rng.random() for _ in range(n)])
         rate_of = torch.cat([torch.full((b - a,), r) for (a, b), r in zip(blocks, rates)])
-        masked = eligible_tokens(ids, self.special_ids, self.shift) & (draws < rate_of)
-        inputs, pos, lo, hi, noisy_at, clean_at = [], [], [], [], [0] * n, [0] * n
-        ranges = []  # (start, end, is_clean) in layout order; hi of clean keys is T, known at the end
+        masked = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example)) & (draws < rate_of)
+        inputs, pos, noisy_at, clean_at = [], [], [0] * n, [0] * n  # layout as IntervalMask.block_diffusion
         for k, (a, b) in enumerate(blocks):
             for clean in (False, True) if k < len(blocks) - 1 else (False,):
-                start = len(inputs)
                 for p in range(a, b):
                     (clean_at if clean else noisy_at)[p] = len(inputs)
                     inputs.append(int(ids[p]) if clean or not masked[p] else self.mask_id)
                     pos.append(p)
-                ranges.append((start, len(inputs), clean))
         total = len(inputs)
-        for start, end, clean in ranges:
-            lo += [start] * (end - start)
-            hi += [total if clean else end] * (end - start)
         targets = torch.full((total,), IGNORE, dtype=torch.long)
         weights = torch.ones(total)
         for p in masked.nonzero().flatten().tolist():
@@ -90,7 +84,7 @@ class BlockDiffusion(Objective):
             targets[at], weights[at] = ids[p], 1.0 / float(rate_of[p])
         return Sample(input_ids=torch.tensor(inputs, dtype=torch.long), targets=targets,
                       position_ids=torch.tensor(pos, dtype=torch.long),
-                      mask=IntervalMask(torch.tensor(lo), torch.tensor(hi)), weights=weights)
+                      mask=IntervalMask.block_diffusion([b - a for a, b in blocks]), weights=weights)
 
     def describe(self) -> dict:
         return {"name": self.name, "block_size": self.block_size, "rate_per": self.rate_per, "min_rate": self.min_rate,

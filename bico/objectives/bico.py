@@ -17,9 +17,10 @@ Entity-aware masking (not in the paper; off by default): with ``entity_mask`` > 
 denoising step each example, with probability ``entity_mask``, also has one whole entity span
 masked — the fact's ``name`` (``entity="name"``), its ``description``, or either at random
 (``"any"``) — as found through ``Example.meta`` (the reversal data's ``facts.jsonl``; without it,
-runs of capitalised words). The model must then rebuild the whole name from the description
-around it, the association a reversed question asks for. With ``shift`` a span token at
-position 0 is masked but has no target (nothing precedes it; SmolLM2 adds no BOS).
+runs of capitalised words), its tokens inside the loss spans. The model must then rebuild the
+whole name from the description around it, the association a reversed question asks for. With
+``shift`` a span token at position 0 is masked but has no target (nothing precedes it; SmolLM2
+adds no BOS).
 
 ``mask_token``: ``"unk"`` (the paper: Llama's ``<unk>``), ``"pad"``, ``"added"`` (a new
 ``<|mask|>`` special token; the trainer resizes the embeddings) or any existing token string.
@@ -73,10 +74,11 @@ class Bico(Objective):
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
         n = ids.numel()
         draws = torch.tensor([rng.random() for _ in range(n)])
-        eligible = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example))
-        masked = eligible & (draws < self.mask_ratio)
+        allowed = self.allowed(example)
+        masked = eligible_tokens(ids, self.special_ids, self.shift, allowed) & (draws < self.mask_ratio)
         if self.entity_mask and rng.random() < self.entity_mask:
-            masked |= self.entity_span(ids, example.meta, rng)
+            span = self.entity_span(ids, example.meta, rng)
+            masked |= span if allowed is None else span & allowed
         predicted = masked.clone()
         if self.shift and n:
             predicted[0] = False  # an entity token at position 0: hidden, but nothing precedes it to predict it

@@ -11,12 +11,14 @@ middle and suffix, and rearranged with sentinel tokens:
   SPM variant, so the middle continues the prefix)
 
 Causal attention, standard positions, next-token loss on every token (the paper's joint
-training, no loss masking). Sentinels ``<|fim_prefix|>``, ``<|fim_suffix|>``,
+training, no loss masking); with loss spans, on the spans' tokens only, wherever they move
+(the sentinels then get no loss). Sentinels ``<|fim_prefix|>``, ``<|fim_suffix|>``,
 ``<|fim_middle|>`` are added as special tokens when the tokenizer lacks them.
 """
 from __future__ import annotations
 
-from bico.objectives.base import Example, Objective, Sample, add_special_token, next_token_sample, strip_specials
+from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_sample, rearranged,
+                                  strip_specials)
 from bico.objectives.registry import register
 
 SENTINELS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
@@ -35,20 +37,26 @@ class FillInTheMiddle(Objective):
 
     def arrange(self, ids: list[int], rng) -> tuple[list[int], str]:
         """The (possibly) rearranged text and its mode: ``ntp``, ``psm`` or ``spm``."""
+        out, _, mode = self.arranged(ids, None, rng)
+        return out, mode
+
+    def arranged(self, ids: list[int], allowed, rng):
+        """(the text, its loss flags (see :func:`rearranged`), the mode)."""
         if rng.random() >= self.fim_rate:
-            return ids, "ntp"
-        lead, content, tail = strip_specials(ids, self.special_ids)
+            return ids, allowed, "ntp"
+        lead, content, _ = strip_specials(ids, self.special_ids)
         i, j = sorted(rng.randint(0, len(content)) for _ in range(2))
-        prefix, middle, suffix = content[:i], content[i:j], content[j:]
+        prefix, middle, suffix = (0, i), (i, j), (j, len(content))
         if rng.random() < self.spm_rate:
-            body, mode = [self.pre_id, self.suf_id] + suffix + [self.mid_id] + prefix + middle, "spm"
+            pieces, mode = [self.pre_id, self.suf_id, suffix, self.mid_id, prefix, middle], "spm"
         else:
-            body, mode = [self.pre_id] + prefix + [self.suf_id] + suffix + [self.mid_id] + middle, "psm"
-        return lead + body + tail, mode
+            pieces, mode = [self.pre_id, prefix, self.suf_id, suffix, self.mid_id, middle], "psm"
+        out, flags = rearranged(ids, allowed, len(lead), len(lead) + len(content), pieces)
+        return out, flags, mode
 
     def encode(self, example: Example, rng, state=None) -> Sample:
-        ids, _ = self.arrange(self.text_ids(example), rng)
-        return next_token_sample(ids)
+        ids, allowed, _ = self.arranged(self.text_ids(example), self.allowed(example), rng)
+        return next_token_sample(ids, allowed=allowed)
 
     def describe(self) -> dict:
         return {"name": self.name, "fim_rate": self.fim_rate, "spm_rate": self.spm_rate,

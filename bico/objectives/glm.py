@@ -144,10 +144,10 @@ class BlankInfilling(Objective):
             block += list(range(1, len(tokens) + 2))
             flat += list(range(a - 1, b))
         total = len(inputs)
-        mask = IntervalMask.prefix_lm(total, sep)
         if self.isolated_spans:
-            for start, end in blocks:
-                mask.hi[0, start:end] = end
+            mask = IntervalMask.isolated_blocks(total, sep, blocks)
+        else:
+            mask = IntervalMask.prefix_lm(total, sep)
         two_d = self.positions == "2d"
         if two_d:
             mask = mask.with_rope("2d", torch.tensor(block, dtype=torch.long))

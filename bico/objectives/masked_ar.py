@@ -25,6 +25,7 @@ Rules, and where they follow the released code:
 * loss (``loss_on="original"``, released): next-token loss on the original copy and EOS, the
   first original token predicted from the last separator position. ``"both"`` (ours, as the
   issue proposes) also predicts the corrupted copy's unmasked tokens from their left neighbour.
+  With loss spans, only the spans' tokens are masked and predicted (in either copy).
 * positions: ``"continue"`` (released: one sequence, 0..T-1); ``"shared"`` (ours): the original
   copy takes the positions of the corrupted copy, token for token, and EOS the next one.
 """
@@ -70,15 +71,20 @@ class MaskedAR(Objective):
 
     def encode(self, example: Example, rng, state=None) -> Sample:
         rate = state if isinstance(state, float) else rng.uniform(self.min_rate, self.max_rate)
-        lead, content, tail = strip_specials(self.text_ids(example), self.special_ids)
-        masked = [rng.random() < rate for _ in content]  # every content token is eligible (non-special)
+        text, allowed = self.text_ids(example), self.allowed(example)
+        lead, content, tail = strip_specials(text, self.special_ids)
+        trained = [True] * len(text) if allowed is None else allowed.tolist()
+        trained = trained[len(lead):]  # content + tail
+        # One draw per content token whether or not it may be masked, so spans change no other draw.
+        masked = [rng.random() < rate and ok for ok in trained[:len(content)]]
         corrupted = lead + [self.mask_id if m else t for t, m in zip(content, masked)]
         prefix = corrupted + self.sep_ids
         ids = prefix + content + tail
-        targets = next_token_targets(ids, first_target=len(prefix))  # original copy + EOS
+        targets = next_token_targets(ids, first_target=len(prefix),  # original copy + EOS
+                                     allowed=None if allowed is None else torch.tensor([False] * len(prefix) + trained))
         if self.loss_on == "both":
             for i in range(len(lead) + 1, len(corrupted)):
-                if not masked[i - len(lead)]:
+                if not masked[i - len(lead)] and trained[i - len(lead)]:
                     targets[i - 1] = ids[i]
         n_copy = len(corrupted)
         if self.positions == "shared":

@@ -35,8 +35,6 @@ gives the same samples as ``bico`` for the same seed.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from bico.objectives.base import Example, Objective, Sample, add_special_token, strip_specials
 from bico.objectives.registry import build_objective, register
 
@@ -60,9 +58,9 @@ class MixState(str):
 
 def with_mode_token(example: Example, token_id: int, special_ids) -> Example:
     """``example`` with ``token_id`` after the prompt's leading special tokens (a new Example:
-    the tokenized examples are reused across epochs and must stay as they are)."""
-    lead = len(strip_specials(example.prompt_ids, special_ids)[0])
-    return dataclasses.replace(example, prompt_ids=example.prompt_ids[:lead] + [token_id] + example.prompt_ids[lead:])
+    the tokenized examples are reused across epochs and must stay as they are; its loss spans
+    move with their tokens, and the mode token carries no loss where spans are set)."""
+    return example.with_inserted(len(strip_specials(example.prompt_ids, special_ids)[0]), [token_id])
 
 
 @register("mix")

@@ -16,8 +16,9 @@ Rules:
   token (segments cut words, so the model needs the boundary); words and entities are joined
   as they are, like ``reverse``;
 * plain causal attention, standard positions, next-token loss on every token (SPT trains the
-  reordered text as ordinary LM data). One sample per example: unlike ``reverse``, the forward
-  copy is not added next to the reordered one.
+  reordered text as ordinary LM data); with loss spans, on the spans' tokens only, wherever
+  they move. One sample per example: unlike ``reverse``, the forward copy is not added next to
+  the reordered one.
 
 Departures from SPT: no assistant LLM (entity spans come from the facts' metadata, else
 capitalised-word runs); SPT's probabilities are not published, so ours are stated above.
@@ -25,7 +26,7 @@ capitalised-word runs); SPT's probabilities are not published, so ours are state
 from __future__ import annotations
 
 from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
-                                  join_units, next_token_sample, strip_specials)
+                                  next_token_sample, rearranged, separated, strip_specials)
 from bico.objectives.registry import register
 
 ORDERS = ("original", "reversed", "permuted")
@@ -47,20 +48,27 @@ class SemanticPermutation(Objective):
 
     def arrange(self, ids: list[int], meta: dict, rng) -> tuple[list[int], str]:
         """(the reordered text, which order was drawn)."""
+        out, _, order = self.arranged(ids, None, meta, rng)
+        return out, order
+
+    def arranged(self, ids: list[int], allowed, meta: dict, rng):
+        """(the reordered text, its loss flags (see :func:`rearranged`), which order was drawn)."""
         u = rng.random()
         order = ORDERS[0] if u < self.probs[0] else ORDERS[1] if u < self.probs[0] + self.probs[1] else ORDERS[2]
         if order == "original":
-            return ids, order
-        lead, content, tail = strip_specials(ids, self.special_ids)
+            return ids, allowed, order
+        lead, content, _ = strip_specials(ids, self.special_ids)
         units = self.units(content, self.mode, meta, rng, self.segment_max)
         if order == "reversed":
             units = units[::-1]
         else:
             rng.shuffle(units)
-        return lead + join_units(content, units, self.sep_id) + tail, order
+        out, flags = rearranged(ids, allowed, len(lead), len(lead) + len(content), separated(units, self.sep_id))
+        return out, flags, order
 
     def encode(self, example: Example, rng, state=None) -> Sample:
-        return next_token_sample(self.arrange(self.text_ids(example), example.meta, rng)[0])
+        ids, allowed, _ = self.arranged(self.text_ids(example), self.allowed(example), example.meta, rng)
+        return next_token_sample(ids, allowed=allowed)
 
     def describe(self) -> dict:
         return {"name": self.name, "mode": self.mode, "segment_max": self.segment_max,

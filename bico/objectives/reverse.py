@@ -4,9 +4,9 @@ Curse", arXiv 2403.13799), as data augmentation with plain causal attention.
 Every example is seen forward *and* reversed: one sample holds the forward text and its
 reversal as two packed documents (each causal, positions restarting at 0, neither seeing the
 other; ``IntervalMask.concat``), next-token loss on every token of both (``forward=False``
-keeps only the reversed one). The content between leading special tokens and the final EOS
-is cut into units whose order is reversed, each unit keeping its own token order
-(:meth:`Objective.units`, shared with ``permute``):
+keeps only the reversed one); with loss spans, on the spans' tokens only, wherever they move.
+The content between leading special tokens and the final EOS is cut into units whose order is
+reversed, each unit keeping its own token order (:meth:`Objective.units`, shared with ``permute``):
 
 * ``token``: units are single tokens;
 * ``word``: units are words (a token whose text starts with whitespace starts a word);
@@ -24,7 +24,7 @@ import torch
 
 from bico.masks import IntervalMask
 from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
-                                  join_units, next_token_targets, strip_specials)
+                                  next_token_targets, rearranged, separated, strip_specials)
 from bico.objectives.registry import register
 
 
@@ -39,18 +39,22 @@ class ReverseTraining(Objective):
             self.special_ids = self.special_ids | {self.rev_id}
 
     def reverse_ids(self, ids: list[int], meta: dict, rng) -> list[int]:
-        lead, content, tail = strip_specials(ids, self.special_ids)
+        return self.reversed_text(ids, None, meta, rng)[0]
+
+    def reversed_text(self, ids: list[int], allowed, meta: dict, rng):
+        """The reversal of ``ids`` and its loss flags (see :func:`rearranged`)."""
+        lead, content, _ = strip_specials(ids, self.special_ids)
         units = self.units(content, self.mode, meta, rng, self.segment_max)
-        return lead + join_units(content, units[::-1], self.rev_id) + tail
+        return rearranged(ids, allowed, len(lead), len(lead) + len(content), separated(units[::-1], self.rev_id))
 
     def encode(self, example: Example, rng, state=None) -> Sample:
-        ids = self.text_ids(example)
-        docs = ([ids] if self.forward else []) + [self.reverse_ids(ids, example.meta, rng)]
+        ids, allowed = self.text_ids(example), self.allowed(example)
+        docs = ([(ids, allowed)] if self.forward else []) + [self.reversed_text(ids, allowed, example.meta, rng)]
         return Sample(
-            input_ids=torch.tensor([t for d in docs for t in d], dtype=torch.long),
-            targets=torch.cat([next_token_targets(d) for d in docs]),
-            position_ids=torch.cat([torch.arange(len(d)) for d in docs]),
-            mask=IntervalMask.concat([IntervalMask.causal(len(d)) for d in docs]),
+            input_ids=torch.tensor([t for d, _ in docs for t in d], dtype=torch.long),
+            targets=torch.cat([next_token_targets(d, allowed=flags) for d, flags in docs]),
+            position_ids=torch.cat([torch.arange(len(d)) for d, _ in docs]),
+            mask=IntervalMask.concat([IntervalMask.causal(len(d)) for d, _ in docs]),
         )
 
     def describe(self) -> dict:
