@@ -65,9 +65,21 @@ def run_eval(args) -> int:
     from bico.evaluate import evaluate_recipe, write_report
     from bico.models import load_model
 
+    recipe = Recipe(data=DataConfig(dir=args.data), eval=ev)
+    from bico.interpolate import parse_alphas
+
+    alphas = parse_alphas(args.alphas) if args.interpolate else None
     model, tokenizer = load_model(ModelConfig(name=args.model))
-    scores = evaluate_recipe(model, tokenizer, Recipe(data=DataConfig(dir=args.data), eval=ev))
-    paths = write_report({args.label or Path(args.model).name: scores}, args.out)
+    if alphas:
+        from bico.interpolate import evaluate_interpolations, plot_frontier
+
+        base_model, _ = load_model(ModelConfig(name=args.interpolate))
+        runs = evaluate_interpolations(model, base_model, tokenizer, recipe, alphas, say=print)
+        paths = write_report(runs, args.out)
+        plot_frontier(runs, Path(args.out) / "frontier.png")
+    else:
+        scores = evaluate_recipe(model, tokenizer, recipe)
+        paths = write_report({args.label or Path(args.model).name: scores}, args.out)
     print(paths["md"].read_text(), end="")
     return 0
 
@@ -121,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--retention", action="store_true", help="also perplexity on a prose sample and general-knowledge "
                                                             "exact match (what finetuning cost)")
+    p.add_argument("--interpolate", default=None, metavar="BASE",
+                   help="also evaluate the weights alpha*model + (1-alpha)*BASE for each --alphas (WiSE-FT): BASE is "
+                        "the model --model was finetuned from (a folder or preset, e.g. smollm2-135m)")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="with --interpolate: alphas in [0, 1], comma-separated "
+                                                                 "(1 = --model, 0 = BASE)")
     p.set_defaults(handler=run_eval)
 
     p = sub.add_parser("demo", help="the reversal curse and its cure on SmolLM2-135M and generated facts (CPU)")

@@ -62,6 +62,16 @@ def atomic_write_jsonl(path: str | Path, rows) -> int:
     return len(lines)
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on these machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     import io
 
