@@ -77,6 +77,28 @@ def test_entity_mask_rate_and_errors(tokenizer):
             build_objective("bico", tokenizer, bad)
 
 
+@pytest.mark.parametrize("state", ["denoise", "ntp"])
+def test_lead_token_makes_the_first_text_token_a_target(tokenizer, state):
+    ex = example(tokenizer, prompt="Daphne Barrington is")
+    text = ex.prompt_ids + ex.completion_ids + [tokenizer.eos_token_id]
+    # whole-name masking only (no random tokens), so that both samples mask the same text tokens
+    plain = build_objective("bico", tokenizer, {"entity_mask": 1.0, "mask_ratio": 1e-12})
+    led = build_objective("bico", tokenizer, {"entity_mask": 1.0, "mask_ratio": 1e-12, "lead_token": "bos"})
+    a, b = plain.encode(ex, random.Random(3), state), led.encode(ex, random.Random(3), state)
+    assert b.input_ids[0] == led.lead_id and b.input_ids.numel() == a.input_ids.numel() + 1
+    assert a.targets[0] != text[0] and b.targets[0] == text[0]  # the name's first piece, now predicted
+    assert torch.equal(b.targets[1:], a.targets)  # everything else as without it, one position later
+    assert not (b.targets == led.lead_id).any()
+    dense = IntervalMask.bico(b.input_ids.numel(), b.input_ids == led.mask_id).dense() if state == "denoise" \
+        else IntervalMask.causal(b.input_ids.numel()).dense()
+    assert torch.equal(b.mask.dense(), dense)
+
+
+def test_lead_token_errors(tokenizer):
+    with pytest.raises(ValueError, match="lead_token"):
+        build_objective("bico", tokenizer, {"lead_token": "<|no such token|>"})
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
     """The loss computes the LM head only where a target is; it must equal the loss from full logits."""

@@ -22,6 +22,12 @@ whole name from the description around it, the association a reversed question a
 ``shift`` a span token at position 0 is masked but has no target (nothing precedes it; SmolLM2
 adds no BOS).
 
+The first token (``lead_token``; not in the paper, default none): SmolLM2's tokenizer adds no
+BOS, so under ``shift`` the first token of a row is never a target, in the denoising and the NTP
+steps alike — and many p2d rows start with the name. ``lead_token: bos`` (or any existing token)
+puts a special token before every example, so that the name's first piece is predicted as
+every other token is. The lead token itself is never masked nor predicted.
+
 ``mask_token``: ``"unk"`` (the paper: Llama's ``<unk>``), ``"pad"``, ``"added"`` (a new
 ``<|mask|>`` special token; the trainer resizes the embeddings) or any existing token string.
 """
@@ -48,6 +54,7 @@ class Bico(Objective):
         shift: bool = True,
         entity_mask: float = 0.0,
         entity: str = "name",
+        lead_token: str | None = None,
     ):
         super().__init__(tokenizer)
         if not 0.0 < mask_ratio < 1.0:
@@ -64,11 +71,17 @@ class Bico(Objective):
         self.mask_token = mask_token
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
         self.special_ids = self.special_ids | {self.mask_id}
+        self.lead_token = lead_token
+        self.lead_id = None if lead_token is None else resolve_lead_id(tokenizer, lead_token)
+        if self.lead_id is not None:
+            self.special_ids = self.special_ids | {self.lead_id}
 
     def start_batch(self, rng) -> str:
         return "ntp" if rng.random() < self.ntp_mix else "denoise"
 
     def encode(self, example: Example, rng, state: str | None = None) -> Sample:
+        if self.lead_id is not None:  # the text's first token becomes a target like every other
+            example = example.with_inserted(0, [self.lead_id])
         if state == "ntp":
             return next_token_sample(self.text_ids(example), allowed=self.allowed(example))
         ids = torch.tensor(self.text_ids(example), dtype=torch.long)
@@ -100,5 +113,19 @@ class Bico(Objective):
         return {
             "name": self.name, "mask_ratio": self.mask_ratio, "ntp_mix": self.ntp_mix,
             "mask_token": self.mask_token, "mask_id": self.mask_id, "rope": self.rope, "shift": self.shift,
-            "entity_mask": self.entity_mask, "entity": self.entity,
+            "entity_mask": self.entity_mask, "entity": self.entity, "lead_token": self.lead_token,
         }
+
+
+def resolve_lead_id(tokenizer, lead_token: str) -> int:
+    """``"bos"``: the tokenizer's BOS token (its EOS where it has none, as SmolLM2); else a token
+    string that must exist in the vocabulary (e.g. ``"<|endoftext|>"``)."""
+    if lead_token == "bos":
+        token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if token_id is None:
+            raise ValueError("bico.lead_token=bos: the tokenizer has neither a BOS nor an EOS token; name a token")
+        return int(token_id)
+    token_id = tokenizer.convert_tokens_to_ids(lead_token)
+    if token_id is None or token_id == tokenizer.unk_token_id and lead_token != tokenizer.unk_token:
+        raise ValueError(f"bico.lead_token {lead_token!r} is not a token of this tokenizer: use bos or an existing token")
+    return int(token_id)
