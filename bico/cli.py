@@ -49,7 +49,8 @@ def run_train(args) -> int:
 
 
 # `bico eval` options and the recipe keys they set: one set of defaults and range checks
-EVAL_OPTIONS = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "limit": "--limit"}
+EVAL_OPTIONS = {"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "limit": "--limit",
+                "generation_margin": "--generation-margin"}
 
 
 def run_eval(args) -> int:
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split (celebrity: pairs)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--generation-margin", type=int, default=defaults.generation_margin,
+                   help="generate at most the target's length + this many tokens (default: --max-new-tokens)")
     p.add_argument("--retention", action="store_true", help="also perplexity on a prose sample and general-knowledge "
                                                             "exact match (what finetuning cost)")
     p.add_argument("--interpolate", default=None, metavar="BASE",

@@ -106,6 +106,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast, fp32 master weights; fp16 GPU only); auto: bf16 where the hardware has it
+    compile: bool = False  # torch.compile the model (dynamic shapes); costs compile time at the first steps
     log_every: int = 10
     save_every: int | None = None  # checkpoint every N optimizer steps
     keep_checkpoints: int = 2  # 0 = keep all

@@ -213,6 +213,8 @@ class TorchEngine(Engine):
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.module.train()
+        if cfg.compile:  # in place: parameter names and the saved model stay as they are
+            self.module.compile(dynamic=True)
 
     def _autocast(self):
         if self.autocast_dtype is None:
