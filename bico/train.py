@@ -81,7 +81,8 @@ def load_training_rows(recipe: Recipe):
     ``data.dir`` + ``data.train_files``, read through ``datasets``) and where each comes from
     (``file, line N`` / ``file, row N``). Where the data dir's facts are known, each
     prompt/completion row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans
-    for objectives such as entity-preserving reversal). ``data.identity_bridge`` adds identity
+    for objectives such as entity-preserving reversal; plus ``descriptions``, the description's
+    surface forms, where facts.jsonl lists them). ``data.identity_bridge`` adds identity
     rows for those facts (:mod:`bico.data.identity`; the rows are then a plain list)."""
     from bico.data.corpus import load_corpus
     from bico.data.encode import cache_root

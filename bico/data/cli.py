@@ -9,7 +9,7 @@ import argparse
 
 from bico.config import print_error
 from bico.data.jsonl import DataError, load_jsonl
-from bico.data.reversal import generate_reversal_dataset
+from bico.data.reversal import STYLES, generate_reversal_dataset
 
 __all__ = ["add_data_parser", "run_data"]
 
@@ -28,6 +28,9 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--test-paraphrases", type=int, default=10, metavar="N",
                    help="held-out test paraphrases per fact and direction (10)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
+    r.add_argument("--style", choices=STYLES, default="default",
+                   help="wording: default, or alt (a second, independent generator: other names, "
+                        "descriptions and templates, descriptions paraphrased across rows)")
 
     c = sub.add_parser("check", help="validate prompt/completion JSONL files, print row counts")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -40,12 +43,13 @@ def run_data(args: argparse.Namespace) -> int:
     if args.data_command == "reversal":
         s = generate_reversal_dataset(
             args.out, facts_per_subset=args.facts, train_paraphrases=args.train_paraphrases,
-            test_paraphrases=args.test_paraphrases, seed=args.seed,
+            test_paraphrases=args.test_paraphrases, seed=args.seed, style=args.style,
         )
         f = s["files"]
         print(f"wrote reversal data to {s['out_dir']}: {s['n_facts']} facts, "
               f"{f['all_prompts_train.jsonl']} training rows, "
-              f"{f['p2d_reverse_prompts_test.jsonl']} p2d_reverse test rows (seed {s['seed']})")
+              f"{f['p2d_reverse_prompts_test.jsonl']} p2d_reverse test rows (seed {s['seed']}"
+              + ("" if s["style"] == "default" else f", style {s['style']}") + ")")
         return 0
     # check: every file is checked, whatever the ones before it held; a bad file is a finding
     # (exit 1, as grep or a linter would), not a usage error

@@ -197,6 +197,15 @@ def _first_bad(values: list, fmt: str) -> tuple[int, str] | None:
     return None
 
 
+def _fact_meta(fact: dict) -> dict:
+    """A row's ``meta``: its fact's name and description, plus the description's other surface
+    forms where facts.jsonl lists them (``descriptions``, the alt-style data)."""
+    meta = {"name": fact["name"], "description": fact["description"]}
+    if fact.get("descriptions"):
+        meta["descriptions"] = list(fact["descriptions"])
+    return meta
+
+
 def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
     """The training rows the recipe's ``data`` section names (see the module docstring)."""
     from bico.data.reversal import load_facts
@@ -227,9 +236,9 @@ def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
     if fmt == "prompt_completion" and facts_dir is not None:
         facts = load_facts(facts_dir)
         if facts:  # entity spans (the fact's name and description) for objectives that use them
-            descriptions = {f["name"]: f["description"] for f in facts}
+            by_name = {f["name"]: _fact_meta(f) for f in facts}
             rows = [{"prompt": p, "completion": c} for p, c in zip(dataset["prompt"], dataset["completion"])]
-            meta = [{"name": n, "description": descriptions[n]} if n else {} for n in fact_groups(rows, facts)]
+            meta = [dict(by_name[n]) if n else {} for n in fact_groups(rows, facts)]
     # what the rows are: the cache key of their tokenisation starts from it (meta is not tokenised)
     stamp = {"files": file_stamp(paths), "format": fmt, "fields": data_cfg.fields}
     return Corpus(dataset, fmt, parts, meta, key=stamp)

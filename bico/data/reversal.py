@@ -11,10 +11,16 @@ templates, shared by all facts; test templates never occur in training. Row coun
     both_prompts_test      2*F*K
 
 Unlike the original (which paraphrases descriptions, e.g. "directed ..." vs "the director
-of ..."), every row here contains the canonical description verbatim, so the entity spans
+of ..."), every row of the default style contains the canonical description verbatim, so the entity spans
 recorded in ``facts.jsonl`` can be located exactly in every row. Also, description -> name
 test rows (including those in both_prompts_test) end at the name, where the original's
 both_prompts_test continues the sentence.
+
+Two wording styles (``style=``, ``bico data reversal --style``): ``default`` (the above;
+its output is fixed byte for byte) and ``alt`` (:mod:`bico.data.reversal_alt`), a second,
+independent generator with other names, descriptions and templates whose rows paraphrase
+the description (noun phrase, verb phrase, gerund); facts.jsonl then lists every surface
+form used as ``descriptions``. Same layout, row counts and seeding rules in both.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from bico.io_utils import atomic_write, atomic_write_jsonl
 
 __all__ = [
     "SUBSETS", "DATA_FILES", "generate_reversal_dataset", "load_facts", "load_facts_for_berglund",
-    "make_names", "make_descriptions",
+    "make_names", "make_descriptions", "STYLES", "Style", "get_style",
 ]
 
 SUBSETS = ("p2d", "d2p", "both")
@@ -117,17 +123,62 @@ def _d2n_test(template: str, fact: dict) -> dict:
     return {"prompt": _fill(template, fact), "completion": f" {fact['name']}"}
 
 
-def _randomize(rows: list[dict], facts: list[dict], per_fact: int, field: str, rng) -> list[dict]:
+def _randomize(rows: list[dict], facts: list[dict], templates: list, field: str, rng, style) -> list[dict]:
     """Same prompts; completion taken from another fact of the same subset."""
     out = []
+    per_fact = len(templates)
     for i, row in enumerate(rows):
         own = i // per_fact
         j = rng.randrange(len(facts) - 1)
         j += j >= own
-        other = facts[j][field]
-        comp = f" {other}." if field == "description" else f" {other}"
-        out.append({"prompt": row["prompt"], "completion": comp})
+        out.append({"prompt": row["prompt"], "completion": style.randomized(field, templates[i % per_fact], facts[j])})
     return out
+
+
+class Style:
+    """How one wording style makes facts and rows (the ``default`` style; ``alt`` in
+    :mod:`bico.data.reversal_alt`). Seeded streams are ``f"{seed}:{prefix}<part>"``."""
+
+    name, prefix = "default", ""
+    n2d_templates, d2n_templates = V.N2D_TEMPLATES, V.D2N_TEMPLATES
+
+    def rng(self, seed, part: str) -> random.Random:
+        return random.Random(f"{seed}:{self.prefix}{part}")
+
+    def make_facts(self, n: int, seed) -> list[dict]:
+        names = make_names(n, self.rng(seed, "names"))
+        descs = make_descriptions(n, self.rng(seed, "descriptions"))
+        return [{"name": a, "description": d} for a, d in zip(names, descs)]
+
+    def finish_facts(self, facts: list[dict]) -> None:
+        """Called once every row is made, before facts.jsonl is written (alt: record the
+        description forms each fact's rows use)."""
+
+    def n2d(self, template, fact: dict) -> dict:
+        return _n2d(template, fact)
+
+    def d2n_train(self, template, fact: dict, rng: random.Random) -> dict:
+        return _d2n_train(template, fact, rng)
+
+    def d2n_test(self, template, fact: dict) -> dict:
+        return _d2n_test(template, fact)
+
+    def randomized(self, field: str, template, other: dict) -> str:
+        """Completion of a randomized row: ``other`` fact's ``field``, in the row's template."""
+        return f" {other[field]}." if field == "description" else f" {other[field]}"
+
+
+STYLES = ("default", "alt")
+
+
+def get_style(name: str) -> Style:
+    if name == "default":
+        return Style()
+    if name == "alt":
+        from bico.data.reversal_alt import AltStyle
+
+        return AltStyle()
+    raise DataError(f"unknown data style {name!r}; known: {', '.join(STYLES)}")
 
 
 def generate_reversal_dataset(
@@ -137,63 +188,64 @@ def generate_reversal_dataset(
     train_paraphrases: int = 30,
     test_paraphrases: int = 10,
     seed: int = 0,
+    style: str = "default",
 ) -> dict:
     """Write the 12 experiment1-style files plus facts.jsonl and README.txt to ``out_dir``.
 
+    ``style`` picks the wording: ``default`` (bico's original generator) or ``alt`` (an
+    independent second one: other names, descriptions and templates; descriptions
+    paraphrased across rows, see :mod:`bico.data.reversal_alt`).
     Only these file names are (atomically) replaced; other files in the dir are left alone.
     Returns a summary dict with the arguments and the row count of every file.
     """
+    st = get_style(style)
     F, T, K = int(facts_per_subset), int(train_paraphrases), int(test_paraphrases)
     if F < 2:
         raise DataError("facts_per_subset must be >= 2 (randomized files need another fact)")
     if T < 1 or K < 1:
         raise DataError("train_paraphrases and test_paraphrases must be >= 1")
-    limit = min(len(V.N2D_TEMPLATES), len(V.D2N_TEMPLATES))
+    limit = min(len(st.n2d_templates), len(st.d2n_templates))
     if T + K > limit:
         raise DataError(f"train_paraphrases + test_paraphrases must be <= {limit}, got {T + K}")
 
     # Independent streams: changing e.g. K does not change the names or descriptions.
-    names = make_names(3 * F, random.Random(f"{seed}:names"))
-    descs = make_descriptions(3 * F, random.Random(f"{seed}:descriptions"))
-    facts = [
-        {"subset": SUBSETS[i // F], "name": n, "description": d}
-        for i, (n, d) in enumerate(zip(names, descs))
-    ]
+    facts = [{"subset": SUBSETS[i // F], **f} for i, f in enumerate(st.make_facts(3 * F, seed))]
     by_subset = {s: facts[i * F:(i + 1) * F] for i, s in enumerate(SUBSETS)}
-    trng = random.Random(f"{seed}:templates")
-    n2d_all = trng.sample(V.N2D_TEMPLATES, len(V.N2D_TEMPLATES))
-    d2n_all = trng.sample(V.D2N_TEMPLATES, len(V.D2N_TEMPLATES))
+    trng = st.rng(seed, "templates")
+    n2d_all = trng.sample(st.n2d_templates, len(st.n2d_templates))
+    d2n_all = trng.sample(st.d2n_templates, len(st.d2n_templates))
     n2d_test, n2d_train = n2d_all[:K], n2d_all[K:K + T]
     d2n_test, d2n_train = d2n_all[:K], d2n_all[K:K + T]
-    crng = random.Random(f"{seed}:continuations")
-    rrng = random.Random(f"{seed}:randomized")
+    crng = st.rng(seed, "continuations")
+    rrng = st.rng(seed, "randomized")
 
     p2d, d2p, both = by_subset["p2d"], by_subset["d2p"], by_subset["both"]
     files: dict[str, list[dict]] = {}
-    files["p2d_prompts_train"] = [_n2d(t, f) for f in p2d for t in n2d_train]
-    files["d2p_prompts_train"] = [_d2n_train(t, f, crng) for f in d2p for t in d2n_train]
-    files["both_prompts_train"] = [_n2d(t, f) for f in both for t in n2d_train] + [
-        _d2n_train(t, f, crng) for f in both for t in d2n_train
+    files["p2d_prompts_train"] = [st.n2d(t, f) for f in p2d for t in n2d_train]
+    files["d2p_prompts_train"] = [st.d2n_train(t, f, crng) for f in d2p for t in d2n_train]
+    files["both_prompts_train"] = [st.n2d(t, f) for f in both for t in n2d_train] + [
+        st.d2n_train(t, f, crng) for f in both for t in d2n_train
     ]
     files["all_prompts_train"] = (
         files["p2d_prompts_train"] + files["d2p_prompts_train"] + files["both_prompts_train"]
     )
-    files["p2d_prompts_test"] = [_n2d(t, f) for f in p2d for t in n2d_test]
-    files["d2p_prompts_test"] = [_d2n_test(t, f) for f in d2p for t in d2n_test]
-    files["p2d_reverse_prompts_test"] = [_d2n_test(t, f) for f in p2d for t in d2n_test]
-    files["d2p_reverse_prompts_test"] = [_n2d(t, f) for f in d2p for t in n2d_test]
+    files["p2d_prompts_test"] = [st.n2d(t, f) for f in p2d for t in n2d_test]
+    files["d2p_prompts_test"] = [st.d2n_test(t, f) for f in d2p for t in d2n_test]
+    files["p2d_reverse_prompts_test"] = [st.d2n_test(t, f) for f in p2d for t in d2n_test]
+    files["d2p_reverse_prompts_test"] = [st.n2d(t, f) for f in d2p for t in n2d_test]
     files["p2d_reverse_prompts_test_randomized"] = _randomize(
-        files["p2d_reverse_prompts_test"], p2d, K, "name", rrng)
+        files["p2d_reverse_prompts_test"], p2d, d2n_test, "name", rrng, st)
     files["d2p_reverse_prompts_test_randomized"] = _randomize(
-        files["d2p_reverse_prompts_test"], d2p, K, "description", rrng)
-    files["both_prompts_test"] = [_n2d(t, f) for f in both for t in n2d_test] + [
-        _d2n_test(t, f) for f in both for t in d2n_test
+        files["d2p_reverse_prompts_test"], d2p, n2d_test, "description", rrng, st)
+    files["both_prompts_test"] = [st.n2d(t, f) for f in both for t in n2d_test] + [
+        st.d2n_test(t, f) for f in both for t in d2n_test
     ]
     # As in the original: reverse-test prompts of p2d, target = bare first name (no space).
     files["validation_prompts"] = [
         {"prompt": r["prompt"], "completion": f["name"].split()[0]}
         for r, f in zip(files["p2d_reverse_prompts_test"], (f for f in p2d for _ in d2n_test))
     ]
+    st.finish_facts(facts)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -204,7 +256,7 @@ def generate_reversal_dataset(
         counts[f"{stem}.jsonl"] = atomic_write_jsonl(out / f"{stem}.jsonl", files[stem])
     counts[FACTS_FILE] = atomic_write_jsonl(out / FACTS_FILE, facts)
     summary = {
-        "out_dir": str(out), "seed": seed, "facts_per_subset": F,
+        "out_dir": str(out), "seed": seed, "style": st.name, "facts_per_subset": F,
         "train_paraphrases": T, "test_paraphrases": K, "n_facts": len(facts), "files": counts,
     }
     atomic_write(out / "README.txt", _readme(summary))
@@ -214,9 +266,9 @@ def generate_reversal_dataset(
 def _readme(s: dict) -> str:
     lines = [
         "Fictitious-facts reversal data generated by bico (bico.data.reversal).",
-        f"Command: bico data reversal --out DIR --facts {s['facts_per_subset']} "
-        f"--train-paraphrases {s['train_paraphrases']} --test-paraphrases {s['test_paraphrases']} "
-        f"--seed {s['seed']}",
+        (f"Command: bico data reversal --out DIR --facts {s['facts_per_subset']} "
+         f"--train-paraphrases {s['train_paraphrases']} --test-paraphrases {s['test_paraphrases']} "
+         f"--seed {s['seed']}" + ("" if s["style"] == "default" else f" --style {s['style']}")),
         f"seed={s['seed']} facts_per_subset={s['facts_per_subset']} "
         f"train_paraphrases={s['train_paraphrases']} test_paraphrases={s['test_paraphrases']} "
         f"facts={s['n_facts']}",
@@ -226,6 +278,13 @@ def _readme(s: dict) -> str:
         "completions start with a space, except validation_prompts (bare first name, as in the",
         "original). facts.jsonl lists every fact as {subset, name, description}.",
         "Names, descriptions and templates are invented; any resemblance to real people is chance.",
+    ]
+    if s["style"] != "default":
+        lines += [
+            f"Style {s['style']}: bico's second, independent wording. Descriptions are paraphrased",
+            "across rows; facts.jsonl also lists each fact's surface forms as \"descriptions\".",
+        ]
+    lines += [
         "",
         "rows per file:",
     ]
@@ -236,10 +295,18 @@ def _readme(s: dict) -> str:
 # --- facts of an existing data dir -------------------------------------------------------
 
 def load_facts(data_dir) -> list[dict] | None:
-    """Facts of a data dir: facts.jsonl if present, else recovered from Berglund files."""
+    """Facts of a data dir: facts.jsonl if present, else recovered from Berglund files.
+
+    A fact is {subset, name, description}, with an optional ``descriptions`` list of the
+    description's surface forms (written by the alt style)."""
     path = Path(data_dir) / FACTS_FILE
     if path.is_file():
-        return load_jsonl(path, required=("subset", "name", "description"))
+        facts = load_jsonl(path, required=("subset", "name", "description"))
+        for i, f in enumerate(facts):  # optional: other surface forms of the description (alt style)
+            forms = f.get("descriptions")
+            if forms is not None and not (isinstance(forms, list) and all(isinstance(x, str) for x in forms)):
+                raise DataError(f"{path}: fact {i + 1}: 'descriptions' must be a list of strings")
+        return facts
     return load_facts_for_berglund(data_dir)
 
 

@@ -282,7 +282,8 @@ class Objective:
 
     def entity_ranges(self, content: list[int], meta: dict, keys=("name", "description")) -> list[tuple[int, int]]:
         """Token ranges of the example's entities (``meta[key]`` for each key, matched
-        case-insensitively), else capitalised-word runs."""
+        case-insensitively, and any of the surface forms listed in ``meta[key + "s"]``, e.g. the
+        alt-style data's paraphrased ``descriptions``), else capitalised-word runs."""
         pieces = [self.piece(t) for t in content]
         ends, total = [], 0
         for p in pieces:
@@ -292,12 +293,13 @@ class Objective:
         text = "".join(pieces).lower()
         found = []
         for key in keys:
-            entity = str(meta.get(key) or "").strip().lower()
-            at = text.find(entity) if entity else -1
-            while at >= 0:
-                tokens = [i for i in range(len(content)) if starts[i] < at + len(entity) and ends[i] > at]
-                found.append((tokens[0], tokens[-1] + 1))
-                at = text.find(entity, at + len(entity))
+            forms = [meta.get(key)] + list(meta.get(key + "s") or [])
+            for entity in dict.fromkeys(str(f or "").strip().lower() for f in forms):
+                at = text.find(entity) if entity else -1
+                while at >= 0:
+                    tokens = [i for i in range(len(content)) if starts[i] < at + len(entity) and ends[i] > at]
+                    found.append((tokens[0], tokens[-1] + 1))
+                    at = text.find(entity, at + len(entity))
         if found:
             return _merge(found)
         words = self.units_by_words(content)
