@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import queue
 import re
@@ -146,7 +145,7 @@ def run_workers(args, out: Path, stages: list[str], budgets: dict, t_end: float)
             if not eof and time.time() > hard:
                 os.killpg(proc.pid, signal.SIGKILL)  # the worker's own process group (start_new_session)
                 proc.wait()
-                note = f"killed {GRACE_S:.0f} s past its deadline (hard time guard)"
+                note = f"killed {GRACE_S:g} s past its deadline (hard time guard)"
                 if current:
                     began = outcomes[current].get("started", time.time())
                     outcomes[current] = {"status": "cut", "seconds": round(time.time() - began, 1), "note": note}
