@@ -184,12 +184,27 @@ def bico_attention_forward(
 
         if dropout:
             raise ValueError("the fused kernel has no attention dropout: set attention_dropout=0")
+        query, key, value = kernel_dtypes(query, key, value)
         out = bico_kernels.masked_attention(query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror,
                                             classify=mask.blocks)
     else:
         out = reference_masked_attention(query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror,
                                          dropout=dropout, use_sdpa=mirror is None)
     return out.transpose(1, 2).contiguous(), None
+
+
+def kernel_dtypes(query, key, value):
+    """q, k, v in one dtype for the fused kernel (a custom autograd Function, which autocast does not
+    cast): under autocast the autocast dtype, else v's when they differ. Under bf16 autocast the
+    model's RoPE (fp32 tables) hands over fp32 q and k beside a bf16 v."""
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    elif query.dtype == key.dtype == value.dtype:
+        return query, key, value
+    else:
+        dtype = value.dtype
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def register() -> None:

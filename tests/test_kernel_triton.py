@@ -29,12 +29,13 @@ STALE_TRITON = not isinstance(tl.zeros, InterpretedFunction)
 from bico_kernels import (  # noqa: E402
     FULL, PARTIAL, SKIP, classify_blocks, masked_attention, reference_masked_attention, triton_available,
 )
+from bico_kernels.checks import compare_to_reference, grads as _grads, random_inputs, rope_tables  # noqa: E402
 
 pytestmark = pytest.mark.interpreter
 
 BLOCK = 16
-# Absolute floors on top of "2x the error of the same-precision PyTorch reference".
-FLOOR = {torch.float32: 1e-6, torch.float16: 5e-4, torch.bfloat16: 5e-3}
+# Pass criterion (bico_kernels.checks, shared with benchmarks/gpu/run.py): kernel error <= 2x the error of
+# the same-precision PyTorch reference + FLOOR[dtype].
 # (dtype, output) -> max kernel error vs float64, max torch same-dtype error, max (kernel - 2 torch);
 # docs/kernel.md quotes these.
 MEASURED = {}
@@ -123,46 +124,24 @@ MASKS = {f.__name__: f for f in (causal, bidirectional, prefix_lm, bico_hidden, 
                                   packed_bidirectional, left_pad, right_pad, random_intervals)}
 
 
-def rope_tables(pos, D, base=10000.0):
-    """HF RoPE tables [B, T, D] (float64) for integer positions [B, T]."""
-    inv = 1.0 / base ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
-    f = pos.to(torch.float64)[..., None] * inv
-    emb = torch.cat([f, f], dim=-1)
-    return emb.cos(), emb.sin()
-
-
 # ----------------------------------------------------------------------------- comparison
 
 def _inputs(B, Hq, Hkv, T, D, dtype, g):
-    mk = lambda h: torch.randn(B, h, T, D, generator=g, dtype=torch.float64)  # noqa: E731
-    return mk(Hq), mk(Hkv), mk(Hkv), mk(Hq)  # q, k, v, upstream gradient
-
-
-def _grads(fn, q, k, v, do, dtype):
-    qs, ks, vs = (t.to(dtype).requires_grad_() for t in (q, k, v))
-    out = fn(qs, ks, vs)
-    return [out.detach()] + list(torch.autograd.grad(out, (qs, ks, vs), do.to(dtype)))
+    return random_inputs(B, Hq, Hkv, T, D, g)  # q, k, v, upstream gradient (float64)
 
 
 def compare(B, Hq, Hkv, T, D, dtype, lo, hi, g, mirror_pos=None, deterministic=False, **kw):
     """Kernel vs float64 reference, forward and dq/dk/dv; returns the kernel results."""
     q, k, v, do = _inputs(B, Hq, Hkv, T, D, dtype, g)
     tables = rope_tables(mirror_pos, D) if mirror_pos is not None else None
-    low = None if tables is None else tuple(t.float() for t in tables)
-    ref64 = _grads(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=tables),
-                   q, k, v, do, torch.float64)
-    ref_lp = _grads(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=low),
-                    q, k, v, do, dtype)
-    got = _grads(lambda a, b, c: masked_attention(a, b, c, lo, hi, mirror_rope=low, deterministic=deterministic,
-                                                  **kw), q, k, v, do, dtype)
-    for name, x, r, base in zip(("out", "dq", "dk", "dv"), got, ref64, ref_lp):
-        assert x.dtype == dtype and x.shape == r.shape, name
-        assert torch.isfinite(x).all(), f"{name}: non-finite values"
-        err = (x.double() - r).abs().max().item()
-        err_ref = (base.double() - r).abs().max().item()
+    got, report = compare_to_reference(q, k, v, do, lo, hi, dtype, tables, deterministic=deterministic, **kw)
+    for name, r in report.items():
+        assert r["shape_ok"], name
+        assert r["finite"], f"{name}: non-finite values"
         prev = MEASURED.get((dtype, name), (0.0, 0.0, 0.0))
-        MEASURED[(dtype, name)] = (max(prev[0], err), max(prev[1], err_ref), max(prev[2], err - 2 * err_ref))
-        assert err <= 2 * err_ref + FLOOR[dtype], f"{name}: kernel err {err:.3g} vs torch {dtype} err {err_ref:.3g}"
+        MEASURED[(dtype, name)] = (max(prev[0], r["err"]), max(prev[1], r["err_ref"]),
+                                   max(prev[2], r["err"] - 2 * r["err_ref"]))
+        assert r["ok"], f"{name}: kernel err {r['err']:.3g} vs torch {dtype} err {r['err_ref']:.3g}"
     return got
 
 
