@@ -163,8 +163,9 @@ class RunDir:
     ``owner=False`` (DeepSpeed ranks other than 0) only finds the checkpoint; rank 0 does the rest.
     """
 
-    def __init__(self, path: str | Path, recipe, *, owner: bool = True):
+    def __init__(self, path: str | Path, recipe, *, owner: bool = True, data_fingerprint: str | None = None):
         self.path, self.recipe, self.owner = Path(path), recipe, owner
+        self.data_fingerprint = data_fingerprint  # a digest of the training data's contents
         self.resume, self.overwrite = recipe.train.resume, recipe.train.overwrite
         self.lock = RunLock(self.path)
         self.created: list[Path] = []  # folders this run made, outermost first
@@ -267,6 +268,11 @@ class RunDir:
                                   "start the run over with train.overwrite=true")
             self.checkpoint, self.state = checkpoint, state
             saved_recipe = state["recipe"]
+            saved_data = state.get("data")  # absent in checkpoints of an older bico: not checked
+            if saved_data and self.data_fingerprint and saved_data != self.data_fingerprint:
+                raise RunDirError(f"train.resume=true: the training data changed since {checkpoint} was written "
+                                  "(the files' contents differ); resume with the data the run was trained on, "
+                                  "or start over with train.overwrite=true")
         else:
             saved_recipe = self._read_json(RECIPE)
         differences = recipe_differences(saved_recipe, self.recipe.to_dict())

@@ -295,3 +295,31 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
     assert code == 2 and len(lines) == 1 and lines[0].startswith("bico: error: "), lines
     assert "state.pt" in lines[0] and "posix.system" in lines[0] and "could run code" in lines[0], lines[0]
     assert not marker.exists()
+
+
+def _resume_args(tmp, reversal_dir, *extra):
+    out = tmp / "out"
+    return out, ["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL, "train.save_every=1",
+                 "train.save_model=false", "eval.enabled=false", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bico: error: "), lines
+    return lines[0]
+
+
+def test_resume_refuses_training_data_changed_since_the_checkpoint(tmp_path, reversal_dir, capsys):
+    import os
+
+    data = _write(tmp_path / "qa.jsonl", GOOD_ROW * 4)
+    out, args = _resume_args(tmp_path, reversal_dir, f"data.files=[{data}]", f"data.cache_dir={tmp_path / 'cache'}")
+    assert main(args) == 0
+    capsys.readouterr()
+    st = os.stat(data)  # a same-size edit with the old mtime put back: only the bytes tell
+    data.write_text(GOOD_ROW.replace("Q", "R") * 4)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _snapshot(out)
+    assert main(args + ["train.resume=true", "train.max_steps=3"]) == 2
+    assert "training data changed" in _one_error_line(capsys)
+    assert _snapshot(out) == before
