@@ -141,3 +141,20 @@ def test_setup_model_grows_the_vocabulary_before_lora(reversal_dir):
     assert model.get_base_model().get_input_embeddings().weight.shape[0] == len(tokenizer)  # then the embeddings
     trainable = [n for n, p in model.named_parameters() if p.requires_grad and "lora" not in n]
     assert trainable and all("embed_tokens" in n for n in trainable), trainable  # then LoRA, told the new id
+
+
+def test_raising_the_step_budget_on_resume_goes_on_with_the_new_schedule(tmp_path):
+    """A linear decay over 2 steps ends at lr 0; resumed with 4 steps, step 3 runs at half the lr
+    (the new schedule at step 2), not at the checkpoint's 0. With the budget unchanged: the same lr."""
+    recipe = load_recipe(None, ["train.lr=0.1", "train.schedule=linear"])
+    model = torch.nn.Linear(3, 2)
+    engine = TorchEngine(model, recipe, total_steps=2, device=torch.device("cpu"))
+    for step in (1, 2):
+        engine.backward_loss(lambda: engine.module(torch.ones(4, 3)).sum(), num_targets=4)
+        engine.step()
+    engine.save_checkpoint(tmp_path, 2)
+    assert engine.optimizer.param_groups[0]["lr"] == 0.0
+    for total, lr in ((4, 0.05), (2, 0.0)):
+        resumed = TorchEngine(torch.nn.Linear(3, 2), recipe, total_steps=total, device=torch.device("cpu"))
+        assert resumed.load_checkpoint(latest_checkpoint(tmp_path)) == 2
+        assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr) and resumed.lr() == pytest.approx(lr)

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from bico.config import DATA_FORMATS, one_line
 from bico.data.jsonl import DataError, iter_jsonl
+from bico.io_utils import file_digest
 
 __all__ = ["Corpus", "load_corpus", "quiet_datasets"]
 
@@ -106,19 +107,10 @@ def _where(path: Path, row: int) -> str:
     return f"{path}, row {row + 1}"
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes: what the caches and resume judge a file by. Size and mtime are
-    not enough: ``cp -p``, ``rsync -t``, ``tar x`` and a same-size edit keep them while the bytes change."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_stamp(paths: Sequence[Path], digests: dict | None = None) -> list:
-    """What identifies the files' contents: each file's :func:`file_digest` (a folder: each of its
-    files, by name within it). ``digests``: those already computed, by path."""
+    """What identifies the files' contents: each file's sha256 (a folder: each of its files, by
+    name within it), never size and mtime, which ``cp -p``, ``rsync -t``, ``tar x`` and a same-size
+    edit keep while the bytes change. ``digests``: those already computed, by path."""
     digests = digests or {}
     stamp = []
     for path in paths:
