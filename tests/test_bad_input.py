@@ -391,3 +391,16 @@ def test_resume_with_no_intact_checkpoint_names_the_file(three_checkpointed_step
     _damage(out / "checkpoints" / "step-0000003" / "state.pt", "{}")
     assert main(args + ["train.resume=true", "train.max_steps=4"]) == 2
     assert "step-0000003/state.pt is damaged or not a bico checkpoint" in _one_error_line(capsys)
+
+
+def test_data_reversal_does_not_replace_files_without_force(tmp_path, capsys):
+    mine = _write(tmp_path / "all_prompts_train.jsonl", GOOD_ROW)
+    other = _write(tmp_path / "notes.txt", "mine")
+    args = ["data", "reversal", "--out", str(tmp_path), "--facts", "2", "--train-paraphrases", "2",
+            "--test-paraphrases", "2"]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert "all_prompts_train.jsonl" in line and "--force" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all_prompts_train.jsonl", "notes.txt"]
+    assert mine.read_text() == GOOD_ROW
+    assert main(args + ["--force"]) == 0 and mine.read_text() != GOOD_ROW and other.read_text() == "mine"

@@ -28,6 +28,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--test-paraphrases", type=int, default=10, metavar="N",
                    help="held-out test paraphrases per fact and direction (10)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (0)")
+    r.add_argument("--force", action="store_true", help="replace the files of that name already in DIR")
 
     c = sub.add_parser("check", help="validate prompt/completion JSONL files, print row counts")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -40,7 +41,7 @@ def run_data(args: argparse.Namespace) -> int:
     if args.data_command == "reversal":
         s = generate_reversal_dataset(
             args.out, facts_per_subset=args.facts, train_paraphrases=args.train_paraphrases,
-            test_paraphrases=args.test_paraphrases, seed=args.seed,
+            test_paraphrases=args.test_paraphrases, seed=args.seed, replace=args.force,
         )
         f = s["files"]
         print(f"wrote reversal data to {s['out_dir']}: {s['n_facts']} facts, "
