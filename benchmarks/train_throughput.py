@@ -13,6 +13,10 @@ hits all alike):
   - ``fp32-before``: fp32 with the per-tensor AdamW loop (bico before the bf16 work, b330f0d);
   - ``fp32``: fp32 with the fused AdamW (what ``train.precision=auto`` picks on CPUs without bf16 hardware);
   - ``bf16``: bf16 autocast with fp32 master weights (what auto picks on CPUs with AMX or AVX512-BF16);
+  - ``bf16-compile``: the same with ``train.compile=true`` (its compile time reported apart: the
+    warm-up steps' excess over steady steps);
+  - ``bf16-batch32``: bf16 with 32 examples per step instead of 8 (not the demo's recipe: it shows
+    how much of the step is fixed cost that a larger batch amortises);
 * model FLOP/s = 6 x parameters x tokens/s and its fraction of the matmul peak of that precision.
 Per setting: seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl), tokens counted
 without padding. Writes throughput.json and throughput.png under --out.
@@ -34,7 +38,7 @@ import bico.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
 from bico.demo import DATA, recipe_path
-from bico.io_utils import atomic_savefig, atomic_write_json
+from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
 from bico.machine import machine_info
 
 
@@ -62,25 +66,30 @@ def old_adamw(params, cfg, device):
 
 def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: int) -> dict:
     E.adamw = old_adamw if setting == "fp32-before" else FUSED_ADAMW
-    precision = "bf16" if setting == "bf16" else "fp32"
+    precision = "bf16" if setting.startswith("bf16") else "fp32"
+    extra = {"bf16-compile": ["train.compile=true"], "bf16-batch32": ["train.batch_size=32"]}.get(setting, [])
+    torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out:
         recipe = load_recipe(recipe_path(objective, False), [
             f"data.dir={data_dir}", f"train.output_dir={out}", f"train.max_steps={warmup + steps}",
             "train.log_every=1", "train.save_model=false", "train.progress=false", f"train.precision={precision}",
-        ])
+        ] + extra)
         params = T.train(recipe).summary["total_params"]
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[warmup - 1], rows[-1]
     seconds = last["elapsed_s"] - first["elapsed_s"]
     tokens = last["tokens"] - first["tokens"]
     tps = tokens / seconds
+    # the warm-up's excess over steady steps: compile time where compiled, else start-up noise
+    warmup_excess = first["elapsed_s"] - warmup * seconds / steps
     return {"objective": objective, "setting": setting, "precision": precision, "steps": steps,
+            "warmup_excess_s": round(warmup_excess, 1),
             "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tps, 1),
             "s_per_step": round(seconds / steps, 3), "model_gflops": round(6 * params * tps / 1e9, 1), "params": params}
 
 
 FUSED_ADAMW = E.adamw
-SETTINGS = ("fp32-before", "fp32", "bf16")
+SETTINGS = ("fp32-before", "fp32", "bf16", "bf16-compile", "bf16-batch32")
 
 
 def main() -> None:
@@ -88,13 +97,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--objectives", default="ntp,bico_names")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="benchmarks/results/throughput-cpu")
     args = ap.parse_args()
     out = Path(args.out)
     data_dir = Path(tempfile.mkdtemp()) / "data"
     generate_reversal_dataset(data_dir, **DATA)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    runs = [measure(o, s, data_dir, args.steps, args.warmup) for o in args.objectives.split(",") for s in SETTINGS]
+    runs = [measure(o, s, data_dir, args.steps, args.warmup) for o in args.objectives.split(",")
+            for s in args.settings.split(",")]
     for r in runs:
         r["fraction_of_peak"] = round(r["model_gflops"] / peaks[r["precision"]]["gflops"], 3)
         base = next(b for b in runs if b["objective"] == r["objective"] and b["setting"] == "fp32-before")
@@ -104,19 +115,17 @@ def main() -> None:
     atomic_write_json(out / "throughput.json", result)
     print(f"{machine['cpu']} (bf16 flags: {', '.join(machine['cpu_bf16']) or 'none'}), {machine['torch_threads']} "
           f"threads: matmul peak fp32 {peaks['fp32']['gflops']:.0f}, bf16 {peaks['bf16']['gflops']:.0f} GFLOP/s")
-    print("| objective | setting | s/step | tokens/s | vs fp32-before | model GFLOP/s | of its peak |\n"
-          "|---|---|---:|---:|---:|---:|---:|")
+    print("| objective | setting | s/step | tokens/s | vs fp32-before | model GFLOP/s | of its peak | warm-up excess s |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|")
     for r in runs:
         print(f"| {r['objective']} | {r['setting']} | {r['s_per_step']} | {r['tokens_per_s']} | "
-              f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+              f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} | "
+              f"{r['warmup_excess_s']} |")
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = [f"{r['objective']}\n{r['setting']}" for r in runs]
-    colors = {"fp32-before": "#999", "fp32": "#6a9", "bf16": "#27c"}
+    colors = {"fp32-before": "#999", "fp32": "#6a9", "bf16": "#27c", "bf16-compile": "#83c", "bf16-batch32": "#c72"}
     bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
     ax.bar_label(bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7)
     ax.set_ylabel("training tokens/s")

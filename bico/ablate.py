@@ -25,6 +25,7 @@ in this process, in ``--workers N`` CPU processes, or in one process per ``--dev
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -61,6 +62,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")
 
 
+def _folder_name(text: str) -> str:
+    """``text`` as a folder name: itself if it is one already, else its slug and a short hash of
+    ``text``, so that labels the slug would merge ("a b", "a_b") keep folders of their own."""
+    slug = _slug(text)
+    return slug if slug == text else f"{slug}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def _kv(key: str, value) -> str:
     return f"{key}={json.dumps(value)}"  # JSON is YAML: parse_overrides reads it back exactly
 
@@ -88,7 +96,31 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
     spec["base"] = str(base if base.is_absolute() else (path.parent / base).resolve())
     spec.setdefault("seeds", [0])
     spec.setdefault("output_dir", f"runs/ablate/{path.stem}")
+    spec["output_dir"] = str(Path(spec["output_dir"]).expanduser())
+    _check_grid(spec, path)
     return spec
+
+
+def _check_grid(spec: dict, path: Path) -> None:
+    """Before any cell runs: a grid without cells, or with a cell twice, is a mistake in the spec
+    (an empty list would once drop its axis, a repeated seed count one run twice)."""
+    seeds = spec["seeds"]
+    if not (isinstance(seeds, list) and seeds
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise RecipeError(f"{path}: 'seeds' must be a non-empty list of whole numbers >= 0 (e.g. seeds: [0, 1, 2]), "
+                          f"got {seeds!r}")
+    sweep = spec.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise RecipeError(f"{path}: 'sweep' must map recipe keys to lists of values "
+                          f"(e.g. sweep: {{objective.options.mask_ratio: [0.15, 0.3]}}), got {sweep!r}")
+    axes = {"seeds": seeds, **{f"sweep {key!r}": values for key, values in sweep.items()}}
+    for name, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise RecipeError(f"{path}: {name} must be a non-empty list of values, got {values!r}")
+        written = [json.dumps(v, sort_keys=True) for v in values]
+        repeated = next((v for k, v in enumerate(written) if v in written[:k]), None)
+        if repeated is not None:
+            raise RecipeError(f"{path}: {name} lists {repeated} twice; list each value once")
 
 
 def build_cells(spec: dict) -> list[Cell]:
@@ -108,14 +140,17 @@ def build_cells(spec: dict) -> list[Cell]:
             entry = {"name": entry}
         _check_objective(entry)
         label = str(entry.get("label", entry["name"]))
+        if not label.strip():
+            raise RecipeError(f"ablation objective {entry!r}: its label is empty; give it a name")
         if label in labels:
             raise RecipeError(f"two ablation objectives are labelled {label!r}; give each a distinct label")
         labels.add(label)
         own = [_kv(k, v) for k, v in (entry.get("overrides") or {}).items()]
         for point in points:
-            group = label + "".join(f" {k.split('.')[-1]}={v}" for k, v in point.items())
+            parts = [label, *(f"{k.split('.')[-1]}={v}" for k, v in point.items())]
+            group, name = " ".join(parts), "_".join(_folder_name(part) for part in parts)
             for seed in spec["seeds"]:
-                key = f"{_slug(group)}-seed{seed}"
+                key = f"{name}-seed{seed}"
                 extra = [_kv(k, v) for k, v in point.items() if not k.startswith("objective.")]
                 forced = [_kv("train.seed", seed), _kv("model.init_seed", seed),
                           _kv("train.output_dir", str(out_dir / "cells" / key / "train"))]
@@ -128,7 +163,19 @@ def build_cells(spec: dict) -> list[Cell]:
                 if spec.get("splits"):
                     recipe.eval.splits = list(spec["splits"])
                 cells.append(Cell(key, group, int(seed), recipe, options))
+    _check_distinct(cells)
     return cells
+
+
+def _check_distinct(cells: list[Cell]) -> None:
+    """Two cells in one folder would overwrite each other's results, two in one group be averaged
+    as seeds of one objective; the names are built to differ, this makes sure they do."""
+    for what, names in (("folder", [c.key for c in cells]), ("group", [(c.group, c.seed) for c in cells])):
+        for k, name in enumerate(names):
+            if name in names[:k]:
+                other = cells[names.index(name)]
+                raise RecipeError(f"ablation cells {other.group!r} and {cells[k].group!r} (seed {cells[k].seed}) "
+                                  f"share one {what}; rename one objective's label")
 
 
 def _check_objective(entry: dict) -> None:
@@ -217,9 +264,9 @@ def run_ablation(spec: dict, *, workers: int = 1, devices: list[str] | None = No
     from tqdm.auto import tqdm
 
     out_dir = Path(spec["output_dir"])
+    cells = build_cells(spec)  # a bad grid fails before data is generated
     if spec.get("generate_data"):
         _ensure_data(out_dir / "data", spec["generate_data"])
-    cells = build_cells(spec)
     jobs, done = [], {}
     for cell in cells:
         folder = out_dir / "cells" / cell.key

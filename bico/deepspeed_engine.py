@@ -42,7 +42,7 @@ import torch
 
 from bico import distributed, resources
 from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
-                         resolve_precision, trainable_parameters)
+                         resolve_precision, resume_schedule, trainable_parameters)
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
@@ -299,4 +299,6 @@ class DeepSpeedEngine(Engine):
             raise ValueError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
         if "bico_step" not in client:
             raise ValueError(f"checkpoint {path} has no bico step counter; it was not written by bico")
+        if self.ds.lr_scheduler is not None:
+            resume_schedule(self.ds.lr_scheduler)
         return int(client["bico_step"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bico.io_utils import atomic_write_json, replace_dir, temp_dir_beside
+from bico.io_utils import atomic_write_json, file_digest, replace_dir, temp_dir_beside
 from bico.machine import cpu_bf16_flags
 
 logger = logging.getLogger("bico")
@@ -30,6 +30,8 @@ CHECKPOINTS = "checkpoints"
 # The training loop's own state in every checkpoint (counters and the recipe), written by the
 # engine into the checkpoint folder before it is renamed into place.
 TRAINER_STATE = "trainer_state.json"
+# sha256 of every other file of a checkpoint, written last: resume checks the bytes are those written.
+CHECKSUMS = "checksums.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What train.precision=auto becomes on every machine, when set (e.g. fp32 for runs that must match
 # bit for bit across CPUs with and without bf16 hardware; the test suite sets it).
@@ -50,9 +52,18 @@ def load_state(path: Path, allow: tuple = ()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         wanted = re.search(r"GLOBAL (\S+)", str(err))
-        raise CheckpointError(f"checkpoint file {path} asks for {wanted.group(1) if wanted else 'more than tensors'} "
-                              "when loaded, which could run code, so bico does not load it; resume only from "
-                              "checkpoints bico wrote, or start over with train.overwrite=true") from None
+        if wanted:
+            raise CheckpointError(f"checkpoint file {path} asks for {wanted.group(1) if wanted else 'more than tensors'} "
+                                  "when loaded, which could run code, so bico does not load it; resume only from "
+                                  "checkpoints bico wrote, or start over with train.overwrite=true") from None
+        raise _damaged(path, err) from None
+    except (RuntimeError, EOFError) as err:  # a truncated or foreign file: torch's zip reader
+        raise _damaged(path, err) from None
+
+
+def _damaged(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"checkpoint file {path} is damaged or not a bico checkpoint ({' '.join(str(err).split())}); "
+                           "start over with train.overwrite=true")
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -70,10 +81,47 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return factor
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
+def all_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first."""
     folder = Path(output_dir) / CHECKPOINTS
-    found = sorted(folder.glob("step-*")) if folder.is_dir() else []
+    return sorted(folder.glob("step-*")) if folder.is_dir() else []
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = all_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def write_checksums(folder: Path) -> None:
+    """:data:`CHECKSUMS` for every file in ``folder`` (the checkpoint before it is renamed into place)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    atomic_write_json(Path(folder) / CHECKSUMS, {"sha256": {str(p.relative_to(folder)): file_digest(p) for p in files}})
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes ``checkpoint`` unfit to resume from (a file missing, or its bytes not those
+    bico wrote: damaged, truncated or replaced), naming the file; None if it is intact. A
+    checkpoint of a bico before checksums is checked for its trainer state only."""
+    checkpoint = Path(checkpoint)
+    sums = checkpoint / CHECKSUMS
+    if sums.is_file():
+        try:
+            expected = json.loads(sums.read_text())["sha256"]
+            expected = {str(name): str(digest) for name, digest in expected.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{sums} cannot be read"
+        for name, digest in expected.items():
+            path = checkpoint / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if file_digest(path) != digest:
+                return f"{path} is not the file bico wrote (its sha256 differs: damaged, truncated or replaced)"
+    try:
+        if read_trainer_state(checkpoint) is None:
+            return f"{checkpoint / TRAINER_STATE} is missing"
+    except (OSError, ValueError):
+        return f"{checkpoint / TRAINER_STATE} cannot be read"
+    return None
 
 
 def read_trainer_state(checkpoint: Path) -> dict | None:
@@ -92,11 +140,13 @@ def checkpoint_path(output_dir: Path, step: int) -> Path:
 
 
 def publish_checkpoint(tmp: Path, target: Path, keep: int, trainer_state: dict | None) -> Path:
-    """Finish a checkpoint written into the folder ``tmp``: add the loop's state, rename it to
+    """Finish a checkpoint written into the folder ``tmp``: add the loop's state and the files'
+    checksums (:func:`checkpoint_problem` checks them on resume), rename it to
     ``target`` (a kill leaves the old checkpoint or the new one, never half of one), then drop
     all but the newest ``keep``."""
     if trainer_state is not None:
         atomic_write_json(Path(tmp) / TRAINER_STATE, trainer_state)
+    write_checksums(Path(tmp))
     replace_dir(tmp, target)
     prune_checkpoints(Path(target).parent, keep)
     return Path(target)
@@ -156,6 +206,17 @@ def lr_schedule(cfg, total_steps: int):
     """``optimizer -> LambdaLR`` with bico's warm-up and decay (``train.schedule``)."""
     factor = lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resume_schedule(scheduler) -> None:
+    """After a checkpoint's scheduler and optimizer states are loaded: the learning rate of the
+    next step from this run's schedule. The loaded one is the checkpoint's, computed for its step
+    budget: after raising ``train.max_steps`` a linear decay would start the new steps at 0.
+    With the budget unchanged this is the same number."""
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 class Engine(ABC):
@@ -268,6 +329,9 @@ class TorchEngine(Engine):
 
     def load_checkpoint(self, path: Path) -> int:
         state = load_state(Path(path) / "state.pt")
+        keys = ("step", "params", "optimizer", "scheduler", "torch_rng")
+        if not isinstance(state, dict) or not all(k in state for k in keys):
+            raise _damaged(Path(path) / "state.pt", ValueError("not the state bico saves"))
         named = dict(self.module.named_parameters())
         missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
         if missing:
@@ -277,6 +341,7 @@ class TorchEngine(Engine):
                 named[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        resume_schedule(self.scheduler)
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

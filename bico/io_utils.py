@@ -7,12 +7,22 @@ umask) and folders those of ``mkdir`` (0777 minus the umask), not ``mkstemp``'s 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (what the data caches, resume and checkpoint checks judge a file by)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -32,7 +32,7 @@ import socket
 import time
 from pathlib import Path
 
-from bico.engine import CHECKPOINTS, latest_checkpoint, read_trainer_state
+from bico.engine import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
 
 logger = logging.getLogger(__name__)
@@ -163,12 +163,14 @@ class RunDir:
     ``owner=False`` (DeepSpeed ranks other than 0) only finds the checkpoint; rank 0 does the rest.
     """
 
-    def __init__(self, path: str | Path, recipe, *, owner: bool = True):
+    def __init__(self, path: str | Path, recipe, *, owner: bool = True, data_fingerprint: str | None = None):
         self.path, self.recipe, self.owner = Path(path), recipe, owner
+        self.data_fingerprint = data_fingerprint  # a digest of the training data's contents
         self.resume, self.overwrite = recipe.train.resume, recipe.train.overwrite
         self.lock = RunLock(self.path)
         self.created: list[Path] = []  # folders this run made, outermost first
         self.checkpoint: Path | None = None
+        self.damaged: list[tuple[Path, str]] = []  # on resume: checkpoints newer than the intact one, and why
         self.state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
         self.to_delete: list[str] = []  # train.overwrite=true: the old run's entries
         self.started = False
@@ -255,18 +257,26 @@ class RunDir:
         self.to_delete = ours
 
     def _find_checkpoint(self) -> None:
-        checkpoint = latest_checkpoint(self.path)
+        checkpoint, damaged = self._newest_intact_checkpoint()
+        self.damaged = damaged
         summary = self.finished_summary()
         if checkpoint is None and summary is None:
+            if damaged:
+                raise RunDirError(f"train.resume=true but no checkpoint in {self.path} is intact: "
+                                  f"{damaged[0][1]}; start the run over with train.overwrite=true")
             raise RunDirError(f"train.resume=true but {self.path} has no checkpoint to resume from "
                               f"({CHECKPOINTS}/step-*; set train.save_every); start it over with train.overwrite=true")
         if checkpoint is not None:
+            if damaged:
+                logger.warning("%s; resuming from %s, the newest intact checkpoint", damaged[0][1], checkpoint.name)
             state = read_trainer_state(checkpoint)
-            if state is None:
-                raise RunDirError(f"checkpoint {checkpoint} has no trainer_state.json (written by an older bico?); "
-                                  "start the run over with train.overwrite=true")
             self.checkpoint, self.state = checkpoint, state
             saved_recipe = state["recipe"]
+            saved_data = state.get("data")  # absent in checkpoints of an older bico: not checked
+            if saved_data and self.data_fingerprint and saved_data != self.data_fingerprint:
+                raise RunDirError(f"train.resume=true: the training data changed since {checkpoint} was written "
+                                  "(the files' contents differ); resume with the data the run was trained on, "
+                                  "or start over with train.overwrite=true")
         else:
             saved_recipe = self._read_json(RECIPE)
         differences = recipe_differences(saved_recipe, self.recipe.to_dict())
@@ -274,6 +284,17 @@ class RunDir:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             raise RunDirError(f"train.resume=true: the run in {self.path} was made with another recipe ({shown}); "
                               "resume with the same recipe, or start over with train.overwrite=true")
+
+    def _newest_intact_checkpoint(self) -> tuple[Path | None, list[tuple[Path, str]]]:
+        """The newest checkpoint whose files are those bico wrote, and the newer damaged ones with
+        what is wrong with each (newest first)."""
+        damaged = []
+        for checkpoint in reversed(all_checkpoints(self.path)):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint, damaged
+            damaged.append((checkpoint, problem))
+        return None, damaged
 
     def _read_json(self, name: str) -> dict:
         try:
@@ -294,7 +315,8 @@ class RunDir:
         if summary["steps"] >= total_steps:
             return summary
         if self.checkpoint is None:
-            raise RunDirError(f"the run in {self.path} finished after {summary['steps']} steps and kept no checkpoint "
+            kept = f"no checkpoint is intact ({self.damaged[0][1]})" if self.damaged else "kept no checkpoint"
+            raise RunDirError(f"the run in {self.path} finished after {summary['steps']} steps and {kept} "
                               f"to train on to {total_steps} steps; start it over with train.overwrite=true")
         return None
 

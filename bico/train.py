@@ -84,14 +84,23 @@ def load_training_rows(recipe: Recipe):
     for objectives such as entity-preserving reversal; plus ``descriptions``, the description's
     surface forms, where facts.jsonl lists them). ``data.identity_bridge`` adds identity
     rows for those facts (:mod:`bico.data.identity`; the rows are then a plain list)."""
+    rows, sources, _ = training_data(recipe)
+    return rows, sources
+
+
+def training_data(recipe: Recipe):
+    """``(rows, sources, fingerprint)``: :func:`load_training_rows`, and a digest of the data
+    files' contents, which checkpoints record so that resume refuses data changed since."""
     from bico.data.corpus import load_corpus
     from bico.data.encode import cache_root
     from bico.data.identity import add_identity_bridge
 
     corpus = load_corpus(recipe.data, cache_root=cache_root(recipe.data))
     if not recipe.data.identity_bridge:
-        return corpus, corpus.sources
-    return add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))], recipe.data.identity_bridge)
+        return corpus, corpus.sources, corpus.fingerprint
+    rows, sources = add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))],
+                                        recipe.data.identity_bridge)
+    return rows, sources, corpus.fingerprint
 
 
 def pick_device(name: str) -> torch.device:
@@ -232,11 +241,11 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     # A corpus in data.files needs no reversal data dir, unless evaluation or a word vocabulary reads it.
     needs_dir = not recipe.data.files or recipe.data.dir or recipe.eval.enabled or recipe.model.tokenizer == "words"
     data_dir = resolve_data_dir(recipe.data.dir) if needs_dir else None
-    rows, sources = load_training_rows(recipe)
+    rows, sources, data_fingerprint = training_data(recipe)
     if recipe.eval.enabled:
         check_eval_splits(data_dir, recipe.eval.splits)
     # Rank 0 owns the output dir; the rank is known from the launcher's environment before setup.
-    with RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0) as run:
+    with RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0, data_fingerprint=data_fingerprint) as run:
         return _train_in(run, recipe, device, data_dir, rows, sources, stop_after)
 
 
@@ -339,7 +348,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         # A checkpoint at the last step too, so that raising the step budget later goes on from there.
         if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps):
             state = {"step": step + 1, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
-                     "loss": loss_value, "recipe": recipe.to_dict()}
+                     "loss": loss_value, "recipe": recipe.to_dict(), "data": run.data_fingerprint}
             engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()

@@ -170,3 +170,42 @@ def test_parallel_workers_and_cli(tmp_path, capsys):
     assert serial["final_loss"] == pytest.approx(parallel["ntp-seed0"]["final_loss"], rel=1e-4)
     assert serial["splits"]["p2d_prompts_test"]["exact_match"] == \
         parallel["ntp-seed0"]["splits"]["p2d_prompts_test"]["exact_match"]
+
+
+def _spec(tmp_path, body: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(f"base: {ROOT / 'recipes' / 'demo' / 'tiny.yaml'}\noutput_dir: {tmp_path / 'out'}\n{body}")
+    return path
+
+
+def test_cell_folders_are_distinct_for_labels_the_slug_would_merge(tmp_path):
+    spec = ablate.load_spec(_spec(tmp_path, "objectives: [{label: a b, name: ntp}, {label: a_b, name: ntp}, "
+                                            "{label: glm-2d, name: glm}]\nseeds: [0, 1]\n"))
+    keys = [c.key for c in ablate.build_cells(spec)]
+    assert len(set(keys)) == len(keys) == 6
+    assert "a_b-seed0" in keys and "glm-2d-seed1" in keys  # a name that is a folder name already stays as it was
+    swept = ablate.load_spec(_spec(tmp_path, "objectives: [ntp]\nsweep: {train.lr: [0.001, 0.01]}\n"))
+    assert [c.key for c in ablate.build_cells(swept)] == ["ntp_lr=0.001-seed0", "ntp_lr=0.01-seed0"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ("seeds: [0, 0]", "seeds lists 0 twice"),
+    ("seeds: []", "'seeds' must be a non-empty list"),
+    ("seeds: [a]", "'seeds' must be a non-empty list"),
+    ("sweep: {train.lr: []}", "sweep 'train.lr' must be a non-empty list"),
+    ("sweep: {train.lr: 0.1}", "sweep 'train.lr' must be a non-empty list"),
+    ("sweep: {train.lr: [0.1, 0.1]}", "sweep 'train.lr' lists 0.1 twice"),
+])
+def test_a_grid_with_no_cell_or_a_cell_twice_is_refused(tmp_path, body, words):
+    with pytest.raises(RecipeError, match=words):
+        ablate.load_spec(_spec(tmp_path, f"objectives: [ntp]\n{body}\n"))
+
+
+def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, capsys):
+    from bico.cli import main
+
+    spec = _spec(tmp_path, "objectives: [ntp]\nseeds: [0, 0]\ngenerate_data: {facts_per_subset: 2}\n")
+    assert main(["ablate", str(spec)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bico: error: ") and "twice" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -290,8 +290,117 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
     capsys.readouterr()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
     torch.save({"step": _RunsCode(f"touch {marker}")}, newest / "state.pt")
+    from bico.engine import write_checksums
+
+    write_checksums(newest)  # whoever crafts the file can write its checksum too: the load itself refuses
     code = main(args + ["train.resume=true", "train.max_steps=3"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("bico: error: "), lines
     assert "state.pt" in lines[0] and "posix.system" in lines[0] and "could run code" in lines[0], lines[0]
     assert not marker.exists()
+
+
+def _resume_args(tmp, reversal_dir, *extra):
+    out = tmp / "out"
+    return out, ["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL, "train.save_every=1",
+                 "train.save_model=false", "eval.enabled=false", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bico: error: "), lines
+    return lines[0]
+
+
+def test_resume_refuses_training_data_changed_since_the_checkpoint(tmp_path, reversal_dir, capsys):
+    import os
+
+    data = _write(tmp_path / "qa.jsonl", GOOD_ROW * 4)
+    out, args = _resume_args(tmp_path, reversal_dir, f"data.files=[{data}]", f"data.cache_dir={tmp_path / 'cache'}")
+    assert main(args) == 0
+    capsys.readouterr()
+    st = os.stat(data)  # a same-size edit with the old mtime put back: only the bytes tell
+    data.write_text(GOOD_ROW.replace("Q", "R") * 4)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _snapshot(out)
+    assert main(args + ["train.resume=true", "train.max_steps=3"]) == 2
+    assert "training data changed" in _one_error_line(capsys)
+    assert _snapshot(out) == before
+
+
+@pytest.fixture(scope="module")
+def three_checkpointed_steps(tmp_path_factory, reversal_dir):
+    """A run of 3 steps keeping the checkpoints of steps 2 and 3; each test damages a copy."""
+    out, args = _resume_args(tmp_path_factory.mktemp("run"), reversal_dir, "train.max_steps=3")
+    assert main(args) == 0
+    return out
+
+
+def _damage(state: Path, how: str) -> None:
+    import torch
+
+    data = state.read_bytes()
+    middle = len(data) // 2
+    if how in ("zeroed", "0x7f"):  # tensor bytes, the file's size unchanged
+        state.write_bytes(data[:middle] + (b"\0" if how == "zeroed" else b"\x7f") * 64 + data[middle + 64:])
+    elif how == "truncated":
+        state.write_bytes(data[:middle])
+    elif how == "{}":
+        torch.save({}, state)
+    else:
+        state.write_bytes(b"not a checkpoint\n")
+
+
+@pytest.mark.parametrize("how", ["zeroed", "0x7f", "truncated", "{}", "foreign"])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(three_checkpointed_steps, tmp_path, reversal_dir, how,
+                                                           caplog, capsys):
+    import logging
+    import shutil
+
+    out, args = _resume_args(tmp_path, reversal_dir)
+    shutil.copytree(three_checkpointed_steps, out)
+    _damage(out / "checkpoints" / "step-0000003" / "state.pt", how)
+    with caplog.at_level(logging.WARNING, logger="bico.rundir"):
+        assert main(args + ["train.resume=true", "train.max_steps=4"]) == 0, capsys.readouterr().err
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "step-0000003/state.pt" in warnings[0], warnings
+    assert "resuming from step-0000002" in warnings[0]
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 4
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # the log cut back to step 2, then steps 3 and 4
+
+
+def test_resume_with_no_intact_checkpoint_names_the_file(three_checkpointed_steps, tmp_path, reversal_dir, capsys):
+    import shutil
+
+    out, args = _resume_args(tmp_path, reversal_dir)
+    shutil.copytree(three_checkpointed_steps, out)
+    for step in (2, 3):
+        _damage(out / "checkpoints" / f"step-000000{step}" / "state.pt", "zeroed")
+    before = _snapshot(out)
+    assert main(args + ["train.resume=true", "train.max_steps=4"]) == 2
+    line = _one_error_line(capsys)
+    assert "no checkpoint is intact" in line and "step-0000003/state.pt" in line and "train.overwrite=true" in line
+    assert _snapshot(out) == before
+    (out / "train_summary.json").unlink()  # killed before finishing
+    assert main(args + ["train.resume=true", "train.max_steps=4"]) == 2
+    assert "no checkpoint in" in (line := _one_error_line(capsys)) and "is intact" in line and "step-0000003" in line
+    # a checkpoint without checksums (an older bico's) whose state is not bico's: one line naming it
+    for step in (2, 3):
+        (out / "checkpoints" / f"step-000000{step}" / "checksums.json").unlink()
+    _damage(out / "checkpoints" / "step-0000003" / "state.pt", "{}")
+    assert main(args + ["train.resume=true", "train.max_steps=4"]) == 2
+    assert "step-0000003/state.pt is damaged or not a bico checkpoint" in _one_error_line(capsys)
+
+
+def test_data_reversal_does_not_replace_files_without_force(tmp_path, capsys):
+    mine = _write(tmp_path / "all_prompts_train.jsonl", GOOD_ROW)
+    other = _write(tmp_path / "notes.txt", "mine")
+    args = ["data", "reversal", "--out", str(tmp_path), "--facts", "2", "--train-paraphrases", "2",
+            "--test-paraphrases", "2"]
+    assert main(args) == 2
+    line = _one_error_line(capsys)
+    assert "all_prompts_train.jsonl" in line and "--force" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all_prompts_train.jsonl", "notes.txt"]
+    assert mine.read_text() == GOOD_ROW
+    assert main(args + ["--force"]) == 0 and mine.read_text() != GOOD_ROW and other.read_text() == "mine"

@@ -164,6 +164,25 @@ def test_tokenisation_is_cached_per_corpus_and_tokenizer(tmp_path, tokenizer, ca
     assert len(examples_of(r, tokenizer)) == len(first) + 1
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_the_caches_go_by_the_bytes_not_the_size_or_mtime(tmp_path, tokenizer, suffix):
+    """A same-size edit with the old mtime put back (what ``cp -p``, ``rsync -t`` and ``tar x`` can
+    leave) once served the old rows from both caches: datasets' under sources/ and bico's own."""
+    import os
+
+    path = write_rows(tmp_path / f"qa{suffix}", [{"prompt": "Q", "completion": "old answer"}] * 3)
+    r = recipe(tmp_path, f"data.files=[{path}]")
+    old = examples_of(r, tokenizer)
+    st = os.stat(path)
+    path.write_bytes(path.read_bytes().replace(b"old", b"new"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rows, _ = load_training_rows(r)
+    assert rows[0]["completion"] == "new answer"  # the sources cache
+    new = examples_of(r, tokenizer)
+    assert new[0].completion_ids == tokenizer("new answer", add_special_tokens=False).input_ids  # the token cache
+    assert new[0].completion_ids != old[0].completion_ids
+
+
 def test_ul2_mode_tokens_keep_chat_loss_spans_on_the_assistant_tokens(tmp_path, tokenizer):
     """A mode token joins the text before the spans: they move with their tokens (they once stayed,
     so the last assistant token lost its loss and the token before each answer gained one)."""

@@ -170,3 +170,20 @@ def test_compiled_model_trains_like_the_eager_one_and_keeps_the_mask():
         assert not torch.allclose(causal[0, 0], both[0, 0]), "the mask was ignored"
     torch._dynamo.reset()
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+
+
+def test_raising_the_step_budget_on_resume_goes_on_with_the_new_schedule(tmp_path):
+    """A linear decay over 2 steps ends at lr 0; resumed with 4 steps, step 3 runs at half the lr
+    (the new schedule at step 2), not at the checkpoint's 0. With the budget unchanged: the same lr."""
+    recipe = load_recipe(None, ["train.lr=0.1", "train.schedule=linear"])
+    model = torch.nn.Linear(3, 2)
+    engine = TorchEngine(model, recipe, total_steps=2, device=torch.device("cpu"))
+    for step in (1, 2):
+        engine.backward_loss(lambda: engine.module(torch.ones(4, 3)).sum(), num_targets=4)
+        engine.step()
+    engine.save_checkpoint(tmp_path, 2)
+    assert engine.optimizer.param_groups[0]["lr"] == 0.0
+    for total, lr in ((4, 0.05), (2, 0.0)):
+        resumed = TorchEngine(torch.nn.Linear(3, 2), recipe, total_steps=total, device=torch.device("cpu"))
+        assert resumed.load_checkpoint(latest_checkpoint(tmp_path)) == 2
+        assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr) and resumed.lr() == pytest.approx(lr)

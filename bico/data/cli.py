@@ -31,6 +31,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--style", choices=STYLES, default="default",
                    help="wording: default, or alt (a second, independent generator: other names, "
                         "descriptions and templates, descriptions paraphrased across rows)")
+    r.add_argument("--force", action="store_true", help="replace the files of that name already in DIR")
 
     c = sub.add_parser("check", help="validate prompt/completion JSONL files, print row counts")
     c.add_argument("files", nargs="+", metavar="FILE")
@@ -43,7 +44,7 @@ def run_data(args: argparse.Namespace) -> int:
     if args.data_command == "reversal":
         s = generate_reversal_dataset(
             args.out, facts_per_subset=args.facts, train_paraphrases=args.train_paraphrases,
-            test_paraphrases=args.test_paraphrases, seed=args.seed, style=args.style,
+            test_paraphrases=args.test_paraphrases, seed=args.seed, style=args.style, replace=args.force,
         )
         f = s["files"]
         print(f"wrote reversal data to {s['out_dir']}: {s['n_facts']} facts, "

@@ -13,6 +13,8 @@ Errors are :class:`DataError` on one line naming the file and its line (JSONL) o
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from typing import Sequence
 
 from bico.config import DATA_FORMATS, one_line
 from bico.data.jsonl import DataError, iter_jsonl
+from bico.io_utils import file_digest
 
 __all__ = ["Corpus", "load_corpus", "quiet_datasets"]
 
@@ -49,11 +52,14 @@ def quiet_datasets():
 
 class Corpus(Sequence):
     """The training rows: a ``datasets.Dataset`` in one format's columns, where each row came from,
-    and (Berglund layout) each row's fact. Indexing gives plain dicts, as the JSONL rows were."""
+    and (Berglund layout) each row's fact. Indexing gives plain dicts, as the JSONL rows were.
+    ``key``: the files' digests, format and fields (where the tokenisation cache key starts);
+    ``fingerprint``: a digest of the key and the facts file, which a checkpoint records."""
 
     def __init__(self, dataset, fmt: str, parts: list[tuple[Path, int, int]], meta: list[dict] | None = None,
-                 key: dict | None = None):
+                 key: dict | None = None, fingerprint: str | None = None):
         self.dataset, self.format, self.parts, self.meta, self.key = dataset, fmt, parts, meta, key
+        self.fingerprint = fingerprint
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -101,15 +107,18 @@ def _where(path: Path, row: int) -> str:
     return f"{path}, row {row + 1}"
 
 
-def file_stamp(paths: Sequence[Path]) -> list:
-    """What identifies the files' contents for the cache (path, size, mtime: as make and ``datasets``
-    judge local files); a folder is stamped file by file."""
+def file_stamp(paths: Sequence[Path], digests: dict | None = None) -> list:
+    """What identifies the files' contents: each file's sha256 (a folder: each of its files, by
+    name within it), never size and mtime, which ``cp -p``, ``rsync -t``, ``tar x`` and a same-size
+    edit keep while the bytes change. ``digests``: those already computed, by path."""
+    digests = digests or {}
     stamp = []
     for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for p in files:
-            st = p.stat()
-            stamp.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            stamp.append([[str(p.relative_to(path)), file_digest(p)] for p in files])
+        else:
+            stamp.append(digests.get(path) or file_digest(path))
     return stamp
 
 
@@ -208,7 +217,7 @@ def _fact_meta(fact: dict) -> dict:
 
 def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
     """The training rows the recipe's ``data`` section names (see the module docstring)."""
-    from bico.data.reversal import load_facts
+    from bico.data.reversal import FACTS_FILE, load_facts
     from bico.data.splits import fact_groups, resolve_data_dir
     from bico.resources import find
 
@@ -222,11 +231,14 @@ def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
             if p.suffix == ".jsonl" and not p.is_dir():
                 next(iter_jsonl(p, required=()), None)  # a missing or empty file: the JSONL reader's message
     with quiet_datasets() as datasets, tempfile.TemporaryDirectory() as scratch:
-        # datasets keeps each file as Arrow under cache_root (reused while the file is unchanged);
+        # datasets keeps each file as Arrow under cache_root/sources/DIGEST: datasets itself would
+        # reuse it by path and mtime, the folder per digest of the bytes makes the reuse by content;
         # without a cache the tables live in memory and the scratch folder goes away
-        where = str(cache_root / "sources") if cache_root else scratch
-        parts, tables = [], []
+        parts, tables, digests = [], [], {}
         for path in paths:
+            if path.is_file():
+                digests[path] = file_digest(path)
+            where = str(cache_root / "sources" / digests[path]) if cache_root and path in digests else scratch
             ds = _check(_read(datasets, path, fmt, where, cache_root is None), path, fmt, data_cfg.fields)
             parts.append((path, sum(len(t) for t in tables), len(ds)))
             tables.append(ds)
@@ -240,5 +252,10 @@ def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
             rows = [{"prompt": p, "completion": c} for p, c in zip(dataset["prompt"], dataset["completion"])]
             meta = [dict(by_name[n]) if n else {} for n in fact_groups(rows, facts)]
     # what the rows are: the cache key of their tokenisation starts from it (meta is not tokenised)
-    stamp = {"files": file_stamp(paths), "format": fmt, "fields": data_cfg.fields}
-    return Corpus(dataset, fmt, parts, meta, key=stamp)
+    stamp = {"files": file_stamp(paths, digests), "format": fmt, "fields": data_cfg.fields}
+    # what resume compares with the checkpoint's: the rows and, where they give entity spans, the facts
+    facts_file = Path(facts_dir) / FACTS_FILE if meta is not None else None
+    fingerprint = hashlib.sha256(json.dumps(
+        {**stamp, "facts": file_digest(facts_file) if facts_file and facts_file.is_file() else None},
+        sort_keys=True).encode()).hexdigest()
+    return Corpus(dataset, fmt, parts, meta, key=stamp, fingerprint=fingerprint)

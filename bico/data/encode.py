@@ -15,8 +15,8 @@
   template's end-of-turn tokens) carry loss and may be masked: ``loss_spans`` are the tokens
   from where the template's generation prompt ends to where that message's rendering ends.
 
-The cache: ``datasets`` ``map`` with ``new_fingerprint`` = a hash of the files' paths, sizes and
-mtimes, the format and field names, the tokenizer (its full serialisation, added tokens
+The cache: ``datasets`` ``map`` with ``new_fingerprint`` = a hash of the files' contents (a sha256
+of their bytes, never their paths, sizes or mtimes), the format and field names, the tokenizer (its full serialisation, added tokens
 included, and chat template), ``max_length``, ``chunk_overlap``, ``chat_loss`` and
 :data:`VERSION`; its Arrow file ``tokenized/<key>.arrow`` under the cache folder is read back
 instead of tokenizing again while all of these are the same.

@@ -46,6 +46,7 @@ DATA_FILES = (
     "both_prompts_test", "validation_prompts",
 )
 FACTS_FILE = "facts.jsonl"
+README = "README.txt"
 
 
 def make_names(n: int, rng: random.Random) -> list[str]:
@@ -189,6 +190,7 @@ def generate_reversal_dataset(
     test_paraphrases: int = 10,
     seed: int = 0,
     style: str = "default",
+    replace: bool = True,
 ) -> dict:
     """Write the 12 experiment1-style files plus facts.jsonl and README.txt to ``out_dir``.
 
@@ -196,6 +198,8 @@ def generate_reversal_dataset(
     independent second one: other names, descriptions and templates; descriptions
     paraphrased across rows, see :mod:`bico.data.reversal_alt`).
     Only these file names are (atomically) replaced; other files in the dir are left alone.
+    ``replace=False`` (``bico data reversal`` without ``--force``): if any of them exists, an
+    error and nothing written (they may be a user's own files, or the data a run was trained on).
     Returns a summary dict with the arguments and the row count of every file.
     """
     st = get_style(style)
@@ -250,6 +254,11 @@ def generate_reversal_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"output path exists and is not a directory: {out}")
+    existing = [p.name for p in output_files(out) if p.exists()]
+    if existing and not replace:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise DataError(f"--out {out} already holds {shown}, which bico data reversal would replace; "
+                        "choose another --out, or add --force to replace them")
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for stem in DATA_FILES:
@@ -259,8 +268,13 @@ def generate_reversal_dataset(
         "out_dir": str(out), "seed": seed, "style": st.name, "facts_per_subset": F,
         "train_paraphrases": T, "test_paraphrases": K, "n_facts": len(facts), "files": counts,
     }
-    atomic_write(out / "README.txt", _readme(summary))
+    atomic_write(out / README, _readme(summary))
     return summary
+
+
+def output_files(out_dir) -> list[Path]:
+    """The files :func:`generate_reversal_dataset` writes (replacing them) into ``out_dir``."""
+    return [Path(out_dir) / name for name in [f"{stem}.jsonl" for stem in DATA_FILES] + [FACTS_FILE, README]]
 
 
 def _readme(s: dict) -> str:
