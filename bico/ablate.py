@@ -77,10 +77,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = resources.find(path)  # recipes/ablations/... works from an installed bico too
     if not path.is_file():
         raise RecipeError(f"ablation spec not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a UTF-8 text file") from None
     if not isinstance(spec, dict):
         raise RecipeError(f"{path}: an ablation spec is a mapping ({', '.join(SPEC_KEYS)})")
     spec.setdefault("overrides", {})
+    _check_spec_types(spec, path)  # the file's own values, before command-line overrides go in
     for key, value in parse_overrides(overrides or []):
         if key.split(".")[0] in RECIPE_SECTIONS:
             spec["overrides"][key] = value
@@ -89,6 +95,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise RecipeError(f"unknown ablation key(s) {', '.join(unknown)}; valid: {', '.join(SPEC_KEYS)}")
+    _check_spec_types(spec, path)  # and with them
     for key in ("base", "objectives"):
         if not spec.get(key):
             raise RecipeError(f"{path}: the ablation spec needs '{key}'")
@@ -121,6 +128,33 @@ def _check_grid(spec: dict, path: Path) -> None:
         repeated = next((v for k, v in enumerate(written) if v in written[:k]), None)
         if repeated is not None:
             raise RecipeError(f"{path}: {name} lists {repeated} twice; list each value once")
+
+
+# What each spec key holds, as (test, what the test requires); a wrong kind would fail later with a
+# traceback (iterating the letters of `objectives: ntp`, `seeds: 0` not iterable)
+_SPEC_TYPES = {
+    "base": (lambda v: isinstance(v, str), "a recipe file name"),
+    "overrides": (lambda v: isinstance(v, dict), "a mapping of recipe keys, e.g. {train.epochs: 3}"),
+    "objectives": (lambda v: isinstance(v, list) and all(isinstance(e, (str, dict)) for e in v),
+                   "a list of objective names or {label, name, options} mappings"),
+    "sweep": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, list) for x in v.values())),
+              "a mapping of recipe keys to lists of values"),
+    "seeds": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+              "a list of whole numbers, e.g. [0, 1, 2]"),
+    "splits": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+               "a list of split names"),
+    "generate_data": (lambda v: v is None or isinstance(v, dict), "a mapping of generator settings"),
+    "output_dir": (lambda v: isinstance(v, str), "a folder name"),
+}
+
+
+def _check_spec_types(spec: dict, path: Path) -> None:
+    for key, (ok, requirement) in _SPEC_TYPES.items():
+        if key in spec and not ok(spec[key]):
+            raise RecipeError(f"{path}: ablation key {key!r} must be {requirement}, got {spec[key]!r}")
+    for entry in spec.get("objectives") or []:
+        if isinstance(entry, dict) and not isinstance(entry.get("name"), str):
+            raise RecipeError(f"{path}: ablation objective {entry!r} needs a 'name' (an objective name)")
 
 
 def build_cells(spec: dict) -> list[Cell]:

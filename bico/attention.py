@@ -48,11 +48,27 @@ def _log_once(message: str) -> None:
         logger.info(message)
 
 
+def check_backend(choice: str | None = None) -> str:
+    """The requested backend (``BICO_ATTENTION_BACKEND`` when none is), if it is one of :data:`BACKENDS`."""
+    where = "bico attention backend" if choice else "BICO_ATTENTION_BACKEND"
+    choice = choice or os.environ.get("BICO_ATTENTION_BACKEND", "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"{where} {choice!r}: use one of {', '.join(BACKENDS)}")
+    return choice
+
+
+def check_environment() -> None:
+    """The attention's environment variables, checked when ``bico train`` starts: they are read at
+    the first forward pass, after the run dir is made, where a bad value would leave a run behind."""
+    from bico_kernels.tuning import check_tune_file  # pure Python: no Triton
+
+    check_backend()
+    check_tune_file()
+
+
 def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:
     """Pick ``triton`` or ``reference`` for this call (apply()'s choice > env var > auto)."""
-    choice = requested or os.environ.get("BICO_ATTENTION_BACKEND", "auto")
-    if choice not in BACKENDS:
-        raise ValueError(f"bico attention backend {choice!r}: use one of {', '.join(BACKENDS)}")
+    choice = check_backend(requested)
     if choice == "auto":
         import bico_kernels
 

@@ -174,6 +174,11 @@ def _merge(obj: Any, values: dict, where: str) -> None:
 
 def _coerce(value: Any, annotation: str, path: str) -> Any:
     """YAML reads ``1e-4`` as a string and ``3`` as an int; numbers go by the field's type."""
+    if value is None and "None" not in annotation:
+        # `train.lr=` (or `lr: null`) would otherwise skip every range check and fail deep inside
+        raise RecipeError(f"recipe key {path!r} has no value; give one (e.g. {path}={_EXAMPLES.get(annotation, 'VALUE')})")
+    if annotation.split(" | ")[0] == "str" and isinstance(value, (list, dict, bool)):
+        raise RecipeError(f"recipe key {path!r} must be a single name, got {value!r}")
     if annotation == "bool" and not isinstance(value, bool):
         raise RecipeError(f"recipe key {path!r} must be true or false, got {value!r}")
     numeric = [t for t in ("float", "int") if t in annotation]
@@ -199,6 +204,9 @@ def _coerce(value: Any, annotation: str, path: str) -> Any:
     return value
 
 
+_EXAMPLES = {"float": "0.5", "int": "8", "bool": "true", "str": "NAME", "list": "[A, B]", "dict": "{KEY: VALUE}"}
+
+
 def _dotted(key: str, value: Any) -> dict:
     out: Any = value
     for part in reversed(key.split(".")):
@@ -212,7 +220,15 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.constructor.ConstructorError:  # a tag such as !!python/object: never constructed
+            raise RecipeError(f"override {item!r}: YAML tags (!!...) are not allowed in a value") from None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"override {item!r} is not a valid YAML value ({problem}); close its brackets "
+                              "or quote the value") from None
+        pairs.append((key.strip(), value))
     return pairs
 
 

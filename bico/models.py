@@ -139,6 +139,19 @@ def tiny_random_config(cfg: ModelConfig, vocab_size: int, tokenizer) -> LlamaCon
     )
 
 
+def _check_fits_in_memory(config: LlamaConfig, dtype: torch.dtype) -> None:
+    """A tiny-random model whose weights alone exceed this machine's memory is a typo in its sizes:
+    refuse it before allocating (torch would fail with a traceback, or the OOM killer strike later)."""
+    with torch.device("meta"):  # shapes only, no memory
+        weights = sum(p.numel() for p in LlamaForCausalLM(copy.deepcopy(config)).parameters()) * dtype.itemsize
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if memory and weights > memory:
+        raise ModelError(f"tiny-random with model.hidden_size={config.hidden_size}, model.layers="
+                         f"{config.num_hidden_layers}, model.intermediate_size={config.intermediate_size} has "
+                         f"{weights / 2**30:,.0f} GiB of weights, more than this machine's {memory / 2**30:,.0f} GiB "
+                         "of memory; lower those sizes")
+
+
 def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
     dtype = DTYPES.get(cfg.dtype)
@@ -155,11 +168,10 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     else:
         raise ModelError(f"model.tokenizer {cfg.tokenizer!r}: use auto or words")
     if cfg.name == "tiny-random":
+        config = tiny_random_config(cfg, len(tokenizer), tokenizer)
+        _check_fits_in_memory(config, dtype)
         torch.manual_seed(cfg.init_seed)
-        model = LlamaForCausalLM._from_config(
-            tiny_random_config(cfg, len(tokenizer), tokenizer), attn_implementation=cfg.attn_implementation,
-            dtype=dtype,
-        )
+        model = LlamaForCausalLM._from_config(config, attn_implementation=cfg.attn_implementation, dtype=dtype)
     else:
         folder = smollm2_folder() if cfg.name == "smollm2-135m" else _local_folder(cfg.name)
         try:
@@ -168,6 +180,11 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
             raise ModelError(f"cannot load model folder {folder}: {one_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # ids past the table: an IndexError at the first batch
+        raise ModelError(f"model {cfg.name}: its tokenizer has {len(tokenizer)} tokens but the model's embedding "
+                         f"table has {rows} rows; the tokenizer files come from another model: put the model's own "
+                         "tokenizer files in the folder")
     return model, tokenizer
 
 

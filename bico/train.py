@@ -11,11 +11,15 @@ do not know which one runs.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bico import distributed
-from bico.attention import require_bico
+from bico.attention import check_environment, require_bico
 from bico.collate import collate, model_inputs
 from bico.config import DataConfig, Recipe, check_recipe
 from bico.engine import Engine, TorchEngine
@@ -34,6 +38,9 @@ from bico.report import Reporter
 from bico.rundir import RunDir
 
 logger = logging.getLogger(__name__)
+
+
+MAX_STEPS = 10**9  # more optimizer steps than any run can take: a typo in train.epochs or train.max_steps
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +56,9 @@ def tokenize_examples(rows, tokenizer, max_length: int, sources=None, *, data=No
     from bico.data.encode import cache_root, encode_corpus
 
     data, corpus, began = data or DataConfig(max_length=max_length), hasattr(rows, "dataset"), time.time()
-    cols, cached = encode_corpus(rows, tokenizer, data, cache_root(data) if corpus else None)
+    root = cache_root(data) if corpus else None
+    with cache_faults(root):
+        cols, cached = encode_corpus(rows, tokenizer, data, root)
     if data.format != "prompt_completion":
         texts = None  # text, chat: the ids are the example
     elif corpus:
@@ -76,6 +85,51 @@ def tokenize_examples(rows, tokenizer, max_length: int, sources=None, *, data=No
     return examples
 
 
+_CACHE_FIX = "set data.cache_dir=ANOTHER_FOLDER, or data.cache=false"
+
+
+def check_cache_dir(root: Path | None) -> None:
+    """The tokenisation cache folder can be made and written; else ``datasets`` fails later with
+    an error that reads as if the data file were bad."""
+    if root is None:
+        return
+    existing = next(p for p in [root, *root.parents] if p.exists())
+    if not existing.is_dir():
+        raise TrainingError(f"data.cache_dir {root}: {existing} is a file, not a folder; {_CACHE_FIX}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"data.cache_dir {root}: {existing} is not writable; {_CACHE_FIX}")
+
+
+@contextmanager
+def cache_faults(root: Path | None):
+    """A full disk (or an unwritable file) under the cache folder, reported as such: ``datasets``
+    wraps it in an error that the data loader would blame on the data file."""
+    try:
+        yield
+    except Exception as err:
+        fault = _os_error_in(err)
+        if root is None or fault is None:
+            raise
+        full = fault.errno in (errno.ENOSPC, errno.EDQUOT)
+        inside = fault.filename is not None and Path(fault.filename).resolve().is_relative_to(root.resolve())
+        if not (full or inside):
+            raise
+        what = "no space left on device" if full else f"cannot write {fault.filename} ({fault.strerror})"
+        raise TrainingError(f"data.cache_dir {root}: {what} while caching the data; "
+                            f"{'free space there, ' if full else ''}{_CACHE_FIX}") from None
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in ``err``'s chain of causes (itself included)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def load_training_rows(recipe: Recipe):
     """Training rows (a :class:`~bico.data.corpus.Corpus`: ``data.files`` or the Berglund layout
     ``data.dir`` + ``data.train_files``, read through ``datasets``) and where each comes from
@@ -95,7 +149,10 @@ def training_data(recipe: Recipe):
     from bico.data.encode import cache_root
     from bico.data.identity import add_identity_bridge
 
-    corpus = load_corpus(recipe.data, cache_root=cache_root(recipe.data))
+    root = cache_root(recipe.data)
+    check_cache_dir(root)
+    with cache_faults(root):
+        corpus = load_corpus(recipe.data, cache_root=root)
     if not recipe.data.identity_bridge:
         return corpus, corpus.sources, corpus.fingerprint
     rows, sources = add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))],
@@ -237,6 +294,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
 
         resolve_config(cfg.deepspeed)  # a missing config fails before anything is loaded or written
     device = pick_device(cfg.device)
+    check_environment()
     # Everything that can be checked without the model is checked before the output dir is touched.
     # A corpus in data.files needs no reversal data dir, unless evaluation or a word vocabulary reads it.
     needs_dir = not recipe.data.files or recipe.data.dir or recipe.eval.enabled or recipe.model.tokenizer == "words"
@@ -260,7 +318,12 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
 
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * plan.steps_per_epoch))
+    total_steps = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
+    if total_steps > MAX_STEPS:  # a typo (epochs=1e308): no run has that many steps, and inf has no ceil
+        asked = (f"train.max_steps={cfg.max_steps}" if cfg.max_steps else
+                 f"train.epochs={cfg.epochs:g} ({plan.steps_per_epoch} steps an epoch)")
+        raise TrainingError(f"{asked} asks for {total_steps:.3g} optimizer steps, more than {MAX_STEPS:.0e}; lower it")
+    total_steps = cfg.max_steps or max(1, math.ceil(total_steps))
     finished = run.already_finished(total_steps)
     if finished is not None:
         logger.info("%s: the run finished after %d steps; nothing to do", cfg.output_dir, finished["steps"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from .config_table import TABLE
 from .configs import KernelConfig, Variant, fallback_config, length_bucket
 
-__all__ = ["candidates", "table_config", "tuned_config", "autotune_enabled", "tuning_key", "clear"]
+__all__ = ["candidates", "table_config", "tuned_config", "autotune_enabled", "tuning_key", "clear", "check_tune_file"]
 
 logger = logging.getLogger(__name__)
 _tuned: dict[tuple[str, str], KernelConfig] = {}  # (scope, tuning key) -> winner, this process
@@ -87,10 +87,30 @@ def tuned_config(variant: Variant, seq_len: int, cands: list[KernelConfig], benc
 
 
 def _read(path) -> dict:
+    """The tuning file's sections ({} when there is no file yet). Anything else there is refused,
+    not overwritten: the variable may point at some other file by mistake."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        text = Path(path).read_text()
+    except FileNotFoundError:
         return {}
+    except OSError as err:
+        raise ValueError(f"BICO_KERNEL_TUNE_FILE={path} cannot be read ({err.strerror}); "
+                         "point it at a writable file, or unset it") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not (isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())):
+        raise ValueError(f"BICO_KERNEL_TUNE_FILE={path} does not hold bico's kernel tuning results (a JSON object "
+                         "of sections); delete the file to re-tune, or point the variable at another file")
+    return data
+
+
+def check_tune_file() -> None:
+    """Fail at start-up, not at the first kernel call, when ``BICO_KERNEL_TUNE_FILE`` is unusable."""
+    path = os.environ.get("BICO_KERNEL_TUNE_FILE")
+    if path:
+        _read(path)
 
 
 def _write(path, scope, key, config):
