@@ -38,7 +38,7 @@ from bico.objectives import Example, build_objective
 from bico.objectives.base import Objective
 from bico.train import batch_loss, make_batch, tokenize_examples, torch_seed
 
-__all__ = ["BicoDataCollator", "BicoTrainer", "BicoSFTTrainer"]
+__all__ = ["BicoDataCollator", "BicoTrainer"]  # and BicoSFTTrainer, built on first use (needs TRL)
 
 
 class BicoDataCollator:

@@ -56,7 +56,7 @@ def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, sft=False, 
     from bico.hf import BicoDataCollator, BicoTrainer
 
     if sft:
-        from trl import SFTConfig as TrainingArguments  # noqa: N814 (the same arguments, and TRL's)
+        from trl import SFTConfig as TrainingArguments  # the same arguments, and TRL's
 
         from bico.hf import BicoSFTTrainer as BicoTrainer
 

@@ -12,12 +12,11 @@ import pytest
 
 pytest.importorskip("trl", reason="TRL is in the test extra: pip install -e '.[test]'")
 
-from test_hf import LOSS_TOL, bico_setup, bico_train_metrics, hf_trainer, recipe, step_losses  # noqa: E402
+from test_hf import LOSS_TOL, bico_setup, bico_train_metrics, hf_trainer, recipe, step_losses
+from trl import SFTTrainer
 
-from trl import SFTTrainer  # noqa: E402
-
-from bico.hf import BicoTrainer  # noqa: E402
-from bico.train import load_training_rows  # noqa: E402
+from bico.hf import BicoTrainer
+from bico.train import load_training_rows
 
 
 def test_sft_trainer_matches_bico_train_with_the_ntp_denoise_coin(tmp_path, reversal_dir):
@@ -78,4 +77,4 @@ def test_without_trl_the_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(bico.hf.__dict__, "BicoSFTTrainer", raising=False)
     monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
     with pytest.raises(ImportError, match=r"^bico.hf.BicoSFTTrainer needs TRL: pip install 'bico\[trl\]'$"):
-        bico.hf.BicoSFTTrainer
+        _ = bico.hf.BicoSFTTrainer
