@@ -61,6 +61,11 @@ def run_eval(args) -> int:
     check_ranges({f"eval.{k}": v for k, v in values.items()}, {f"eval.{k}": o for k, o in EVAL_OPTIONS.items()})
     if args.suite == "celebrity":
         return run_celebrity(args)
+    if args.suite == "lm-eval":
+        return run_lm_eval(args)
+    for option in ("tasks", "include_path", "base", "num_fewshot", "device"):
+        if getattr(args, option) is not None:
+            raise UsageError(f"bico eval: --{option.replace('_', '-')} is for --suite lm-eval")
     ev = EvalConfig(**values, retention=args.retention)
     ev.splits = list(args.splits or ev.splits)
     from bico.evaluate import evaluate_recipe, write_report
@@ -98,6 +103,45 @@ def run_celebrity(args) -> int:
     return 0
 
 
+def run_lm_eval(args) -> int:
+    """EleutherAI's lm-evaluation-harness on the model and its base, side by side (bico.lm_harness)."""
+    if not args.tasks:
+        raise UsageError("bico eval --suite lm-eval: --tasks is required (e.g. --tasks arc_easy hellaswag)")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise UsageError(f"bico eval: --num-fewshot must be >= 0, got {args.num_fewshot}")
+    tasks = [t for chunk in args.tasks for t in chunk.split(",") if t]
+    from bico.lm_harness import base_model_of, check_tasks, task_manager
+
+    manager = task_manager(args.include_path)  # lm-eval missing, a bad folder or task: before any model loads
+    check_tasks(manager, tasks)
+    from bico.config import ModelConfig
+    from bico.lm_harness import evaluate_harness, write_report
+    from bico.models import load_model
+
+    models = {}  # label -> ModelConfig, the base first
+    if args.base is None:
+        section = base_model_of(args.model)
+        if section is not None:
+            models["base"] = ModelConfig(**{**section, "attn_implementation": "sdpa"})
+    elif args.base != "none":
+        models["base"] = ModelConfig(name=args.base, attn_implementation="sdpa")
+    models[args.label or Path(args.model).name] = ModelConfig(name=args.model, attn_implementation="sdpa")
+    if "base" not in models:
+        print(f"bico eval: no base model ({args.model} is not a bico run's model/ folder; pass --base PATH)")
+    runs = {}
+    for label, cfg in models.items():
+        model, tokenizer = load_model(cfg)
+        runs[label] = evaluate_harness(model, tokenizer, tasks, manager, num_fewshot=args.num_fewshot,
+                                       limit=args.limit, batch_size=args.batch_size, device=args.device)
+        del model
+    settings = {"tasks": tasks, "num_fewshot": "task default" if args.num_fewshot is None else args.num_fewshot,
+                "limit": args.limit, "models": {label: cfg.name for label, cfg in models.items()},
+                "lm_eval_version": next(iter(runs.values()))["lm_eval_version"]}
+    paths = write_report(runs, args.out, settings)
+    print(paths["md"].read_text(), end="")
+    return 0
+
+
 def run_demo(args) -> int:
     from bico.demo import demo
 
@@ -119,14 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="reversal-curse evaluation of a saved model folder")
     p.add_argument("--model", required=True, help="model folder (e.g. runs/x/model), or a preset")
-    p.add_argument("--suite", choices=("berglund", "celebrity"), default="berglund",
+    p.add_argument("--suite", choices=("berglund", "celebrity", "lm-eval"), default="berglund",
                    help="berglund: the fictitious-facts splits (--data, --splits); celebrity: real parent/child "
-                        "pairs in both directions (--pairs)")
+                        "pairs in both directions (--pairs); lm-eval: EleutherAI's lm-evaluation-harness tasks "
+                        "(--tasks), the model beside its base (pip install 'bico[lm-eval]')")
     p.add_argument("--pairs", default=None, help="celebrity suite: parent_child_pairs.csv (default: "
                                                   "../shared/data/reversal_curse/celebrity_relations/)")
     p.add_argument("--data", default=None, help="Berglund-format data folder")
     p.add_argument("--splits", nargs="*", help="split names (file stems) or .jsonl files (default: eval.splits' default)")
-    p.add_argument("--out", default="runs/eval", help="folder for eval.json/.md/.png (celebrity.json/.md/.png)")
+    p.add_argument("--tasks", nargs="+", default=None, help="lm-eval: task names, e.g. mmlu arc_easy hellaswag (or "
+                                                              "comma-separated); local YAML tasks need --include-path")
+    p.add_argument("--include-path", default=None, help="lm-eval: folder of task YAML files (local tasks)")
+    p.add_argument("--base", default=None, help="lm-eval: the model before finetuning (default: the run's recipe.json "
+                                                "model when --model is a run's model/ folder; 'none': no base)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="lm-eval: shots (default: each task's own)")
+    p.add_argument("--device", default=None, help="lm-eval: cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--out", default="runs/eval", help="folder for eval.json/.md/.png (celebrity.json/.md/.png; "
+                                                      "lm_eval.json/.md)")
     p.add_argument("--label", default=None)
     defaults = EvalConfig()
     p.add_argument("--limit", type=int, default=defaults.limit, help="first N rows per split (celebrity: pairs)")

@@ -18,6 +18,11 @@ builds the step's batches itself when Trainer collects them (``get_batch_samples
 step with ``state.global_step`` = the step), so DataLoader prefetching, workers, a short last step
 of an epoch and a resumed run cannot shift them. Called on its own, the collator counts its calls
 (``grad_accum`` calls per step), which needs one process: it refuses DataLoader workers.
+
+:class:`BicoSFTTrainer` (needs TRL: ``pip install 'bico[trl]'``) is the same contract inside
+``trl.SFTTrainer``: it takes an ``SFTConfig`` (or ``TrainingArguments``), skips TRL's own dataset
+preparation (bico tokenizes the rows) and trains with bico's objective and loss; TRL's model
+loading from a name, peft_config, callbacks, model card and logging stay TRL's.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from bico.objectives import Example, build_objective
 from bico.objectives.base import Objective
 from bico.train import batch_loss, make_batch, tokenize_examples, torch_seed
 
-__all__ = ["BicoDataCollator", "BicoTrainer"]
+__all__ = ["BicoDataCollator", "BicoTrainer"]  # and BicoSFTTrainer, built on first use (needs TRL)
 
 
 class BicoDataCollator:
@@ -161,3 +166,66 @@ class BicoTrainer(Trainer):
 
 def _with_outputs(loss, return_outputs: bool):
     return (loss, None) if return_outputs else loss
+
+
+# SFTConfig options whose work bico's objective and collator do instead: refused, not silently ignored.
+SFT_OPTIONS_REPLACED = {
+    "packing": (False, "use BicoDataCollator(pack=True, max_length=...)"),
+    "padding_free": (False, "bico batches carry their own attention mask (bico_mask)"),
+    "assistant_only_loss": (False, "the objective chooses the loss tokens (chat rows: loss_spans)"),
+    "completion_only_loss": (None, "the objective chooses the loss tokens"),
+    "loss_type": ("nll", "the loss is bico's weighted cross-entropy at the objective's targets"),
+    "label_smoothing_factor": (0.0, "the loss is bico's weighted cross-entropy at the objective's targets"),
+}
+
+
+def _sft_trainer_class():
+    try:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        raise ImportError("bico.hf.BicoSFTTrainer needs TRL: pip install 'bico[trl]'") from None
+
+    class BicoSFTTrainer(BicoTrainer, SFTTrainer):
+        """``trl.SFTTrainer`` with :class:`BicoTrainer`'s batches and loss (same numbers as ``bico
+        train``). ``data_collator`` must be a :class:`BicoDataCollator`; the datasets hold rows
+        (``prompt``, ``completion``, ``meta``?) as a ``datasets.Dataset`` or a list of dicts.
+        ``processing_class`` defaults to the collator's tokenizer. TRL's dataset preparation is
+        skipped (``dataset_kwargs={"skip_prepare_dataset": True}``), and the SFTConfig options it
+        would apply (:data:`SFT_OPTIONS_REPLACED`) must keep their defaults."""
+
+        def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                     **kwargs):
+            if kwargs.get("formatting_func") is not None or kwargs.get("compute_loss_func") is not None:
+                raise ValueError("BicoSFTTrainer: formatting_func and compute_loss_func are not used: rows are "
+                                 "prompt/completion pairs and the loss is the bico objective's")
+            if args is None:
+                args = SFTConfig()
+            elif not isinstance(args, SFTConfig):  # as SFTTrainer converts TrainingArguments
+                args = SFTConfig(**{**args.to_dict(), "hub_token": args.hub_token})
+            for name, (default, instead) in SFT_OPTIONS_REPLACED.items():
+                if getattr(args, name) != default:
+                    raise ValueError(f"BicoSFTTrainer: SFTConfig.{name}={getattr(args, name)!r} is not used "
+                                     f"({instead}); leave it at {default!r}")
+            args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+            if isinstance(data_collator, BicoDataCollator):
+                kwargs.setdefault("processing_class", data_collator.tokenizer)  # TRL would load one by model name
+            super().__init__(model=model, args=args, data_collator=data_collator,
+                             train_dataset=_as_dataset(train_dataset, Dataset),
+                             eval_dataset=_as_dataset(eval_dataset, Dataset), **kwargs)
+
+    BicoSFTTrainer.__module__ = __name__
+    return BicoSFTTrainer
+
+
+def _as_dataset(rows, dataset_type):
+    """SFTTrainer takes only ``datasets.Dataset``s: a list of row dicts becomes one (anything else passes)."""
+    return dataset_type.from_list(list(rows)) if isinstance(rows, (list, tuple)) else rows
+
+
+def __getattr__(name: str):
+    if name == "BicoSFTTrainer":  # built on first use: TRL is optional
+        cls = _sft_trainer_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

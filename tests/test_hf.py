@@ -48,11 +48,17 @@ def bico_setup(r):
     return model, tokenizer, objective, rows
 
 
-def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, **args):
-    """A BicoTrainer set up like the recipe; its dataset is the rows in StepPlan's order."""
+def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, sft=False, **args):
+    """A BicoTrainer set up like the recipe; its dataset is the rows in StepPlan's order.
+    ``sft``: a BicoSFTTrainer (trl.SFTTrainer) with an SFTConfig instead."""
     from transformers import TrainingArguments
 
     from bico.hf import BicoDataCollator, BicoTrainer
+
+    if sft:
+        from trl import SFTConfig as TrainingArguments  # the same arguments, and TRL's
+
+        from bico.hf import BicoSFTTrainer as BicoTrainer
 
     cfg = r.train
     model, tokenizer, objective, rows = bico_setup(r)
