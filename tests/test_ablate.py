@@ -191,9 +191,9 @@ def test_cell_folders_are_distinct_for_labels_the_slug_would_merge(tmp_path):
 @pytest.mark.parametrize("body, words", [
     ("seeds: [0, 0]", "seeds lists 0 twice"),
     ("seeds: []", "'seeds' must be a non-empty list"),
-    ("seeds: [a]", "'seeds' must be a non-empty list"),
+    ("seeds: [a]", "'seeds' must be a list of whole numbers"),
     ("sweep: {train.lr: []}", "sweep 'train.lr' must be a non-empty list"),
-    ("sweep: {train.lr: 0.1}", "sweep 'train.lr' must be a non-empty list"),
+    ("sweep: {train.lr: 0.1}", "'sweep' must be a mapping of recipe keys to lists"),
     ("sweep: {train.lr: [0.1, 0.1]}", "sweep 'train.lr' lists 0.1 twice"),
 ])
 def test_a_grid_with_no_cell_or_a_cell_twice_is_refused(tmp_path, body, words):

@@ -196,7 +196,7 @@ def test_mask_errors(monkeypatch):
     with pytest.raises(ValueError, match="backend"):
         bico.apply(model, backend="nope")
     monkeypatch.setenv("BICO_ATTENTION_BACKEND", "nope")
-    with pytest.raises(ValueError, match="backend 'nope'"):
+    with pytest.raises(ValueError, match="BACKEND 'nope'"):
         model(ids, bico_mask=IntervalMask.causal(4))
 
 
