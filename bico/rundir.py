@@ -34,7 +34,12 @@ import socket
 import time
 from pathlib import Path
 
-from bico.engine import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
+from bico.engine import (
+    CHECKPOINTS,
+    all_checkpoints,
+    checkpoint_problem,
+    read_trainer_state,
+)
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
 
 logger = logging.getLogger(__name__)

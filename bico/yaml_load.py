@@ -30,4 +30,4 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(text: str):
     """``yaml.safe_load`` that refuses a key written twice in one mapping (:class:`DuplicateKeyError`)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_UniqueKeyLoader)
