@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 from bico import resources
-from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides
+from bico.config import DuplicateKeyError, ObjectiveConfig, Recipe, RecipeError, load_recipe, load_yaml, parse_overrides
 from bico.io_utils import atomic_write, atomic_write_json
 from bico.machine import machine_info
 
@@ -78,7 +78,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
     if not path.is_file():
         raise RecipeError(f"ablation spec not found: {path}")
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        spec = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except DuplicateKeyError as err:
+        raise RecipeError(f"{path}, {err}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     except UnicodeDecodeError:

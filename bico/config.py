@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from bico import resources
+from bico.yaml_load import DuplicateKeyError, load_yaml
 
 
 class RecipeError(ValueError):
@@ -221,7 +222,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise RecipeError(f"override {item!r} is not key=value (e.g. train.lr=1e-4)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.constructor.ConstructorError:  # a tag such as !!python/object: never constructed
             raise RecipeError(f"override {item!r}: YAML tags (!!...) are not allowed in a value") from None
         except yaml.YAMLError as err:
@@ -241,7 +242,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+            values = load_yaml(path.read_text(encoding="utf-8"))
+        except DuplicateKeyError as err:
+            raise RecipeError(f"{path}, {err}") from None
         except yaml.YAMLError as err:
             raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         except UnicodeDecodeError:
@@ -255,8 +258,26 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(recipe, values, "")
     for key, value in parse_overrides(overrides or []):
         _merge(recipe, _dotted(key, value), "")
+    _expand_home(recipe)
     check_recipe(recipe)
     return recipe
+
+
+def _expand_home(recipe: Recipe) -> None:
+    """``~`` at the start of a path key is the home folder, as in a shell: the shell leaves the
+    ``~`` of an override (``train.output_dir=~/runs``) and of a YAML value as it is."""
+    def expand(value):
+        return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
+
+    train, data = recipe.train, recipe.data
+    train.output_dir, train.deepspeed = expand(train.output_dir), expand(train.deepspeed)
+    data.dir, data.cache_dir, recipe.model.name = expand(data.dir), expand(data.cache_dir), expand(recipe.model.name)
+    if isinstance(data.files, list):
+        data.files = [expand(f) for f in data.files]
+    elif isinstance(data.files, str):
+        data.files = expand(data.files)
+    if isinstance(recipe.eval.splits, list):
+        recipe.eval.splits = [expand(split) for split in recipe.eval.splits]
 
 
 # train.report_to: each name is the module it needs and the extra that installs it (bico[NAME]).

@@ -174,10 +174,13 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
         model = LlamaForCausalLM._from_config(config, attn_implementation=cfg.attn_implementation, dtype=dtype)
     else:
         folder = smollm2_folder() if cfg.name == "smollm2-135m" else _local_folder(cfg.name)
+        vocab_size = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+        _check_vocabulary(folder, len(tokenizer), vocab_size)  # before the weights load: at once
         try:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ModelError(f"cannot load model folder {folder}: {one_line(err)}") from None
+        _check_vocabulary(folder, len(tokenizer), model.get_input_embeddings().weight.shape[0])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     rows = model.get_input_embeddings().num_embeddings
@@ -186,6 +189,16 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
                          f"table has {rows} rows; the tokenizer files come from another model: put the model's own "
                          "tokenizer files in the folder")
     return model, tokenizer
+
+
+def _check_vocabulary(folder, tokens: int, rows) -> None:
+    """A tokenizer with more tokens than the model has embedding rows is another model's: growing
+    the embeddings to fit (which only an objective's own added tokens may do) would train on ids
+    the model never learned."""
+    if isinstance(rows, int) and tokens > rows:
+        raise ModelError(f"model folder {folder}: its tokenizer has {tokens} tokens but the model's embeddings have "
+                         f"{rows} rows, so the tokenizer files are not this model's; put the model's own tokenizer "
+                         "files in the folder")
 
 
 def fit_embeddings(model, tokenizer) -> list[int]:

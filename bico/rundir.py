@@ -12,6 +12,8 @@ A run owns its ``train.output_dir`` (as with HF Trainer's ``overwrite_output_dir
 * Resume needs a checkpoint, and the checkpoint's recipe must match this one except for the keys
   in :data:`FREE_ON_RESUME`; the keys that differ are named. A finished run is not trained again
   unless the step budget was raised.
+* Resume takes the newest checkpoint whose files match their recorded sha256 (a damaged newer
+  one is named in a warning), and refuses training data whose digest differs from the checkpoint's.
 * Temporary files and folders of a save that was killed are deleted at the next start.
 * If start-up fails (a bad model folder, over-long rows, Ctrl-C ...) before the first step,
   nothing is left behind: a dir this run created is removed again.
@@ -32,7 +34,12 @@ import socket
 import time
 from pathlib import Path
 
-from bico.engine import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
+from bico.engine import (
+    CHECKPOINTS,
+    all_checkpoints,
+    checkpoint_problem,
+    read_trainer_state,
+)
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
 
 logger = logging.getLogger(__name__)

@@ -49,6 +49,16 @@ def _model_folder(tmp, *, config: str | None, tokenizer: bool) -> list[str]:
 GOOD_ROW = '{"prompt": "Q", "completion": " A"}\n'
 
 
+def _mismatched_tokenizer(tmp) -> list[str]:
+    """A model folder whose tokenizer has more tokens than the model has embedding rows (no weights:
+    the check comes before they would load)."""
+    from bico.models import load_tokenizer
+
+    folder = _write(tmp / "mismatched" / "config.json", '{"model_type": "llama", "vocab_size": 100}').parent
+    load_tokenizer("tiny-random").save_pretrained(folder)
+    return [f"model.name={folder}"]
+
+
 def _files(tmp, name: str, content, *extra: str) -> list[str]:
     return [f"data.files=[{_write(tmp / 'in' / name, content)}]", f"data.cache_dir={tmp / 'cache'}", *extra]
 
@@ -142,6 +152,16 @@ CASES = [
     ("chat without assistant", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
                                                              '"content": "hi"}]}\n', "data.format=chat"),
      ["c.jsonl, line 1", "no assistant message", "data.chat_loss=all"]),
+    ("chat turn, empty content", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
+                                                               '"content": "hi"}, {"role": "assistant", "content": '
+                                                               '""}]}\n', "data.format=chat"),
+     ["c.jsonl, line 1", "message 2 has an empty 'content'"]),
+    ("chat turn, empty role", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "", "content": '
+                                                            '"hi"}, {"role": "assistant", "content": "ok"}]}\n',
+                                                            "data.format=chat"),
+     ["c.jsonl, line 1", "message 1 has an empty 'role'"]),
+    ("tokenizer not the model's", lambda tmp, data, out: _mismatched_tokenizer(tmp),
+     ["mismatched", "tokenizer has 49152 tokens", "embeddings have 100 rows"]),
     ("chat row too long", lambda tmp, data, out: _files(tmp, "c.jsonl", json.dumps({"messages": [
         {"role": "user", "content": "hi " * 40}, {"role": "assistant", "content": "ok"}]}) + "\n", "data.format=chat"),
      ["c.jsonl, line 1", "data.max_length=64"]),
@@ -184,7 +204,9 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, reversa
 def test_empty_and_unusable_recipe_files(tmp_path, capsys):
     for name, text, words in [("empty.yaml", "", "is empty"), ("comment.yaml", "# nothing\n", "is empty"),
                               ("list.yaml", "- a\n", "mapping of sections"), ("bad.yaml", "a: [\n", "not valid YAML"),
-                              ("binary.yaml", b"\xff\xfe", "UTF-8")]:
+                              ("binary.yaml", b"\xff\xfe", "UTF-8"),
+                              ("twice.yaml", "train:\n  lr: 0.1\neval:\n  limit: 2\ntrain:\n  seed: 3\n",
+                               "line 5: the key 'train' appears twice")]:
         path = _write(tmp_path / name, text)
         code = main(["train", str(path), f"train.output_dir={tmp_path / 'out'}"])
         err = capsys.readouterr().err.strip().splitlines()
@@ -404,3 +426,18 @@ def test_data_reversal_does_not_replace_files_without_force(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all_prompts_train.jsonl", "notes.txt"]
     assert mine.read_text() == GOOD_ROW
     assert main(args + ["--force"]) == 0 and mine.read_text() != GOOD_ROW and other.read_text() == "mine"
+
+
+def test_tilde_in_a_path_key_is_the_home_folder(tmp_path, reversal_dir, monkeypatch, capsys):
+    from bico.config import load_recipe
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(_write(tmp_path / "cwd" / "x", "").parent)
+    home = tmp_path / "home"
+    r = load_recipe(None, ["data.files=[~/a.jsonl]", "data.dir=~/d", "data.cache_dir=~/c", "eval.splits=[~/s.jsonl]"])
+    assert (r.data.files, r.data.dir, r.data.cache_dir, r.eval.splits) == (
+        [str(home / "a.jsonl")], str(home / "d"), str(home / "c"), [str(home / "s.jsonl")])
+    args = ["train", TINY, f"data.dir={reversal_dir}", "train.output_dir=~/run", *SMALL, "train.save_model=false",
+            "eval.enabled=false"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (home / "run" / "train_summary.json").is_file() and not (tmp_path / "cwd" / "~").exists()

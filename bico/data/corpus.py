@@ -203,6 +203,9 @@ def _first_bad(values: list, fmt: str) -> tuple[int, str] | None:
         for k, m in enumerate(messages):
             if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
                 return i, f"message {k + 1} must have string 'role' and 'content'"
+            for key in ("role", "content"):  # a template renders an empty turn as if it were one
+                if not m[key].strip():
+                    return i, f"message {k + 1} has an empty {key!r}; fill it in or drop the message"
     return None
 
 
