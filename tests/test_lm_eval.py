@@ -153,3 +153,13 @@ def test_a_bad_lm_eval_command_loads_no_torch(tmp_path):
     assert done.returncode == 2 and errors == [("bico: error: bico eval --suite lm-eval: --tasks is required "
                                                 "(e.g. --tasks arc_easy hellaswag)")], done.stderr
     assert "torch" not in imported
+
+
+def test_the_benchmarks_the_readme_names_are_in_the_harness_registry():
+    # Their data comes from the hub (not reachable here): only their names are checked offline.
+    from bico.lm_harness import HarnessError, check_tasks, task_manager
+
+    manager = task_manager()
+    check_tasks(manager, ["mmlu", "arc_easy", "arc_challenge", "hellaswag"])
+    with pytest.raises(HarnessError, match=r"unknown lm-eval task 'arc_esay' \(did you mean 'arc_easy'"):
+        check_tasks(manager, ["arc_esay"])
