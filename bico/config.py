@@ -368,8 +368,7 @@ def check_recipe(recipe: Recipe) -> None:
     _check_report_to(recipe.train.report_to)
     if recipe.replay.rows and recipe.train.deepspeed:
         raise RecipeError("replay.rows is not supported with train.deepspeed yet; set replay.rows=0 or train without DeepSpeed")
-    if not isinstance(recipe.replay.source, str) or not recipe.replay.source.strip():
-        raise RecipeError("recipe key 'replay.source' must be self or the path of a .txt or .jsonl file")
+    _check_replay(recipe.replay)
     if recipe.train.resume and recipe.train.overwrite:
         raise RecipeError("train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
                           "set one of them")
@@ -379,6 +378,18 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
         if model.heads % model.kv_heads:
             raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+def _check_replay(replay: ReplayConfig) -> None:
+    source = replay.source
+    if not isinstance(source, str) or not source.strip():
+        raise RecipeError("recipe key 'replay.source' must be self or the path of a .txt or .jsonl file")
+    if source != "self" and replay.rows:
+        path = Path(source).expanduser()
+        if path.suffix not in (".txt", ".jsonl"):
+            raise RecipeError(f"replay.source {source}: use a .txt or .jsonl file, or replay.source=self")
+        if not path.is_file():
+            raise RecipeError(f"replay.source {source}: no such file; give a .txt or .jsonl file, or replay.source=self")
 
 
 # Each data.format and the columns its rows have (data.fields renames them from the files' own)
