@@ -235,33 +235,45 @@ def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool =
     model must be called as a whole (its parameter gathering hangs on the top-level forward; the
     split call moved 2 ranks off 1 process by 2.5e-4 in loss), so the trainer turns it off there.
     """
-    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
-    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
+    logits, keep = target_logits(model, batch, device, head_at_targets)
     targets = batch["targets"].to(device)
-    keep = targets != IGNORE
-    if head_at_targets:
-        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[keep])
-    else:
-        logits = model(use_cache=False, **inputs).logits[keep]
     losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     return (losses * batch["weights"].to(device)[keep]).sum()
+
+
+def target_logits(model, batch: dict, device: torch.device, head_at_targets: bool = True):
+    """``(logits, keep)``: the LM head's output at the batch's target positions (``keep``, a
+    ``[B, T]`` bool), in the order of ``batch["targets"][keep]``; see :func:`batch_loss`."""
+    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
+    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
+    keep = batch["targets"].to(device) != IGNORE
+    if head_at_targets:
+        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
+        return model.get_output_embeddings()(hidden[keep]), keep
+    return model(use_cache=False, **inputs).logits[keep], keep
 
 
 def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool,
                    counters: dict) -> float:
     """The step's replay rows (bico/replay.py), one pass per micro-batch of the objective, their
-    loss normalised by the step's replay targets and scaled by ``replay.weight``; returns their mean
-    loss (unweighted). Their tokens count in ``counters["tokens"]``: they cost compute like any."""
-    from bico.replay import replay_batch
+    loss (next-token, or KL to the base with ``replay.loss: kl``) normalised by the step's replay
+    targets and scaled by ``replay.weight``; returns their mean loss (unweighted). Their tokens count in ``counters["tokens"]``: they cost compute like any."""
+    from bico.replay import kl_to_base, replay_batch
 
     cfg, weight = recipe.train, recipe.replay.weight
     batches = [(m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros]
     targets = sum(b["num_targets"] for _, b in batches)
+
+    def loss_sum(batch):
+        if "base_ids" not in batch:
+            return batch_loss(engine.module, batch, device, split_head)
+        logits, keep = target_logits(engine.module, batch, device, split_head)
+        return kl_to_base(logits, batch["base_ids"].to(device)[keep], batch["base_logp"].to(device)[keep])
+
     total = 0.0
     for m, batch in batches:
         torch.manual_seed(torch_seed(cfg.seed, step, m) ^ 0x5EED)  # its own dropout stream
-        total += engine.backward_loss(lambda b=batch: batch_loss(engine.module, b, device, split_head) * weight, targets)
+        total += engine.backward_loss(lambda b=batch: loss_sum(b) * weight, targets)
         counters["tokens"] += batch["num_tokens"]
     return total / weight / max(targets, 1)
 
