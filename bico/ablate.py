@@ -246,11 +246,21 @@ def load_result(path: Path, expected: dict | None = None) -> dict | None:
 
 
 def _comparable(fp):
-    """An unset data.identity_bridge (``{}``) equals its absence: cells finished before the key
-    existed stay valid."""
-    data = ((fp or {}).get("recipe") or {}).get("data")
-    if isinstance(data, dict) and not data.get("identity_bridge"):
-        data.pop("identity_bridge", None)
+    """A fingerprint without the keys that hold their default: a cell finished before a key (or a
+    section, such as ``replay``) existed stays valid, since a new key's default keeps the old
+    behaviour."""
+    from bico.config import Recipe
+
+    recipe = (fp or {}).get("recipe")
+    if isinstance(recipe, dict):
+        defaults = json.loads(json.dumps(Recipe().to_dict()))
+        for section in list(recipe):
+            values, default = recipe[section], defaults.get(section)
+            if isinstance(values, dict) and isinstance(default, dict):
+                for key in [k for k, v in values.items() if k in default and v == default[k]]:
+                    values.pop(key)
+                if not values:
+                    recipe.pop(section)
     return fp
 
 

@@ -209,3 +209,19 @@ def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bico: error: ") and "twice" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cell_finished_before_a_new_recipe_key_stays_finished(tmp_path):
+    """A key (or a whole section, e.g. ``replay``) added later with a default that keeps the old
+    behaviour does not make finished cells stale; a non-default value of it does."""
+    spec = ablate.load_spec(TINY_SPEC, SHRINK + [f"output_dir={tmp_path}"])
+    cell = ablate.build_cells(spec)[0]
+    expected = ablate.fingerprint(cell, spec)
+    old = json.loads(json.dumps(expected))
+    del old["recipe"]["replay"]
+    old["recipe"]["data"].pop("identity_bridge")
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"cell": cell.key, "fingerprint": old}))
+    assert ablate.load_result(path, expected) is not None
+    cell.recipe.replay.rows = 4
+    assert ablate.load_result(path, ablate.fingerprint(cell, spec)) is None
