@@ -134,5 +134,5 @@ def weights_advice(output_dir: Path, kept: Path) -> str:
         return ("no checkpoint could be written either, so the trained weights are lost: free space and train "
                 "again (with train.save_every set, the last step's checkpoint is written before the model)")
     return (f"the trained weights are kept in the checkpoint {kept}: free space (or copy {output_dir} to a disk with "
-            "room and set train.output_dir to the copy), then run the same command with train.resume=true to write "
-            "the model")
+            "room and set train.output_dir to the copy), then run the same command with train.resume=true to "
+            "finish the run (the model, the summary, the evaluation)")

@@ -4,7 +4,8 @@ and SIGINT (Ctrl-C).
 * Outside the training loop SIGTERM raises :class:`Terminated`, as Ctrl-C raises
   ``KeyboardInterrupt``: a start-up is undone (no new run folder is left behind), a save in
   progress is dropped (saves are renamed into place), and ``bico`` says ``bico: terminated``,
-  exit 143 (128 + 15). A SIGTERM that comes while that clean-up runs is ignored.
+  exit 143 (128 + 15). A SIGTERM that comes while that clean-up runs is ignored; one (or a
+  Ctrl-C) that comes while a module is being imported waits until the import is done.
 * In the training loop (:class:`StopRequest`, armed from the first step on) either signal only
   asks the loop to stop: it finishes the optimizer step, writes a checkpoint of it and raises
   :class:`Stopped` (exit 128 + the signal: 143, or 130 for Ctrl-C). A second Ctrl-C stops at
@@ -13,14 +14,20 @@ and SIGINT (Ctrl-C).
   patience. No signal interrupts a checkpoint being written. A signal that comes after the
   last step waits until the model and the summary are written, then acts as outside the loop.
 * A signal a parent set to be ignored (``nohup``, a background job's SIGINT) stays ignored.
+* Worker processes (``bico ablate --workers/--devices``) :func:`end_with_parent`: they get a
+  SIGTERM when their parent dies, even by SIGKILL, and stop as above.
 
 Only the main thread can handle signals; elsewhere nothing here changes what they do.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,25 +51,58 @@ class Stopped(BaseException):
         super().__init__(signum, step, total, checkpoint)
         self.signum, self.step, self.total, self.checkpoint = signum, step, total, Path(checkpoint)
         self.exit_status = 128 + signum
+        self.hint = "resume with the same command and train.resume=true"  # how to go on (bico ablate: its own)
 
     def __str__(self) -> str:
         return (f"stopped by {signal.Signals(self.signum).name} after step {self.step} of {self.total}; "
-                f"checkpoint {self.checkpoint}; resume with the same command and train.resume=true")
+                f"checkpoint {self.checkpoint}; {self.hint}")
 
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+IMPORT_WAIT_S = 0.05
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _later(signum: int) -> None:
+    """Deliver ``signum`` again shortly: an exception in the middle of an import leaves modules
+    half-made, and libraries that import them again fail strangely (numpy: "cannot load module
+    more than once per process", transformers: "Could not import module ...")."""
+    timer = threading.Timer(IMPORT_WAIT_S, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 def _raise_terminated(signum, frame):
+    if _importing(frame):
+        return _later(signum)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: a second must not break the clean-up
     raise Terminated()
 
 
+def _raise_interrupt(signum, frame):
+    if _importing(frame):
+        return _later(signum)
+    raise KeyboardInterrupt
+
+
 def raise_on_sigterm() -> None:
-    """From now on SIGTERM raises :class:`Terminated` (unless it is ignored); ``bico`` calls it first."""
-    if _main_thread() and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    """From now on SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` (unless
+    ignored), both once no import is under way; ``bico`` calls it first."""
+    if not _main_thread():
+        return
+    for signum, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGINT, _raise_interrupt)):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 class StopRequest:
@@ -124,3 +164,28 @@ class StopRequest:
     def stopped(self, step: int, total: int, checkpoint: Path) -> Stopped:
         self.consumed = True
         return Stopped(self.signum or signal.SIGTERM, step, total, checkpoint)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """In a worker process started by ``parent_pid``: SIGTERM to this process when the parent dies
+    (a killed parent would leave it training on, its results unread). Linux: the kernel sends it
+    (``PR_SET_PDEATHSIG``); elsewhere a thread watches ``os.getppid()`` every second."""
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # it died before prctl took effect
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="bico-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)

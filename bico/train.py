@@ -36,7 +36,7 @@ from bico.models import count_parameters, save_model, setup_model
 from bico.objectives import Example
 from bico.objectives.base import IGNORE
 from bico.report import Reporter
-from bico.rundir import METRICS, RunDir
+from bico.rundir import LOSS_PNG, METRICS, SUMMARY, RunDir
 from bico.termination import StopRequest
 
 logger = logging.getLogger(__name__)
@@ -434,24 +434,26 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             reporter.close()
             return TrainResult(make_summary("interrupted", step + 1))
     bar.close()
-    reporter.close()  # loss.png
-    summary = make_summary("finished", total_steps)
     model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
-    if cfg.save_model and main:
-        try:
+    writing = ("the loss plot", run.path / LOSS_PNG)  # what a full disk stopped, for its message
+    try:
+        reporter.close()  # loss.png
+        summary = make_summary("finished", total_steps)
+        if cfg.save_model and main:
+            writing = ("the model", run.path / "model")
             save_model(model, tokenizer, run.path / "model")
-        except Exception as err:
-            if not out_of_space(err, run.path):
-                raise
-            kept = checkpoint_path(run.path, total_steps)
-            if not kept.is_dir() and world == 1:  # (under DeepSpeed a checkpoint takes every rank)
-                try:  # where the half-made model was: a LoRA checkpoint is far smaller than the merged model
-                    checkpoint(total_steps)
-                except TrainingError:
-                    pass
-            raise TrainingError(f"{no_space_error(run.path / 'model', 'the model')}; "
-                                f"{weights_advice(run.path, kept)}") from None
-    if main:
-        run.write_summary(summary)
+        if main:
+            writing = ("the summary", run.path / SUMMARY)
+            run.write_summary(summary)
+    except Exception as err:
+        if not out_of_space(err, run.path):
+            raise
+        kept = checkpoint_path(run.path, total_steps)
+        if not kept.is_dir() and world == 1:  # (under DeepSpeed a checkpoint takes every rank)
+            try:  # where the half-made model was: a LoRA checkpoint is far smaller than the merged model
+                checkpoint(total_steps)
+            except TrainingError:
+                pass
+        raise TrainingError(f"{no_space_error(writing[1], writing[0])}; {weights_advice(run.path, kept)}") from None
     distributed.barrier()
     return TrainResult(summary, model, tokenizer, engine)
