@@ -285,10 +285,10 @@ def run_cell(job: tuple) -> dict:
     resumes from; a worker then ends, quietly but for that line."""
     import signal
 
-    from bico.termination import Stopped, Terminated, raise_on_sigterm
+    from bico.termination import Stopped, Terminated, raise_on_signals
 
     if _IN_WORKER:
-        raise_on_sigterm()  # only while a cell runs: an idle worker just ends
+        raise_on_signals()  # only while a cell runs: an idle worker just ends
     try:
         return _run_cell(*job)
     except Stopped as stop:

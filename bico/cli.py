@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bico.config import EvalConfig, load_recipe, print_error
-from bico.termination import Stopped, Terminated, raise_on_sigterm
+from bico.termination import Stopped, Terminated, raise_on_signals
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.train just to test that would load torch). ValueError covers RecipeError,
@@ -239,7 +239,7 @@ def forget_unhandled_interrupt() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise_on_sigterm()
+    raise_on_signals()
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -95,7 +95,7 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def raise_on_sigterm() -> None:
+def raise_on_signals() -> None:
     """From now on SIGTERM raises :class:`Terminated` and SIGINT ``KeyboardInterrupt`` (unless
     ignored), both once no import is under way; ``bico`` calls it first."""
     if not _main_thread():

@@ -24,7 +24,7 @@ import torch
 
 from bico.cli import main
 from test_cli import SMALL, TINY
-from test_kill import RUN, _argv, _finish, _same_run, uninterrupted  # noqa: F401  (a fixture)
+from test_kill import _argv, _finish, _same_run, uninterrupted  # noqa: F401  (a fixture)
 from test_rundir import records, summary
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals, /proc")
@@ -98,8 +98,10 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
-# (kind, step at whose end the signal comes, exit status, the signal's name); RUN checkpoints every 2 steps
-STOPS = [("sigterm", 3, 143, "SIGTERM"), ("sigterm-again-while-saving", 5, 143, "SIGTERM"), ("sigint", 1, 130, "SIGINT")]
+# (kind, step at whose end the signal comes, exit status, the signal's name); test_kill's runs checkpoint
+# every 2 steps, so each stop writes a checkpoint of its own
+STOPS = [("sigterm", 3, 143, "SIGTERM"), ("sigterm-again-while-saving", 5, 143, "SIGTERM"),
+         ("sigint", 1, 130, "SIGINT")]
 
 
 @pytest.mark.parametrize("kind,step,status,name", STOPS, ids=[s[0] for s in STOPS])
