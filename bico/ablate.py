@@ -25,11 +25,14 @@ in this process, in ``--workers N`` CPU processes, or in one process per ``--dev
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval", "r
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
 # it replaced an unfinished attempt in its folder, where it was watched).
 VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"), ("train", "report_to"))
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -265,10 +269,18 @@ def _comparable(fp):
 
 
 _DEVICE: str | None = None  # set once per worker process
+_IN_WORKER = False
 
 
-def _init_worker(devices, threads: int) -> None:
-    global _DEVICE
+def _init_worker(devices, threads: int, parent_pid: int) -> None:
+    global _DEVICE, _IN_WORKER
+    import signal
+
+    from bico.termination import end_with_parent
+
+    _IN_WORKER = True
+    end_with_parent(parent_pid)  # a parent killed (even by SIGKILL) ends its workers: SIGTERM, see below
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which sends its workers SIGTERM
     _DEVICE = devices.get()
     import torch
 
@@ -276,18 +288,60 @@ def _init_worker(devices, threads: int) -> None:
 
 
 def run_cell(job: tuple) -> dict:
-    """Train + evaluate one cell and write its result atomically; errors become a result too."""
-    cell, folder, expected = job
+    """Train + evaluate one cell and write its result atomically; errors become a result too.
+
+    SIGTERM (in a worker: its parent's, forwarded, or its parent's death) stops the cell as it
+    stops ``bico train``: at a step boundary, with a checkpoint that the next ``bico ablate``
+    resumes from; a worker then ends, quietly but for that line."""
+    import signal
+
+    from bico.termination import Stopped, Terminated, raise_on_signals
+
+    if _IN_WORKER:
+        raise_on_signals()  # only while a cell runs: an idle worker just ends
+    try:
+        return _run_cell(*job)
+    except Stopped as stop:
+        stop.hint = "run the same bico ablate command again to go on from it"
+        if not _IN_WORKER:
+            raise
+        print(f"bico: cell {job[0].key}: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_status)
+    except Terminated as stop:
+        if not _IN_WORKER:
+            raise
+        sys.exit(stop.exit_status)
+    finally:
+        if _IN_WORKER:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _train_cell(cell: Cell):
+    """A cell's training and evaluation: afresh, or on from the checkpoint of an earlier attempt
+    that was stopped (SIGTERM) where that checkpoint fits (same recipe and data, intact)."""
+    from bico.engine import latest_checkpoint
+    from bico.pipeline import train_and_evaluate
+    from bico.rundir import RunDirError
+
+    recipe = cell.recipe
+    if _DEVICE is not None:
+        recipe.train.device = _DEVICE
+    if latest_checkpoint(recipe.train.output_dir) is not None:
+        resumed = copy.deepcopy(recipe)
+        resumed.train.resume, resumed.train.overwrite = True, False
+        try:
+            return train_and_evaluate(resumed, label=cell.group, evaluate=True, progress=False)
+        except (RunDirError, RecipeError) as err:  # another recipe's, or no model to evaluate: afresh
+            logger.info("cell %s: not resuming its checkpoint (%s); training it afresh", cell.key, err)
+    return train_and_evaluate(recipe, label=cell.group, evaluate=True, progress=False)
+
+
+def _run_cell(cell: Cell, folder: str, expected: dict) -> dict:
     folder = Path(folder)
     began = time.time()
     try:
-        from bico.pipeline import train_and_evaluate
-
         recipe = cell.recipe
-        if _DEVICE is not None:
-            recipe.train.device = _DEVICE
-        # cells always train afresh (train.resume=false), and are always evaluated
-        outcome = train_and_evaluate(recipe, label=cell.group, evaluate=True, progress=False)
+        outcome = _train_cell(cell)
         summary, wall = outcome.result.summary, time.time() - began
         result = {
             "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
@@ -349,13 +403,15 @@ def run_ablation(spec: dict, *, workers: int = 1, devices: list[str] | None = No
         for d in devices:
             queue.put(d)
         threads = max(1, (os.cpu_count() or 1) // len(devices))
-        pool = ctx.Pool(len(devices), initializer=_init_worker, initargs=(queue, threads))
+        pool = ctx.Pool(len(devices), initializer=_init_worker, initargs=(queue, threads, os.getpid()))
         try:
             for result in pool.imap_unordered(run_cell, jobs):
                 finish(result)
             pool.close()
         except BaseException:
-            pool.terminate()  # Ctrl-C: finished cells are on disk, running ones left no result
+            # Ctrl-C, SIGTERM: each worker gets SIGTERM and stops its cell at a step boundary with a
+            # checkpoint (waited for); finished cells are on disk, running ones left no result
+            pool.terminate()
             raise
         finally:
             pool.join()

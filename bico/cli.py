@@ -3,7 +3,9 @@
 Errors a user can fix (bad arguments, bad recipe keys or values, missing files, malformed data,
 over-long rows, an output dir in use or holding another run) print one line ``bico: error: ...``
 (:func:`bico.config.print_error`, the one place that prints them) and exit with status 2; Ctrl-C
-prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
+prints ``bico: interrupted`` and exits with 130, SIGTERM ``bico: terminated`` and 143; a training
+run stopped by either at a step boundary says where its checkpoint is (:mod:`bico.termination`).
+``BICO_DEBUG=1`` shows tracebacks.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bico.config import EvalConfig, load_recipe, print_error
+from bico.termination import Stopped, Terminated, raise_on_signals
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.train just to test that would load torch). ValueError covers RecipeError,
@@ -236,6 +239,7 @@ def forget_unhandled_interrupt() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raise_on_signals()
     try:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -245,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BICO_DEBUG"):
             raise
         return interrupted()
+    except (Stopped, Terminated) as stop:  # SIGTERM, or Ctrl-C during training
+        if os.environ.get("BICO_DEBUG"):
+            raise
+        print(f"bico: {stop}" if isinstance(stop, Stopped) else "bico: terminated", file=sys.stderr)
+        return stop.exit_status
     except Exception as err:
         if os.environ.get("BICO_DEBUG") or not is_user_error(err):
             raise

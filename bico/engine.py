@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bico.diskspace import FileWriter
 from bico.io_utils import atomic_write_json, file_digest, replace_dir, temp_dir_beside
 from bico.machine import cpu_bf16_flags
 
@@ -321,7 +322,8 @@ class TorchEngine(Engine):
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
         try:
-            torch.save(state, tmp / "state.pt")
+            with FileWriter(tmp / "state.pt") as f:  # a full disk: OSError, not torch's "unexpected pos"
+                torch.save(state, f)
             return publish_checkpoint(tmp, target, keep, trainer_state)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

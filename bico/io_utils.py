@@ -42,6 +42,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
             os.fsync(f.fileno())  # the rename must not become visible before the data is on disk
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a full disk in f.write names no file: name the one being written
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

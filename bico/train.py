@@ -30,12 +30,14 @@ from bico import distributed
 from bico.attention import check_environment, require_bico
 from bico.collate import collate, model_inputs
 from bico.config import DataConfig, Recipe, check_recipe
-from bico.engine import Engine, TorchEngine
+from bico.diskspace import full_disk_is_an_error, no_space_error, out_of_space, weights_advice
+from bico.engine import Engine, TorchEngine, checkpoint_path
 from bico.models import count_parameters, save_model, setup_model
 from bico.objectives import Example
 from bico.objectives.base import IGNORE
 from bico.report import Reporter
-from bico.rundir import RunDir
+from bico.rundir import LOSS_PNG, METRICS, SUMMARY, RunDir
+from bico.termination import StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -333,11 +335,12 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     if recipe.eval.enabled:
         check_eval_splits(data_dir, recipe.eval.splits)
     # Rank 0 owns the output dir; the rank is known from the launcher's environment before setup.
-    with RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0, data_fingerprint=data_fingerprint) as run:
-        return _train_in(run, recipe, device, data_dir, rows, sources, stop_after)
+    with (RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0, data_fingerprint=data_fingerprint) as run,
+          StopRequest() as stop):
+        return _train_in(run, recipe, device, data_dir, rows, sources, stop_after, stop)
 
 
-def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after) -> TrainResult:
+def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after, stop) -> TrainResult:
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
     device = distributed.setup(device, use_deepspeed=bool(cfg.deepspeed))
@@ -376,6 +379,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     lockstep = engine.lockstep  # DeepSpeed: grad_accum passes per rank, always
     split_head = not cfg.deepspeed  # see batch_loss: ZeRO-3 needs the whole-model call
     run.begin(recipe.to_dict(), start)
+    stop.arm()  # start-up is over: from now on SIGTERM/SIGINT stop at the next step boundary, with a checkpoint
     # After begin: the metrics log is cut back to the checkpoint, and so are the event files.
     reporter = Reporter(recipe, run.path, start_step=start, counters=counters, enabled=main)
     logger.info(
@@ -389,6 +393,13 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
 
     def elapsed() -> float:  # training time over every resumption, not only this process's
         return counters["elapsed_s"] + (time.time() - began)
+
+    def checkpoint(step: int) -> Path:
+        state = {"step": step, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
+                 "loss": loss_value, "recipe": recipe.to_dict(), "data": run.data_fingerprint}
+        target = checkpoint_path(run.path, step)
+        with stop.saving(), full_disk_is_an_error(target, "the checkpoint", run.path, TrainingError):
+            return engine.save_checkpoint(run.path, step, keep=cfg.keep_checkpoints, trainer_state=state)
 
     def make_summary(status: str, steps: int) -> dict:
         wall = elapsed()
@@ -445,25 +456,44 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             if replay:
                 record["replay_loss"] = round(replay_loss, 6)
             if main:
-                run.append_metrics(record)
+                with full_disk_is_an_error(run.path / METRICS, "the metrics log", run.path, TrainingError):
+                    run.append_metrics(record)
                 reporter.log(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
         # A checkpoint at the last step too, so that raising the step budget later goes on from there.
-        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps):
-            state = {"step": step + 1, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
-                     "loss": loss_value, "recipe": recipe.to_dict(), "data": run.data_fingerprint}
-            engine.save_checkpoint(run.path, step + 1, keep=cfg.keep_checkpoints, trainer_state=state)
+        saved = cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps)
+        if saved:
+            checkpoint(step + 1)
+        if stop.requested(device):  # SIGTERM/SIGINT: this step's checkpoint, then stop (bico.termination)
+            target = checkpoint_path(run.path, step + 1) if saved else checkpoint(step + 1)
+            bar.close()
+            reporter.close()
+            raise stop.stopped(step + 1, total_steps, target)
         if stop_after is not None and step + 1 >= stop_after:
             bar.close()
             reporter.close()
             return TrainResult(make_summary("interrupted", step + 1))
     bar.close()
-    reporter.close()  # loss.png
-    summary = make_summary("finished", total_steps)
     model = engine.unwrapped_model()  # every rank calls it: under ZeRO-3 it gathers the weights to rank 0
-    if cfg.save_model and main:
-        save_model(model, tokenizer, run.path / "model")
-    if main:
-        run.write_summary(summary)
+    writing = ("the loss plot", run.path / LOSS_PNG)  # what a full disk stopped, for its message
+    try:
+        reporter.close()  # loss.png
+        summary = make_summary("finished", total_steps)
+        if cfg.save_model and main:
+            writing = ("the model", run.path / "model")
+            save_model(model, tokenizer, run.path / "model")
+        if main:
+            writing = ("the summary", run.path / SUMMARY)
+            run.write_summary(summary)
+    except Exception as err:
+        if not out_of_space(err, run.path):
+            raise
+        kept = checkpoint_path(run.path, total_steps)
+        if not kept.is_dir() and world == 1:  # (under DeepSpeed a checkpoint takes every rank)
+            try:  # where the half-made model was: a LoRA checkpoint is far smaller than the merged model
+                checkpoint(total_steps)
+            except TrainingError:
+                pass
+        raise TrainingError(f"{no_space_error(writing[1], writing[0])}; {weights_advice(run.path, kept)}") from None
     distributed.barrier()
     return TrainResult(summary, model, tokenizer, engine)

@@ -287,9 +287,11 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
         _, err = proc.communicate(timeout=600)
         if proc.returncode == 0:  # finished before the signal (a very fast machine): nothing to check
             continue
-        assert proc.returncode == 130 and err.strip() == "bico: interrupted", err
-        # Nothing left behind, unless (a fast machine) training had begun: then its files are kept.
-        assert not out.exists() or (out / "recipe.json").is_file()
+        # Nothing left behind, unless (a fast machine) training had begun: then it stops with a checkpoint.
+        training = out.exists()
+        assert not training or (out / "recipe.json").is_file()
+        assert proc.returncode == 130 and (err.strip() == "bico: interrupted" or training and
+                                           err.strip().startswith("bico: stopped by SIGINT after step")), err
 
 
 class _RunsCode:

@@ -56,9 +56,10 @@ if kind == "rename":
 elif kind == "checkpoint-write":
     real_save = torch.save
 
-    def save(obj, path, *args, **kwargs):
-        real_save(obj, path, *args, **kwargs)
+    def save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
         if due():
+            path = getattr(f, "name", f)  # bico saves into a file object (bico.diskspace.FileWriter)
             os.truncate(path, os.path.getsize(path) // 2)
             die()
 
