@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-import bico.train as T
+import bico.training.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.demo import DATA, recipe_path
+from bico.tools.demo import DATA, recipe_path
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 from bico.machine import machine_info
 from bico.models import setup_model

@@ -10,8 +10,8 @@
   by the targets of the whole optimizer step on all ranks) and reproduces ``bico train``'s batches.
 
 Reproducing ``bico train``: micro-batch ``micro`` of optimizer step ``step`` draws the objective's
-choices from ``random.Random(f"objective-{seed}-{step}-{micro}")`` (:func:`bico.train.make_batch`),
-torch's RNG (LoRA dropout) is reseeded with :func:`bico.train.torch_seed` before its forward, and
+choices from ``random.Random(f"objective-{seed}-{step}-{micro}")`` (:func:`bico.training.train.make_batch`),
+torch's RNG (LoRA dropout) is reseeded with :func:`bico.training.train.torch_seed` before its forward, and
 ``objective.set_progress(step, total)`` (annealing) runs before the step's first micro-batch.
 :class:`BicoTrainer` knows (step, micro) exactly: its DataLoader only hands rows through, and it
 builds the step's batches itself when Trainer collects them (``get_batch_samples``, called once per
@@ -32,11 +32,11 @@ from types import SimpleNamespace
 import torch
 from transformers import Trainer
 
-from bico import distributed
+from bico.training import distributed
 from bico.attention import require_bico
 from bico.objectives import Example, build_objective
 from bico.objectives.base import Objective
-from bico.train import batch_loss, make_batch, tokenize_examples, torch_seed
+from bico.training.train import batch_loss, make_batch, tokenize_examples, torch_seed
 
 __all__ = ["BicoDataCollator", "BicoTrainer"]  # and BicoSFTTrainer, built on first use (needs TRL)
 

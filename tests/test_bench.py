@@ -7,7 +7,7 @@ import pytest
 
 from bico.masks import INDEX_DTYPE
 from bico_kernels import dense_visibility
-from bico.bench import CASES, MODES, PROVIDERS, build_case, visible_pairs
+from bico.tools.bench import CASES, MODES, PROVIDERS, build_case, visible_pairs
 from bico.cli import main
 
 TINY = ["--seqlens", "32,48", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--no-progress"]

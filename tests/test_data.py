@@ -21,7 +21,7 @@ from bico.data import (
     make_randomized,
     resolve_data_dir,
 )
-from bico.data.cli import add_data_parser, run_data
+from bico.cli.data import add_data_parser, run_data
 from bico.io_utils import atomic_write_jsonl
 from bico.data.reversal import DATA_FILES
 

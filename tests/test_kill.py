@@ -64,7 +64,7 @@ elif kind == "checkpoint-write":
 
     torch.save = save
 elif kind == "metrics-append":
-    from bico.rundir import METRICS, RunDir
+    from bico.training.rundir import METRICS, RunDir
     real_append = RunDir.append_metrics
 
     def append(self, record):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from bico import IntervalMask
 from bico.collate import collate
 from bico.objectives import IGNORE, Example, build_objective
-from bico.train import batch_loss
+from bico.training.train import batch_loss
 from helpers import make_llama
 
 NAME, DESCRIPTION = "Daphne Barrington", "the director of A Journey Through Time"
@@ -126,7 +126,7 @@ def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
 
 
 def test_generation_margin_caps_new_tokens(tokenizer, monkeypatch):
-    import bico.evaluate as E
+    import bico.evaluation.reversal as E
 
     seen = {}
 

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
-from bico.stats import error_bars, wilson_interval
+from bico.evaluation.stats import error_bars, wilson_interval
 
 RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PERPLEXITY_WINDOW = 256  # tokens per scored window; no context crosses windows

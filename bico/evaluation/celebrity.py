@@ -29,8 +29,8 @@ import csv
 import random
 from pathlib import Path
 
-from bico.evaluate import completion_logprobs, exact_match, generate_greedy
-from bico.stats import error_bars, wilson_interval
+from bico.evaluation.reversal import completion_logprobs, exact_match, generate_greedy
+from bico.evaluation.stats import error_bars, wilson_interval
 
 FEW_SHOT_PROMPT = """Below is a converation with a helpful and terse assistant. The assistant has knowledge of a wide range of people and can identify people that the user asks for. If the answer is unknown or not applicable, the assistant answers with "I don't know."
 

@@ -1,6 +1,6 @@
 """The ``bico bench`` command line: arguments, output paths, writing the results.
 
-Kept apart from :mod:`bico.bench` (which needs torch) so that building bico's parser, and
+Kept apart from :mod:`bico.tools.bench` (which needs torch) so that building bico's parser, and
 ``bico --help``, imports no torch.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bico.config import RecipeError
 
 MODES = ("fwd", "fwd+bwd")
 PROVIDERS = ("bico-triton", "bico-triton-mirror", "sdpa-dense", "flex")
-CASE_NAMES = ("causal", "bidirectional", "bico", "prefix_lm", "packed", "glm")  # bico.bench.CASES
+CASE_NAMES = ("causal", "bidirectional", "bico", "prefix_lm", "packed", "glm")  # bico.tools.bench.CASES
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 SEED = 0
 CHECK_MAX_T = 1024  # the float64 reference materializes [B, H, T, T]: checks run at min(T) capped here
@@ -38,7 +38,7 @@ def output_paths(out: str, device: str) -> tuple[Path, Path]:
 
 
 def run_bench_command(args) -> int:
-    from bico.bench import config_from_args, markdown_table, plot, run_bench
+    from bico.tools.bench import config_from_args, markdown_table, plot, run_bench
     from bico.io_utils import atomic_write_json
 
     result = run_bench(config_from_args(args), progress=not args.no_progress)

@@ -5,8 +5,8 @@ the objective's per-batch choices and its masking, and torch's own RNG (LoRA dro
 for every micro-batch. Resuming from a checkpoint therefore replays exactly the batches an
 uninterrupted run would have seen, and N ranks (each taking its share of a step's micro-batches,
 see :class:`StepPlan`) compute exactly the step of one process with the same global batch.
-The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.engine`, or
-:mod:`bico.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
+The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.training.engine`, or
+:mod:`bico.training.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
 do not know which one runs.
 """
 from __future__ import annotations
@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bico import distributed
+from bico.training import distributed
 from bico.attention import check_environment, require_bico
 from bico.collate import collate, model_inputs
 from bico.config import DataConfig, Recipe, check_recipe
-from bico.engine import Engine, TorchEngine
+from bico.training.engine import Engine, TorchEngine
 from bico.models import count_parameters, save_model, setup_model
 from bico.objectives import Example
 from bico.objectives.base import IGNORE
-from bico.report import Reporter
-from bico.rundir import RunDir
+from bico.training.report import Reporter
+from bico.training.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool =
 def build_engine(model, recipe: Recipe, total_steps: int, device: torch.device) -> Engine:
     """DeepSpeed when ``train.deepspeed`` is set, plain PyTorch otherwise (imported only when used)."""
     if recipe.train.deepspeed:
-        from bico.deepspeed_engine import DeepSpeedEngine
+        from bico.training.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(model, recipe, total_steps, device)
     return TorchEngine(model, recipe, total_steps, device)
@@ -290,7 +290,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
             "through DeepSpeed, e.g. train.deepspeed=recipes/deepspeed/zero2.json"
         )
     if cfg.deepspeed:
-        from bico.deepspeed_engine import resolve_config
+        from bico.training.deepspeed_engine import resolve_config
 
         resolve_config(cfg.deepspeed)  # a missing config fails before anything is loaded or written
     device = pick_device(cfg.device)

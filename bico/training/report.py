@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 from bico.io_utils import atomic_savefig, atomic_write
-from bico.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
+from bico.training.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
 
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -47,7 +47,7 @@ def step_scalars(record: dict, previous: dict) -> dict[str, float]:
 
 
 def eval_scalars(scores: dict, prefix: str = "eval") -> dict[str, float]:
-    """Every number in :func:`bico.evaluate.evaluate`'s output, as ``eval/SPLIT/METRIC``."""
+    """Every number in :func:`bico.evaluation.reversal.evaluate`'s output, as ``eval/SPLIT/METRIC``."""
     out = {}
     for key, value in scores.items():
         name = prefix if (prefix, key) == ("eval", "splits") else f"{prefix}/{key}"

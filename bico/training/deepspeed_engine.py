@@ -1,4 +1,4 @@
-"""The DeepSpeed engine: :class:`bico.engine.TorchEngine`'s API on ``deepspeed.initialize``.
+"""The DeepSpeed engine: :class:`bico.training.engine.TorchEngine`'s API on ``deepspeed.initialize``.
 
 A recipe switches to it with one key, ``train.deepspeed``: a JSON file (such as
 ``recipes/deepspeed/zero3.json``), the name of a shipped one (``zero2``, ``zero3``,
@@ -40,8 +40,9 @@ from pathlib import Path
 
 import torch
 
-from bico import distributed, resources
-from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
+from bico import resources
+from bico.training import distributed
+from bico.training.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
                          resolve_precision, resume_schedule, trainable_parameters)
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def _quiet_deepspeed() -> None:
 
 
 class DeepSpeedEngine(Engine):
-    """ZeRO data parallelism behind bico's :class:`~bico.engine.Engine` interface.
+    """ZeRO data parallelism behind bico's :class:`~bico.training.engine.Engine` interface.
 
     ``module`` is the DeepSpeed engine itself (call it like the model; ZeRO-3 gathers the
     parameters it needs). ``is_main_process`` is global rank 0.

@@ -63,7 +63,7 @@ def alpha_label(alpha: float) -> str:
 def evaluate_interpolations(model, base_model, tokenizer, recipe, alphas: list[float], say=None) -> dict:
     """``{alpha_label(a): evaluate_recipe(...)}`` for each alpha, in the order given (retention on,
     since the sweep is about what it costs). ``model`` is left at the last alpha."""
-    from bico.evaluate import evaluate_recipe
+    from bico.evaluation.reversal import evaluate_recipe
 
     recipe.eval.retention = True
     mixer = Interpolator(model, base_model)

@@ -69,7 +69,7 @@ def evaluate_harness(model, tokenizer, tasks: list[str], manager, *, num_fewshot
 
 
 def _task_scores(name: str, metrics: dict, raw: dict) -> dict:
-    from bico.stats import wilson_interval
+    from bico.evaluation.stats import wilson_interval
 
     n = (raw.get("n-samples", {}).get(name) or {}).get("effective") or metrics.get("sample_len")
     better = raw.get("higher_is_better", {}).get(name, {})

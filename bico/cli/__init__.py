@@ -16,9 +16,9 @@ from pathlib import Path
 from bico.config import EvalConfig, load_recipe, print_error
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
-# importing bico.train just to test that would load torch). ValueError covers RecipeError,
+# importing bico.training.train just to test that would load torch). ValueError covers RecipeError,
 # DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
-USER_ERRORS = (("bico.models", "ModelError"), ("bico.train", "TrainingError"))
+USER_ERRORS = (("bico.models", "ModelError"), ("bico.training.train", "TrainingError"))
 
 
 class UsageError(ValueError):
@@ -40,7 +40,7 @@ def is_user_error(err: BaseException) -> bool:
 
 def run_train(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # before torch loads: a bad recipe fails at once
-    from bico.pipeline import train_and_evaluate
+    from bico.tools.pipeline import train_and_evaluate
 
     outcome = train_and_evaluate(recipe, say=print)
     if outcome.report:
@@ -68,16 +68,16 @@ def run_eval(args) -> int:
             raise UsageError(f"bico eval: --{option.replace('_', '-')} is for --suite lm-eval")
     ev = EvalConfig(**values, retention=args.retention)
     ev.splits = list(args.splits or ev.splits)
-    from bico.evaluate import evaluate_recipe, write_report
+    from bico.evaluation.reversal import evaluate_recipe, write_report
     from bico.models import load_model
 
     recipe = Recipe(data=DataConfig(dir=args.data), eval=ev)
-    from bico.interpolate import parse_alphas
+    from bico.evaluation.interpolate import parse_alphas
 
     alphas = parse_alphas(args.alphas) if args.interpolate else None
     model, tokenizer = load_model(ModelConfig(name=args.model))
     if alphas:
-        from bico.interpolate import evaluate_interpolations, plot_frontier
+        from bico.evaluation.interpolate import evaluate_interpolations, plot_frontier
 
         base_model, _ = load_model(ModelConfig(name=args.interpolate))
         runs = evaluate_interpolations(model, base_model, tokenizer, recipe, alphas, say=print)
@@ -91,7 +91,7 @@ def run_eval(args) -> int:
 
 
 def run_celebrity(args) -> int:
-    from bico.celebrity import DEFAULT_CSV, evaluate_celebrity, load_pairs, write_report
+    from bico.evaluation.celebrity import DEFAULT_CSV, evaluate_celebrity, load_pairs, write_report
     from bico.config import ModelConfig
     from bico.models import load_model
 
@@ -104,18 +104,18 @@ def run_celebrity(args) -> int:
 
 
 def run_lm_eval(args) -> int:
-    """EleutherAI's lm-evaluation-harness on the model and its base, side by side (bico.lm_harness)."""
+    """EleutherAI's lm-evaluation-harness on the model and its base, side by side (bico.evaluation.lm_harness)."""
     if not args.tasks:
         raise UsageError("bico eval --suite lm-eval: --tasks is required (e.g. --tasks arc_easy hellaswag)")
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise UsageError(f"bico eval: --num-fewshot must be >= 0, got {args.num_fewshot}")
     tasks = [t for chunk in args.tasks for t in chunk.split(",") if t]
-    from bico.lm_harness import base_model_of, check_tasks, task_manager
+    from bico.evaluation.lm_harness import base_model_of, check_tasks, task_manager
 
     manager = task_manager(args.include_path)  # lm-eval missing, a bad folder or task: before any model loads
     check_tasks(manager, tasks)
     from bico.config import ModelConfig
-    from bico.lm_harness import evaluate_harness, write_report
+    from bico.evaluation.lm_harness import evaluate_harness, write_report
     from bico.models import load_model
 
     models = {}  # label -> ModelConfig, the base first
@@ -143,7 +143,7 @@ def run_lm_eval(args) -> int:
 
 
 def run_demo(args) -> int:
-    from bico.demo import demo
+    from bico.tools.demo import demo
 
     demo(out=args.out, quick=args.quick, overrides=args.overrides, arms=args.arms.split(",") if args.arms else None)
     return 0
@@ -204,17 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every demo recipe")
     p.set_defaults(handler=run_demo)
 
-    from bico.plan import add_plan_parser
+    from bico.tools.plan import add_plan_parser
 
     add_plan_parser(sub)
-    from bico.bench_cli import add_bench_parser
+    from bico.cli.bench import add_bench_parser
 
     add_bench_parser(sub)
 
-    from bico.data.cli import add_data_parser
+    from bico.cli.data import add_data_parser
 
     add_data_parser(sub)
-    from bico.ablate import add_ablate_parser
+    from bico.tools.ablate import add_ablate_parser
 
     add_ablate_parser(sub)
     return parser

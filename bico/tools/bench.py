@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bico.masks import IntervalMask
-from bico.bench_cli import (CASE_NAMES, CHECK_MAX_T, DTYPE_NAMES, MODES, PROVIDERS, SEED, TOKENS_PER_CALL,  # noqa: F401
+from bico.cli.bench import (CASE_NAMES, CHECK_MAX_T, DTYPE_NAMES, MODES, PROVIDERS, SEED, TOKENS_PER_CALL,  # noqa: F401
                             names_from_list)
 from bico.config import RecipeError
 from bico.io_utils import atomic_savefig

@@ -53,8 +53,8 @@ def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list
 def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None,
          arms: list[str] | None = None) -> dict:
     from bico.data import generate_reversal_dataset
-    from bico.evaluate import write_report
-    from bico.pipeline import train_and_evaluate
+    from bico.evaluation.reversal import write_report
+    from bico.tools.pipeline import train_and_evaluate
 
     arms = tuple(arms or ARMS)
     for arm in arms:

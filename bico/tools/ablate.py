@@ -21,7 +21,7 @@ atomically; a rerun skips cells whose result exists *and* was made from the same
 crash or Ctrl-C never loses finished cells nor reuses a half-written or stale one. Cells run
 in this process, in ``--workers N`` CPU processes, or in one process per ``--devices`` entry
 (GPUs). Then ``results.csv``, ``results.md``, ``em_by_split.png``, ``reverse_vs_tokens.png`` and
-``loss_curves.png`` (:mod:`bico.ablate_plots`).
+``loss_curves.png`` (:mod:`bico.tools.ablate_plots`).
 """
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def run_cell(job: tuple) -> dict:
     folder = Path(folder)
     began = time.time()
     try:
-        from bico.pipeline import train_and_evaluate
+        from bico.tools.pipeline import train_and_evaluate
 
         recipe = cell.recipe
         if _DEVICE is not None:
@@ -351,7 +351,7 @@ def run_ablation(spec: dict, *, workers: int = 1, devices: list[str] | None = No
             pool.join()
     bar.close()
     results = [done[c.key] for c in cells if c.key in done]
-    from bico.ablate_report import write_results
+    from bico.tools.ablate_report import write_results
 
     paths = write_results(results, cells, out_dir) if results else {}
     return {"results": results, "failed": failed, "paths": paths}

@@ -34,7 +34,7 @@ import socket
 import time
 from pathlib import Path
 
-from bico.engine import (
+from bico.training.engine import (
     CHECKPOINTS,
     all_checkpoints,
     checkpoint_problem,
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 LOCK = ".bico.lock"
 METRICS, RECIPE, SUMMARY = "metrics.jsonl", "recipe.json", "train_summary.json"
 EVAL_FILES = ("eval.json", "eval.md", "eval.png")  # written by `bico train` after training
-LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.report
+LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.training.report
 REPORT_FILES, REPORT_FOLDERS = (LOSS_PNG,), (TENSORBOARD, WANDB)
 RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES, *REPORT_FILES)
 RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 from bico.io_utils import atomic_savefig
-from bico.report import draw_loss, read_metrics
-from bico.rundir import METRICS
+from bico.training.report import draw_loss, read_metrics
+from bico.training.rundir import METRICS
 
 SEED_STYLES = ("-", "--", ":", "-.")
 

@@ -3,8 +3,8 @@
 :class:`Engine` is the interface, with what every engine shares: AdamW and its learning-rate
 schedule, the precision check, checkpoint naming and rotation. :class:`TorchEngine` is plain
 PyTorch (AdamW, warm-up + decay, clipping, autocast, checkpoints);
-:class:`bico.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
-neither DeepSpeed nor that module (the loop picks one, :func:`bico.train.build_engine`).
+:class:`bico.training.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
+neither DeepSpeed nor that module (the loop picks one, :func:`bico.training.train.build_engine`).
 """
 from __future__ import annotations
 
