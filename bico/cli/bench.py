@@ -37,7 +37,7 @@ def output_paths(out: str, device: str) -> tuple[Path, Path]:
     return path, path.with_suffix(".png")
 
 
-def run_bench_command(args) -> int:
+def run(args) -> int:
     from bico.tools.bench import config_from_args, markdown_table, plot, run_bench
     from bico.io_utils import atomic_write_json
 
@@ -55,7 +55,7 @@ def run_bench_command(args) -> int:
     return 0
 
 
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="time masked-attention providers on bico's masks (JSON + PNG)")
     p.add_argument("--cases", default=",".join(CASE_NAMES), help=f"comma list of {','.join(CASE_NAMES)} (all)")
     p.add_argument("--providers", default=",".join(PROVIDERS), help=f"comma list of {','.join(PROVIDERS)} (all)")
@@ -71,5 +71,5 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
     p.add_argument("--out", default="benchmarks/results", help="output folder, or a .json path")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.set_defaults(handler=run_bench_command)
+    p.set_defaults(handler=run)
     return p
