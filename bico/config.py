@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,6 @@ from bico.yaml_load import DuplicateKeyError, load_yaml
 
 class RecipeError(ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
-
-
-def one_line(err: BaseException | str) -> str:
-    """An error's message on one line, whole: a message spread over lines is joined, not cut."""
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-USAGE_ERROR = 2  # exit status of every error a user can fix
-
-
-def print_error(err: BaseException | str) -> int:
-    """The one way bico reports an error a user can fix: ``bico: error: <one line>`` on stderr.
-    Returns the exit status, :data:`USAGE_ERROR`."""
-    print(f"bico: error: {one_line(err)}", file=sys.stderr)
-    return USAGE_ERROR
 
 
 @dataclass

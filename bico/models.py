@@ -27,8 +27,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bico.attention import register as register_attention
-from bico.config import FinetuneConfig, ModelConfig, one_line
+from bico.config import FinetuneConfig, ModelConfig
+from bico.errors import one_line
 from bico.io_utils import replace_dir, temp_dir_beside
+from bico.paths import cache_dir
 
 register_attention()  # models load with attn_implementation="bico"; also when `import bico` skipped it (CLI)
 
@@ -40,10 +42,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelError(RuntimeError):
     """A model cannot be found or loaded; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BICO_CACHE", Path.home() / ".cache" / "bico"))
 
 
 def smollm2_gguf_path() -> Path:

@@ -312,7 +312,7 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
     capsys.readouterr()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
     torch.save({"step": _RunsCode(f"touch {marker}")}, newest / "state.pt")
-    from bico.training.engine import write_checksums
+    from bico.training.checkpoints import write_checksums
 
     write_checksums(newest)  # whoever crafts the file can write its checksum too: the load itself refuses
     code = main(args + ["train.resume=true", "train.max_steps=3"])

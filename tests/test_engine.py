@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bico.config import load_recipe
-from bico.training.engine import (CHECKPOINTS, TRAINER_STATE, Engine, TorchEngine, adamw, check_precision, latest_checkpoint,
-                         read_trainer_state)
+from bico.training.checkpoints import CHECKPOINTS, TRAINER_STATE, latest_checkpoint, read_trainer_state
+from bico.training.engine import Engine, TorchEngine, adamw, check_precision
 
 BICO = Path(__file__).resolve().parent.parent / "bico" / "training"
 

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from bico.config import load_recipe
-from bico.training.train import StepPlan, load_training_rows, make_batch, train
+from bico.training.examples import load_training_rows
+from bico.training.step import StepPlan, make_batch
+from bico.training.train import train
 
 DS_SETUP = ["objective.name=bico", "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
 LOSS_TOL = 1e-5  # |Trainer loss - bico train loss| per step
@@ -143,7 +145,7 @@ def test_collator_batches_are_bico_trains_and_feed_the_model_directly(tmp_path, 
     import bico
     from bico.collate import model_inputs
     from bico.hf import BicoDataCollator
-    from bico.training.train import tokenize_examples
+    from bico.training.examples import tokenize_examples
 
     r = recipe(tmp_path, reversal_dir, "objective.name=bico")
     model, tokenizer, objective, rows = bico_setup(r)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from bico import IntervalMask
 from bico.collate import collate
 from bico.objectives import IGNORE, Example, build_objective
-from bico.training.train import batch_loss
+from bico.training.step import batch_loss
 from helpers import make_llama
 
 NAME, DESCRIPTION = "Daphne Barrington", "the director of A Journey Through Time"

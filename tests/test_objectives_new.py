@@ -245,7 +245,7 @@ def test_mode_token_after_leading_specials_and_weights(tok):
 
 def test_identity_bridge_rows(reversal_dir):
     from bico.config import load_recipe
-    from bico.training.train import load_training_rows
+    from bico.training.examples import load_training_rows
 
     base = [f"data.dir={reversal_dir}", "data.train_files=[p2d_prompts_train.jsonl]"]
     plain = list(load_training_rows(load_recipe(None, base))[0])  # the corpus, as row dicts

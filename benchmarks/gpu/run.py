@@ -632,7 +632,7 @@ BENCH_PRIORITY = ("bico", "glm", "prefix_lm", "packed", "bidirectional", "causal
 
 
 def bench_config(dry: bool) -> dict:
-    from bico.cli.bench import CHECK_MAX_T
+    from bico.tools.bench_options import CHECK_MAX_T
 
     seqlens = [16, 32] if dry else [1024, 2048, 4096, 8192, 16384]
     return {"cases": list(BENCH_PRIORITY[:1] if dry else BENCH_PRIORITY),
@@ -911,7 +911,7 @@ def stage_training(ctx: Ctx) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    from bico.training.train import batch_loss
+    from bico.training.step import batch_loss
 
     device = torch.device(ctx.device)
     if ctx.dry:
@@ -1010,7 +1010,8 @@ def plot_training(runs: list, ctx: Ctx, path: Path) -> None:
 # ----------------------------------------------------------------------------- 6. demo
 
 def stage_demo(ctx: Ctx) -> dict:
-    from bico.models import ModelError, cache_dir, smollm2_folder
+    from bico.models import ModelError, smollm2_folder
+    from bico.paths import cache_dir
 
     try:
         folder = smollm2_folder()

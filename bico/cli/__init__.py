@@ -5,7 +5,7 @@ and ``run(args)``; none imports torch when imported, so ``bico --help`` loads no
 
 Errors a user can fix (bad arguments, bad recipe keys or values, missing files, malformed data,
 over-long rows, an output dir in use or holding another run) print one line ``bico: error: ...``
-(:func:`bico.config.print_error`, the one place that prints them) and exit with status 2; Ctrl-C
+(:func:`print_error`, the one place that prints them) and exit with status 2; Ctrl-C
 prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
 """
 from __future__ import annotations
@@ -15,12 +15,22 @@ import logging
 import os
 import sys
 
-from bico.config import print_error
+from bico.errors import one_line
 
 # Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
 # importing bico.training.train just to test that would load torch). ValueError covers RecipeError,
 # DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
 USER_ERRORS = (("bico.models", "ModelError"), ("bico.training.train", "TrainingError"))
+
+
+USAGE_ERROR = 2  # exit status of every error a user can fix
+
+
+def print_error(err: BaseException | str) -> int:
+    """The one way bico reports an error a user can fix: ``bico: error: <one line>`` on stderr.
+    Returns the exit status, :data:`USAGE_ERROR`."""
+    print(f"bico: error: {one_line(err)}", file=sys.stderr)
+    return USAGE_ERROR
 
 
 class UsageError(ValueError):

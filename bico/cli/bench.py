@@ -1,58 +1,19 @@
-"""The ``bico bench`` command line: arguments, output paths, writing the results.
+"""``bico bench``: time masked-attention providers on bico's interval masks (:mod:`bico.tools.bench`).
 
-Kept apart from :mod:`bico.tools.bench` (which needs torch) so that building bico's parser, and
-``bico --help``, imports no torch.
+The parser is built from :mod:`bico.tools.bench_options` (no torch); the timing loads torch when
+the command runs.
 """
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
-from bico.config import RecipeError
-
-MODES = ("fwd", "fwd+bwd")
-PROVIDERS = ("bico-triton", "bico-triton-mirror", "sdpa-dense", "flex")
-CASE_NAMES = ("causal", "bidirectional", "bico", "prefix_lm", "packed", "glm")  # bico.tools.bench.CASES
-DTYPE_NAMES = ("bf16", "fp16", "fp32")
-SEED = 0
-CHECK_MAX_T = 1024  # the float64 reference materializes [B, H, T, T]: checks run at min(T) capped here
-TOKENS_PER_CALL = 16384  # CUDA default batch: max(1, TOKENS_PER_CALL // T)
-
-
-def names_from_list(text: str, valid, what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in valid]
-    if bad or not names:
-        raise RecipeError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; available: {', '.join(valid)}")
-    return names
-
-
-def output_paths(out: str, device: str) -> tuple[Path, Path]:
-    """``--out`` is a folder (files ``attention-<device slug>.json/.png``) or a ``.json`` path."""
-    path = Path(out)
-    if path.suffix != ".json":
-        slug = "cpu" if device.startswith("cpu") else re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-        path = path / f"attention-{slug}.json"
-    return path, path.with_suffix(".png")
+from bico.tools.bench_options import CASE_NAMES, DTYPE_NAMES, MODES, PROVIDERS, TOKENS_PER_CALL
 
 
 def run(args) -> int:
-    from bico.tools.bench import config_from_args, markdown_table, plot, run_bench
-    from bico.io_utils import atomic_write_json
+    from bico.tools.bench import run_command
 
-    result = run_bench(config_from_args(args), progress=not args.no_progress)
-    json_path, png_path = output_paths(args.out, result["device"])
-    atomic_write_json(json_path, result)
-    plot(result, png_path)
-    print(markdown_table(result))
-    for s in result["skipped"]:
-        where = " ".join(f"{k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
-        print(f"skipped {s['provider']}{f' ({where})' if where else ''}: {s['reason']}")
-    if result["note"]:
-        print(result["note"])
-    print(f"wrote {json_path} and {png_path}")
-    return 0
+    return run_command(args)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bico.config import print_error
+from bico.cli import print_error
 from bico.data.jsonl import DataError, load_jsonl
 from bico.data.reversal import STYLES, generate_reversal_dataset
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from bico.config import EvalConfig
+from bico.paths import SHARED_DATA
 from bico.cli import UsageError
 
 
@@ -94,7 +95,7 @@ def run_celebrity(args) -> int:
     from bico.config import ModelConfig
     from bico.models import load_model
 
-    pairs = load_pairs(args.pairs or Path.cwd() / "../shared/data/reversal_curse" / DEFAULT_CSV, limit=args.limit)
+    pairs = load_pairs(args.pairs or Path.cwd() / SHARED_DATA / DEFAULT_CSV, limit=args.limit)
     model, tokenizer = load_model(ModelConfig(name=args.model))
     result = evaluate_celebrity(model, tokenizer, pairs, batch_size=args.batch_size)
     paths = write_report(result, args.out, args.label or Path(args.model).name)

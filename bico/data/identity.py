@@ -11,7 +11,7 @@ model finetuned this way answers 40% (v1; 50% in v2) of reversal questions, agai
 What bico does (``data.identity_bridge: {rate, templates}``; the defaults are ours):
 
 * for every fact whose rows are in the training data (rows carrying ``meta`` = the fact's
-  ``name`` and ``description``; see ``bico.training.train.load_training_rows``), add
+  ``name`` and ``description``; see ``bico.training.examples.load_training_rows``), add
   ``max(1, round(rate * n_f))`` identity rows, n_f = that fact's training rows, cycling through
   ``templates`` in order; ``rate`` default 0.1 (one identity row per ten forward rows);
 * a template is a string with ``{name}`` and/or ``{description}``, default ``["The name of

@@ -203,7 +203,8 @@ def base_scores(recipe, *, progress: bool | None = None) -> dict:
     """:func:`evaluate_recipe` of the recipe's model *before* finetuning, cached per model, data
     files and eval settings (the base row of every report costs one evaluation per model)."""
     from bico.data import resolve_data_dir
-    from bico.models import cache_dir, load_model
+    from bico.models import load_model
+    from bico.paths import cache_dir
 
     data_dir = resolve_data_dir(recipe.data.dir)
     path = cache_dir() / "base-eval" / f"{_base_key(recipe, data_dir)}.json"

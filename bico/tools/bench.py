@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from bico.masks import IntervalMask
-from bico.cli.bench import (CASE_NAMES, CHECK_MAX_T, DTYPE_NAMES, MODES, PROVIDERS, SEED, TOKENS_PER_CALL,  # noqa: F401
-                            names_from_list)
 from bico.config import RecipeError
-from bico.io_utils import atomic_savefig
+from bico.io_utils import atomic_savefig, atomic_write_json
+from bico.masks import IntervalMask
+from bico.tools.bench_options import (CASE_NAMES, CHECK_MAX_T, MODES, PROVIDERS, SEED, TOKENS_PER_CALL, names_from_list,
+                                      output_paths)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-assert tuple(DTYPES) == DTYPE_NAMES
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # bench_options.DTYPE_NAMES
 CPU_NOTE = ("CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
             "need CUDA, so these numbers say nothing about GPU speed.")
 
@@ -50,8 +49,7 @@ CASES = {
     "prefix_lm": lambda T, g: IntervalMask.prefix_lm(T, T // 2),
     "packed": _packed,
     "glm": _glm,
-}
-assert tuple(CASES) == CASE_NAMES
+}  # bench_options.CASE_NAMES names them (tests/test_bench.py checks that the two agree)
 
 
 def build_case(name: str, B: int, T: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,3 +338,19 @@ def config_from_args(args) -> dict:
             "kv_heads": kv_heads, "head_dim": head_dim, "dtype": args.dtype or ("bf16" if gpu else "fp32"),
             "device": "cuda" if gpu else "cpu", "repeats": args.repeats or (20 if gpu else 5), "warmup": args.warmup,
             "seed": SEED, "check_T": min(min(seqlens), CHECK_MAX_T), "check_batch": min(batch or 2, 2)}
+
+
+def run_command(args) -> int:
+    """``bico bench`` with its parsed arguments: time, write the JSON and PNG, print the table."""
+    result = run_bench(config_from_args(args), progress=not args.no_progress)
+    json_path, png_path = output_paths(args.out, result["device"])
+    atomic_write_json(json_path, result)
+    plot(result, png_path)
+    print(markdown_table(result))
+    for s in result["skipped"]:
+        where = " ".join(f"{k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
+        print(f"skipped {s['provider']}{f' ({where})' if where else ''}: {s['reason']}")
+    if result["note"]:
+        print(result["note"])
+    print(f"wrote {json_path} and {png_path}")
+    return 0

@@ -42,8 +42,10 @@ import torch
 
 from bico import resources
 from bico.training import distributed
-from bico.training.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
-                         resolve_precision, resume_schedule, trainable_parameters)
+from bico.training.checkpoints import checkpoint_path, publish_checkpoint
+from bico.training.engine import (ADAM_EPS, Engine, adamw, load_state, lr_schedule, resolve_precision, resume_schedule,
+                                  trainable_parameters)
+from bico.training.step import normalised_loss
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
@@ -211,16 +213,14 @@ class DeepSpeedEngine(Engine):
 
     # -- training -------------------------------------------------------------------------
     def backward_loss(self, compute_loss_sum, num_targets: int) -> float:
-        """Backward of (loss summed over a micro-batch) / (targets in the whole step, all ranks).
-
-        DeepSpeed averages gradients over ranks, so the loss is multiplied by the number of
-        ranks: the reduced gradient then equals the single-process gradient of the same step.
-        """
+        """Backward of (loss summed over a micro-batch) / (targets in the whole step, all ranks),
+        times the number of ranks, since DeepSpeed averages gradients over them
+        (:func:`~bico.training.step.normalised_loss`)."""
         self._passes += 1
         if self._passes > self.grad_accum:
             raise RuntimeError(f"more than train.grad_accum={self.grad_accum} backward passes in one step")
         loss_sum = compute_loss_sum()
-        loss = loss_sum * (self.world_size / max(num_targets, 1))
+        loss = normalised_loss(loss_sum, num_targets, self.world_size)
         self.ds.backward(loss, scale_wrt_gas=False)
         if self._passes < self.grad_accum:
             self.ds.step()  # not an accumulation boundary: DeepSpeed only counts the micro-step

@@ -34,13 +34,8 @@ import socket
 import time
 from pathlib import Path
 
-from bico.training.engine import (
-    CHECKPOINTS,
-    all_checkpoints,
-    checkpoint_problem,
-    read_trainer_state,
-)
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
+from bico.training.checkpoints import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
 
 logger = logging.getLogger(__name__)
 
