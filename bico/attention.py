@@ -26,6 +26,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from bico.errors import BicoError
 from bico.masks import IntervalMask
 from bico_kernels import reference_masked_attention, rotate_half
 
@@ -38,8 +39,12 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _logged: set[str] = set()
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(BicoError, ValueError):
     """bico's attention cannot run this architecture."""
+
+
+class BackendError(BicoError, ValueError):
+    """The attention's environment (``BICO_ATTENTION_BACKEND``, ``BICO_KERNEL_TUNE_FILE``) is unusable."""
 
 
 def _log_once(message: str) -> None:
@@ -53,7 +58,7 @@ def check_backend(choice: str | None = None) -> str:
     where = "bico attention backend" if choice else "BICO_ATTENTION_BACKEND"
     choice = choice or os.environ.get("BICO_ATTENTION_BACKEND", "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"{where} {choice!r}: use one of {', '.join(BACKENDS)}")
+        raise BackendError(f"{where} {choice!r}: use one of {', '.join(BACKENDS)}")
     return choice
 
 
@@ -63,7 +68,10 @@ def check_environment() -> None:
     from bico_kernels.tuning import check_tune_file  # pure Python: no Triton
 
     check_backend()
-    check_tune_file()
+    try:
+        check_tune_file()
+    except ValueError as err:  # bico_kernels knows no bico errors (it imports nothing from bico)
+        raise BackendError(str(err)) from None
 
 
 def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:

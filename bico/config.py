@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from bico import resources
+from bico.errors import BicoError
 from bico.yaml_load import DuplicateKeyError, load_yaml
 
 
-class RecipeError(ValueError):
+class RecipeError(BicoError, ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
 
 

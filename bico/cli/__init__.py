@@ -3,10 +3,11 @@
 One module of this package per command (``bico.cli.train`` ...), each with ``add_parser(subparsers)``
 and ``run(args)``; none imports torch when imported, so ``bico --help`` loads no torch.
 
-Errors a user can fix (bad arguments, bad recipe keys or values, missing files, malformed data,
-over-long rows, an output dir in use or holding another run) print one line ``bico: error: ...``
-(:func:`print_error`, the one place that prints them) and exit with status 2; Ctrl-C
-prints ``bico: interrupted`` and exits with 130. ``BICO_DEBUG=1`` shows tracebacks.
+Errors a user can fix (:class:`~bico.errors.BicoError`: bad arguments, bad recipe keys or values,
+malformed data, over-long rows, an output dir in use or holding another run; and an OSError that
+names its file) print one line ``bico: error: ...`` (:func:`print_error`, the one place that
+prints them) and exit with status 2; Ctrl-C prints ``bico: interrupted`` and exits with 130. Every
+other exception is a bug and keeps its traceback. ``BICO_DEBUG=1`` shows tracebacks of all.
 """
 from __future__ import annotations
 
@@ -15,13 +16,7 @@ import logging
 import os
 import sys
 
-from bico.errors import one_line
-
-# Errors a user can fix, by module; a module not imported yet cannot have raised its error (and
-# importing bico.training.train just to test that would load torch). ValueError covers RecipeError,
-# DataError and RunDirError; OSError (permissions, a full disk, a missing file) names its path.
-USER_ERRORS = (("bico.models", "ModelError"), ("bico.training.train", "TrainingError"))
-
+from bico.errors import BicoError, UsageError, one_line
 
 USAGE_ERROR = 2  # exit status of every error a user can fix
 
@@ -33,10 +28,6 @@ def print_error(err: BaseException | str) -> int:
     return USAGE_ERROR
 
 
-class UsageError(ValueError):
-    """Bad command-line arguments (argparse's own checks)."""
-
-
 class Parser(argparse.ArgumentParser):
     """argparse, with its usage errors in bico's one format: argparse would print the usage and
     ``PROG: error: ...`` on several lines; this raises, and :func:`main` prints one line."""
@@ -46,8 +37,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def is_user_error(err: BaseException) -> bool:
-    kinds = [ValueError, OSError] + [getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules]
-    return isinstance(err, tuple(kinds))
+    """A :class:`~bico.errors.BicoError`, or an OSError about a file (permissions, a missing file or
+    folder: its message names the path). Anything else, a ValueError from inside torch included, is
+    a bug to see with its traceback."""
+    return isinstance(err, BicoError) or (isinstance(err, OSError) and err.filename is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bico.config import EvalConfig
 from bico.paths import SHARED_DATA
-from bico.cli import UsageError
+from bico.errors import UsageError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

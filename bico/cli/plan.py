@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from bico.errors import UsageError
 from bico.tools.plan import PRESET_CONFIGS, estimate, load_config, render, sizes_from_config
 
 
@@ -11,11 +12,11 @@ def run(args) -> int:
         print("presets: " + ", ".join(PRESET_CONFIGS) + " (or a local model folder / config.json)")
         return 0
     if args.gpus < 1 or args.nodes < 1:
-        raise ValueError("--gpus and --nodes must be at least 1")
+        raise UsageError("--gpus and --nodes must be at least 1")
     try:
         import deepspeed  # noqa: F401
     except ImportError:
-        raise ValueError("bico plan uses DeepSpeed's estimators: pip install deepspeed") from None
+        raise UsageError("bico plan uses DeepSpeed's estimators: pip install deepspeed") from None
     total, largest = sizes_from_config(load_config(args.model))
     rows = estimate(total, largest, args.gpus, args.nodes)
     print(render(args.model, total, largest, args.gpus, args.nodes, rows, args.gpu_memory), end="")

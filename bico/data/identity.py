@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import string
 
+from bico.data.jsonl import DataError
+
 DEFAULTS = {"rate": 0.1, "templates": ["The name of {name} is {name}."]}
 FIELDS = ("name", "description")
 
@@ -81,7 +83,7 @@ def add_identity_bridge(rows: list[dict], sources: list[str], cfg: dict | None) 
             key = (meta["name"], meta["description"])
             counts[key] = counts.get(key, 0) + 1
     if not counts:
-        raise ValueError("data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
+        raise DataError("data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
                          "(bico data reversal writes one) or no training row matches a fact")
     extra, extra_sources = [], []
     for (name, description), n in counts.items():

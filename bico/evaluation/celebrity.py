@@ -29,6 +29,7 @@ import csv
 import random
 from pathlib import Path
 
+from bico.errors import BicoError
 from bico.evaluation.reversal import completion_logprobs, exact_match, generate_greedy
 from bico.evaluation.stats import error_bars, wilson_interval
 
@@ -50,7 +51,7 @@ COLUMNS = ("child", "parent", "parent_type")
 DEFAULT_CSV = "celebrity_relations/parent_child_pairs.csv"  # under the shared reversal_curse folder
 
 
-class CelebrityDataError(ValueError):
+class CelebrityDataError(BicoError, ValueError):
     """The pairs file is missing or malformed; the message names the file and row."""
 
 

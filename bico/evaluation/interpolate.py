@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from bico.errors import BicoError
 
-class InterpolationError(ValueError):
+
+class InterpolationError(BicoError, ValueError):
     """The two models cannot be interpolated; the message says why."""
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bico.config import load_recipe
+from bico.errors import UsageError
 from bico.machine import machine_info
 from bico.resources import shipped
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
@@ -33,7 +34,7 @@ def recipe_path(arm: str, quick: bool = False) -> Path:
     path = shipped("demo", "tiny.yaml" if quick else f"smollm2_{arm}.yaml")
     if not path.is_file():
         arms = sorted(p.stem.removeprefix("smollm2_") for p in path.parent.glob("smollm2_*.yaml"))
-        raise FileNotFoundError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
+        raise UsageError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
     return path
 
 

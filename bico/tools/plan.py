@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bico.errors import UsageError
+
 GIB = 1024**3
 
 # Architecture sizes of well-known checkpoints (from their published config.json files).
@@ -51,7 +53,7 @@ def load_config(model: str):
         return AutoConfig.from_pretrained(path.parent if path.name == "config.json" else path)
     if (path / "config.json").is_file():
         return AutoConfig.from_pretrained(path)
-    raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESET_CONFIGS)}) nor a folder with config.json")
+    raise UsageError(f"model {model!r} is neither a preset ({', '.join(PRESET_CONFIGS)}) nor a folder with config.json")
 
 
 def sizes_from_config(config) -> tuple[int, int]:

@@ -41,10 +41,11 @@ from pathlib import Path
 import torch
 
 from bico import resources
+from bico.errors import BicoError
 from bico.training import distributed
 from bico.training.checkpoints import checkpoint_path, publish_checkpoint
-from bico.training.engine import (ADAM_EPS, Engine, adamw, load_state, lr_schedule, resolve_precision, resume_schedule,
-                                  trainable_parameters)
+from bico.training.engine import (ADAM_EPS, CheckpointError, Engine, adamw, load_state, lr_schedule, resolve_precision,
+                                  resume_schedule, trainable_parameters)
 from bico.training.step import normalised_loss
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def deepspeed_state_types() -> tuple:
     return (ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address)
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(BicoError, ValueError):
     """The DeepSpeed config cannot be used with this recipe; the message says what to change."""
 
 
@@ -185,7 +186,7 @@ class DeepSpeedEngine(Engine):
         try:
             import deepspeed
         except ImportError:
-            raise ValueError("train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])") from None
+            raise DeepSpeedConfigError("train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])") from None
         _quiet_deepspeed()
         cfg = recipe.train
         self.cfg, self.device = cfg, device
@@ -294,12 +295,12 @@ class DeepSpeedEngine(Engine):
             load_state(part, allow=deepspeed_state_types())
         loaded, client = self.ds.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=not self.has_frozen)
         if loaded is None:
-            raise ValueError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")
+            raise CheckpointError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")
         written_by = client.get("bico_world_size")
         if written_by is not None and written_by != self.world_size:
-            raise ValueError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
+            raise CheckpointError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
         if "bico_step" not in client:
-            raise ValueError(f"checkpoint {path} has no bico step counter; it was not written by bico")
+            raise CheckpointError(f"checkpoint {path} has no bico step counter; it was not written by bico")
         if self.ds.lr_scheduler is not None:
             resume_schedule(self.ds.lr_scheduler)
         return int(client["bico_step"])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from bico.config import RecipeError
+from bico.errors import BicoError, TrainingError
 from bico.io_utils import temp_dir_beside
 from bico.machine import cpu_bf16_flags
 from bico.training.checkpoints import checkpoint_path, publish_checkpoint
@@ -35,7 +37,7 @@ AUTO_PRECISION_ENV = "BICO_AUTO_PRECISION"
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default; DeepSpeed's own optimizers get it written out
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BicoError, ValueError):
     """A checkpoint cannot be resumed from; the message names the file and what to do."""
 
 
@@ -64,7 +66,7 @@ def _damaged(path: Path, err: BaseException) -> CheckpointError:
 
 def lr_lambda(schedule: str, warmup: int, total: int):
     if schedule not in ("linear", "cosine", "constant"):
-        raise ValueError(f"train.schedule {schedule!r}: use linear, cosine or constant")
+        raise RecipeError(f"train.schedule {schedule!r}: use linear, cosine or constant")
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -116,7 +118,7 @@ def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp3
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no trainable parameters: check finetune.method / lora_targets")
+        raise TrainingError("no trainable parameters: check finetune.method / lora_targets")
     return params
 
 
@@ -261,7 +263,7 @@ class TorchEngine(Engine):
         named = dict(self.module.named_parameters())
         missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
         if missing:
-            raise ValueError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
+            raise CheckpointError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
         with torch.no_grad():
             for name, value in state["params"].items():
                 named[name].copy_(value)

@@ -1,5 +1,5 @@
 """Training rows and their tokenisation: what ``bico train`` (and :mod:`bico.hf`) turn into
-:class:`~bico.objectives.Example`\ s, with the tokenisation cache's faults reported as such."""
+:class:`~bico.objectives.Example` objects, with the tokenisation cache's faults reported as such."""
 from __future__ import annotations
 
 import errno

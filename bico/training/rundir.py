@@ -34,6 +34,7 @@ import socket
 import time
 from pathlib import Path
 
+from bico.errors import BicoError
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
 from bico.training.checkpoints import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
 
@@ -58,7 +59,7 @@ FREE_ON_RESUME = {
 FREE_SECTIONS_ON_RESUME = ("eval.",)
 
 
-class RunDirError(ValueError):
+class RunDirError(BicoError, ValueError):
     """The output dir cannot be used as asked; the message says why and what to do."""
 
 
