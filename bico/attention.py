@@ -1,8 +1,8 @@
 """The ``"bico"`` attention implementation for Hugging Face Llama-family models.
 
-Importing :mod:`bico` registers ``"bico"`` in ``transformers.AttentionInterface`` and
+:func:`register` (``bico.register()``) adds ``"bico"`` to ``transformers.AttentionInterface`` and
 ``AttentionMaskInterface``, so ``from_pretrained(..., attn_implementation="bico")`` works;
-:func:`apply` switches an already-loaded model (and :func:`revert` switches it back).
+:func:`apply` switches an already-loaded model (registering first) and :func:`revert` switches it back.
 
 * Without a ``bico_mask`` forward kwarg it *is* SDPA attention (causal, padding, KV cache,
   generation): inference in bico is always plain causal decoding.
@@ -232,7 +232,9 @@ def kernel_dtypes(query, key, value):
 
 
 def register() -> None:
-    """Register ``"bico"`` with transformers (idempotent; done on ``import bico``)."""
+    """Register ``"bico"`` with transformers' attention and mask interfaces (idempotent): needed
+    before ``from_pretrained(..., attn_implementation="bico")``; :func:`apply` and model loading
+    (:func:`bico.models.load_model`, and so every ``bico`` command) call it. As ``bico.register()``."""
     AttentionInterface.register("bico", bico_attention_forward)
     # Without a mask function of the same name transformers passes attention_mask=None and
     # silently drops padding; SDPA's boolean mask is exactly what the no-interval path needs.

