@@ -123,6 +123,20 @@ class EvalConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """General text trained with next-token prediction beside the objective (bico/training/replay.py)."""
+
+    rows: int = 0  # replay rows per micro-batch; 0 = off
+    source: str = "self"  # self: sampled from the model before finetuning | a .txt or .jsonl file of text
+    weight: float = 1.0  # the replay tokens' mean loss, relative to the objective's mean loss
+    samples: int = 256  # self: how many texts to sample
+    length: int = 64  # self: tokens sampled per text; file: tokens per piece
+    temperature: float = 1.0  # self: sampling temperature
+    top_p: float = 0.95  # self: nucleus sampling
+    seed: int = 0  # self: sampling seed
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -130,6 +144,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -300,6 +315,9 @@ _RANGES = {
     "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0: keep all)"),
     "eval.max_new_tokens": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.limit": (lambda v: v >= 1, ">= 1 (or null)"),
     "eval.generation_margin": (lambda v: v >= 0, ">= 0 (or null)"),
+    "replay.rows": _AT_LEAST_0, "replay.weight": _POSITIVE, "replay.samples": _AT_LEAST_1,
+    "replay.length": (lambda v: v >= 2, ">= 2"), "replay.temperature": _POSITIVE,
+    "replay.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "replay.seed": _AT_LEAST_0,
 }
 # Objective options that are fractions, by name; each objective checks its own exact range too
 # (it needs the tokenizer to be built), this catches the typo before the model is loaded.
@@ -333,6 +351,9 @@ def check_recipe(recipe: Recipe) -> None:
     if not isinstance(recipe.train.output_dir, str) or not recipe.train.output_dir.strip():
         raise RecipeError("recipe key 'train.output_dir' must be a folder name")
     _check_report_to(recipe.train.report_to)
+    if recipe.replay.rows and recipe.train.deepspeed:
+        raise RecipeError("replay.rows is not supported with train.deepspeed yet; set replay.rows=0 or train without DeepSpeed")
+    _check_replay(recipe.replay)
     if recipe.train.resume and recipe.train.overwrite:
         raise RecipeError("train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
                           "set one of them")
@@ -342,6 +363,18 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
         if model.heads % model.kv_heads:
             raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+def _check_replay(replay: ReplayConfig) -> None:
+    source = replay.source
+    if not isinstance(source, str) or not source.strip():
+        raise RecipeError("recipe key 'replay.source' must be self or the path of a .txt or .jsonl file")
+    if source != "self" and replay.rows:
+        path = Path(source).expanduser()
+        if path.suffix not in (".txt", ".jsonl"):
+            raise RecipeError(f"replay.source {source}: use a .txt or .jsonl file, or replay.source=self")
+        if not path.is_file():
+            raise RecipeError(f"replay.source {source}: no such file; give a .txt or .jsonl file, or replay.source=self")
 
 
 # Each data.format and the columns its rows have (data.fields renames them from the files' own)

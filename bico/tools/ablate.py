@@ -43,7 +43,7 @@ from bico.io_utils import atomic_write, atomic_write_json
 from bico.machine import machine_info
 
 SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
-RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval")
+RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval", "replay")
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
 # it replaced an unfinished attempt in its folder, where it was watched).
 VOLATILE = (("train", "device"), ("train", "progress"), ("train", "overwrite"), ("train", "report_to"))

@@ -66,6 +66,24 @@ def nan_hint(cfg, precision: str) -> str:
     return "; ".join(filter(None, [f"already set: {', '.join(already)}" if already else "", "try: " + ", ".join(try_next)]))
 
 
+def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool,
+                   counters: dict) -> float:
+    """The step's replay rows (:mod:`bico.training.replay`), one pass per micro-batch of the objective, their
+    loss normalised by the step's replay targets and scaled by ``replay.weight``; returns their mean
+    loss (unweighted). Their tokens count in ``counters["tokens"]``: they cost compute like any."""
+    from bico.training.replay import replay_batch
+
+    cfg, weight = recipe.train, recipe.replay.weight
+    batches = [(m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros]
+    targets = sum(b["num_targets"] for _, b in batches)
+    total = 0.0
+    for m, batch in batches:
+        torch.manual_seed(torch_seed(cfg.seed, step, m) ^ 0x5EED)  # its own dropout stream
+        total += engine.backward_loss(lambda b=batch: batch_loss(engine.module, b, device, split_head) * weight, targets)
+        counters["tokens"] += batch["num_tokens"]
+    return normalised_loss(total / weight, targets)
+
+
 def build_engine(model, recipe: Recipe, total_steps: int, device: torch.device) -> Engine:
     """DeepSpeed when ``train.deepspeed`` is set, plain PyTorch otherwise (imported only when used)."""
     if recipe.train.deepspeed:
@@ -134,6 +152,11 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     model, tokenizer, objective = setup_model(recipe, data_dir, device)
     trainable, total = count_parameters(model)
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
+    replay = None
+    if recipe.replay.rows:
+        from bico.training.replay import load_replay
+
+        replay = load_replay(recipe, tokenizer, data_dir, progress=cfg.progress and rank == 0)
 
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
@@ -209,10 +232,13 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             else:
                 compute = lambda b=batch: batch_loss(engine.module, b, device, split_head) * 0.0  # noqa: E731
             loss_sum += engine.backward_loss(compute, num_targets)
+        replay_loss = _replay_passes(engine, replay, recipe, step, [m for m, _ in batches], pad_id, device,
+                                     split_head, counters) if replay else None
         counters["tokens"] += step_tokens
         loss_value = normalised_loss(distributed.all_reduce_sum([loss_sum], device)[0], num_targets)
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at step {step + 1}; {nan_hint(cfg, engine.precision)}")
+        for value in (loss_value, replay_loss if replay else 0.0):
+            if not math.isfinite(value):
+                raise TrainingError(f"loss became {value} at step {step + 1}; {nan_hint(cfg, engine.precision)}")
         grad_norm = engine.step()
         # step 0, not the first step of this process: a resumed run logs the same lines as an uninterrupted one
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == 0:
@@ -222,6 +248,8 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
                 "mode": ",".join(sorted({b["mode"] for _, b in batches})), "tokens": counters["tokens"],
                 "elapsed_s": round(elapsed(), 2),
             }
+            if replay:
+                record["replay_loss"] = round(replay_loss, 6)
             if main:
                 run.append_metrics(record)
                 reporter.log(record)

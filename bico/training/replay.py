@@ -1,0 +1,187 @@
+"""Replay: general text trained with plain next-token prediction beside the objective, so that a
+finetune on a few facts does not overwrite what the model knew (rehearsal).
+
+``replay.source: self`` samples the text from the model itself *before* finetuning (from its
+document-separator token, temperature and top-p sampling), so no outside data is needed: next-token
+loss on the base model's own samples is a Monte-Carlo estimate of KL(base || tuned) on the base's
+distribution, plus a constant, i.e. it pulls the tuned model back towards the base where the base
+puts its mass. A path instead names a ``.txt`` (documents separated by blank lines) or ``.jsonl``
+(a ``text`` field per row) file, cut into pieces of ``replay.length`` tokens.
+
+Samples that contain a prompt of the retention knowledge set or share a run of
+:data:`PROSE_RUN` words with its prose sample are dropped (counted in the log), so the retention
+scores never measure text that was trained on. Self-samples are cached under
+``$BICO_CACHE/replay``, keyed on the model and the sampling settings.
+
+Each optimizer step, every micro-batch of the objective gets ``replay.rows`` replay rows (drawn by
+``(train.seed, step, micro)``, so resume replays them exactly) in a second forward pass; the step's
+loss is the objective's mean loss plus ``replay.weight`` x the mean loss over the step's replay
+tokens.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from bico.collate import collate
+from bico.objectives.base import Example, next_token_sample
+
+logger = logging.getLogger(__name__)
+
+RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
+PROSE_RUN = 8  # words in a row shared with the prose sample that make a sample contaminated
+SAMPLE_BATCH = 32
+
+
+class ReplayError(ValueError):
+    """Replay text cannot be made or read; the message says what to change."""
+
+
+def start_token(tokenizer) -> int:
+    """The token every replay row begins with, so that its first text token is a target too: the
+    document separator where the vocabulary has one (SmolLM2's ``<|endoftext|>``), else EOS."""
+    tid = tokenizer.get_vocab().get("<|endoftext|>")
+    return tid if tid is not None else tokenizer.eos_token_id
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+class Contamination:
+    """Whether a text contains a retention prompt or a run of the retention prose."""
+
+    def __init__(self, folder: Path = RETENTION_DIR):
+        rows = [json.loads(line) for line in (folder / "knowledge.jsonl").read_text().splitlines() if line.strip()]
+        self.prompts = [" ".join(_words(r["prompt"])) for r in rows]
+        prose = _words((folder / "prose.txt").read_text(encoding="utf-8"))
+        self.runs = {tuple(prose[i:i + PROSE_RUN]) for i in range(len(prose) - PROSE_RUN + 1)}
+
+    def __call__(self, text: str) -> bool:
+        words = _words(text)
+        joined = " " + " ".join(words) + " "
+        if any(f" {p} " in joined for p in self.prompts):
+            return True
+        return any(tuple(words[i:i + PROSE_RUN]) in self.runs for i in range(len(words) - PROSE_RUN + 1))
+
+
+def _self_key(recipe) -> str:
+    import dataclasses
+
+    model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if k != "attn_implementation"}
+    folder = Path(recipe.model.name)
+    if folder.is_dir():
+        model["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    cfg = recipe.replay
+    settings = {k: getattr(cfg, k) for k in ("samples", "length", "temperature", "top_p", "seed")}
+    blob = json.dumps({"model": model, "settings": settings, "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def sample_from_model(model, tokenizer, *, samples: int, length: int, temperature: float, top_p: float,
+                      seed: int, progress: bool = False) -> list[list[int]]:
+    """``samples`` token sequences sampled from ``model`` after its start token (start token
+    included, cut at the first EOS)."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    start, eos = start_token(tokenizer), tokenizer.eos_token_id
+    out: list[list[int]] = []
+    for first in tqdm(range(0, samples, SAMPLE_BATCH), desc="replay: sampling", disable=not progress, leave=False):
+        n = min(SAMPLE_BATCH, samples - first)
+        torch.manual_seed(random.Random(f"replay-{seed}-{first}").getrandbits(63))
+        ids = torch.full((n, 1), start, dtype=torch.long, device=device)
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=length,
+                                   do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        for row in generated.tolist():
+            body = row[1:]
+            if eos in body:
+                body = body[:body.index(eos)]
+            out.append([start] + body)
+    return out
+
+
+def _self_samples(recipe, data_dir, progress: bool) -> list[list[int]]:
+    from bico.io_utils import atomic_write
+    from bico.models import load_model
+    from bico.paths import cache_dir
+
+    cfg = recipe.replay
+    path = cache_dir() / "replay" / f"{_self_key(recipe)}.jsonl"
+    if path.is_file():
+        try:
+            return [json.loads(line)["ids"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (ValueError, KeyError):
+            pass  # a damaged entry is sampled again
+    began = time.time()
+    model, tokenizer = load_model(recipe.model, data_dir=data_dir)
+    model.eval()
+    seqs = sample_from_model(model, tokenizer, samples=cfg.samples, length=cfg.length, temperature=cfg.temperature,
+                             top_p=cfg.top_p, seed=cfg.seed, progress=progress)
+    lines = [json.dumps({"text": tokenizer.decode(s[1:]), "ids": s}) for s in seqs]
+    atomic_write(path, "\n".join(lines) + "\n")
+    logger.info("replay: sampled %d texts of <= %d tokens from %s in %.1f s -> %s", len(seqs), cfg.length,
+                recipe.model.name, time.time() - began, path)
+    del model
+    return seqs
+
+
+def _file_samples(path: Path, tokenizer, length: int) -> list[list[int]]:
+    if not path.is_file():
+        raise ReplayError(f"replay.source {path}: no such file; give a .txt or .jsonl file, or replay.source=self")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        try:
+            docs = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+        except (ValueError, KeyError, TypeError):
+            raise ReplayError(f"replay.source {path}: every line must be a JSON object with a 'text' field") from None
+    elif path.suffix == ".txt":
+        docs = [d.strip() for d in re.split(r"\n\s*\n", text) if d.strip()]
+    else:
+        raise ReplayError(f"replay.source {path}: use a .txt or .jsonl file")
+    start, out = start_token(tokenizer), []
+    for doc in docs:
+        ids = tokenizer(doc, add_special_tokens=False).input_ids
+        out += [[start] + ids[i:i + length] for i in range(0, len(ids), length)]
+    return out
+
+
+def load_replay(recipe, tokenizer, data_dir=None, progress: bool = False) -> list[Example]:
+    """The replay texts as examples (prompt = the start token, completion = the text, no EOS),
+    contaminated ones dropped."""
+    cfg = recipe.replay
+    if cfg.source == "self":
+        seqs = _self_samples(recipe, data_dir, progress)
+    else:
+        seqs = _file_samples(Path(cfg.source).expanduser(), tokenizer, cfg.length)
+    check = Contamination()
+    kept, dropped = [], 0
+    for ids in seqs:
+        if len(ids) < 2:
+            continue
+        if check(tokenizer.decode(ids[1:])):
+            dropped += 1
+            continue
+        kept.append(Example("", "", ids[:1], ids[1:], eos=False))
+    if not kept:
+        raise ReplayError(f"replay.source {cfg.source}: no usable text ({dropped} dropped as retention-set text)")
+    logger.info("replay: %d texts (%d tokens), %d dropped as retention-set text; %d rows per micro-batch, "
+                "weight %g", len(kept), sum(len(e.completion_ids) for e in kept), dropped, cfg.rows, cfg.weight)
+    return kept
+
+
+def replay_batch(examples: list[Example], rows: int, seed: int, step: int, micro: int, pad_id: int, pack: bool) -> dict:
+    """The replay rows of one micro-batch: causal next-token samples, loss on every text token."""
+    rng = random.Random(f"replay-{seed}-{step}-{micro}")
+    chosen = [examples[rng.randrange(len(examples))] for _ in range(rows)]
+    samples = [next_token_sample(e.prompt_ids + e.completion_ids) for e in chosen]
+    return collate(samples, pad_id, pack=pack, max_length=max(len(s) for s in samples))
