@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bico.collate import collate
+from bico.errors import BicoError
 from bico.objectives.base import Example, next_token_sample
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ PROSE_RUN = 8  # words in a row shared with the prose sample that make a sample 
 SAMPLE_BATCH = 32
 
 
-class ReplayError(ValueError):
+class ReplayError(BicoError, ValueError):
     """Replay text cannot be made or read; the message says what to change."""
 
 
