@@ -13,6 +13,8 @@ REVERSAL_DATA_ENV = "BICO_REVERSAL_DATA"  # the Berglund-format data dir when da
 # The shared data folder of this project's machines, relative to the working directory.
 SHARED_DATA = Path("..") / "shared" / "data" / "reversal_curse"
 SHARED_REVERSAL_DATA = SHARED_DATA / "experiment1"
+# Shipped with bico: the prose sample and general-knowledge set of eval.retention (replay keeps out of them).
+RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 
 
 def cache_dir() -> Path:

@@ -6,7 +6,8 @@ import math
 import torch
 
 from bico.config import load_recipe
-from bico.evaluation.reversal import RETENTION_DIR, base_scores, evaluate_split, perplexity, retention, write_report
+from bico.evaluation.reversal import base_scores, evaluate_split, perplexity, retention, write_report
+from bico.paths import RETENTION_DIR
 from bico.evaluation.stats import wilson_interval
 from helpers import make_llama
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 from bico.evaluation.stats import error_bars, wilson_interval
+from bico.paths import RETENTION_DIR
 
-RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PERPLEXITY_WINDOW = 256  # tokens per scored window; no context crosses windows
 PROPORTIONS = ("exact_match", "substring_match", "logprob_win_rate")
 

@@ -33,10 +33,10 @@ import torch
 from bico.collate import collate
 from bico.errors import BicoError
 from bico.objectives.base import Example, next_token_sample
+from bico.paths import RETENTION_DIR
 
 logger = logging.getLogger(__name__)
 
-RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PROSE_RUN = 8  # words in a row shared with the prose sample that make a sample contaminated
 SAMPLE_BATCH = 32
 
