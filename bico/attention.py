@@ -28,7 +28,7 @@ from transformers.masking_utils import sdpa_mask
 
 from bico.errors import BicoError
 from bico.masks import IntervalMask
-from bico_kernels import reference_masked_attention, rotate_half
+from bico_kernels import log_once, reference_masked_attention, rotate_half
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "reference")
@@ -36,7 +36,6 @@ BACKENDS = ("auto", "triton", "reference")
 # function, position_ids reaching it. Other architectures (GPT-2, Gemma's extra scaling, ...) would
 # silently get wrong RoPE or masks.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-_logged: set[str] = set()
 
 
 class UnsupportedModelError(BicoError, ValueError):
@@ -45,12 +44,6 @@ class UnsupportedModelError(BicoError, ValueError):
 
 class BackendError(BicoError, ValueError):
     """The attention's environment (``BICO_ATTENTION_BACKEND``, ``BICO_KERNEL_TUNE_FILE``) is unusable."""
-
-
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        logger.info(message)
 
 
 def check_backend(choice: str | None = None) -> str:
@@ -81,7 +74,7 @@ def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:
         import bico_kernels
 
         choice = "triton" if query.is_cuda and bico_kernels.triton_available() else "reference"
-    _log_once(f"bico attention backend: {choice}")
+    log_once(logger, f"bico attention backend: {choice}")
     return choice
 
 

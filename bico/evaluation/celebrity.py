@@ -159,12 +159,9 @@ def markdown(result: dict, label: str) -> str:
 
 
 def plot(result: dict, path: str | Path, label: str) -> Path:
-    import matplotlib
+    from bico.io_utils import atomic_savefig, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bico.io_utils import atomic_savefig
+    plt = pyplot()
 
     names = list(result["directions"])
     fig, ax = plt.subplots(figsize=(6, 3.6))

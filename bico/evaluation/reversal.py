@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
+from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json, pyplot
 from bico.evaluation.stats import error_bars, wilson_interval
 from bico.paths import RETENTION_DIR
 
@@ -268,11 +268,7 @@ def markdown_table(runs: dict[str, dict]) -> str:
 
 def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal curse: exact match per split") -> Path:
     """Grouped bars: one group per split (forward and reverse), one bar per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     splits = list(dict.fromkeys(s for r in runs.values() for s in r["splits"]))
     width = 0.8 / max(len(runs), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(splits)), 4))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig
+from bico.io_utils import atomic_savefig, pyplot
 from bico.training.report import draw_loss, read_metrics
 from bico.training.rundir import METRICS
 
@@ -13,11 +13,7 @@ SEED_STYLES = ("-", "--", ":", "-.")
 
 
 def plot(rows: list[dict], out_dir: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = list(dict.fromkeys(r["group"] for r in rows))
     splits = [s for s in dict.fromkeys(r["split"] for r in rows) if s != "reverse (mean)"]
     at = {(r["group"], r["split"]): r for r in rows}
@@ -62,10 +58,7 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
 def plot_loss_curves(cells: list, out_dir: Path) -> dict:
     """``loss_curves.png``: one panel per compared objective (a cell group), one line per seed
     (line style) and objective mode (colour, the same in every panel)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     groups: dict[str, list] = {}

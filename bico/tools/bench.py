@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bico.config import RecipeError
-from bico.io_utils import atomic_savefig, atomic_write_json
+from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
 from bico.masks import IntervalMask
 from bico.tools.bench_options import (CASE_NAMES, CHECK_MAX_T, MODES, PROVIDERS, SEED, TOKENS_PER_CALL, names_from_list,
                                       output_paths)
@@ -271,11 +271,7 @@ def metadata(cfg: dict) -> dict:
 
 def plot(result: dict, path: Path) -> Path:
     """One subplot per (case, mode): median ms vs T per provider, log-log, p20-p80 error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cfg = result["config"]
     cases, modes = cfg["cases"], cfg["modes"]
     fig, axes = plt.subplots(len(cases), len(modes), figsize=(4.6 * len(modes), 3.3 * len(cases)), squeeze=False)

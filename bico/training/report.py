@@ -26,7 +26,7 @@ import os
 import uuid
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig, atomic_write
+from bico.io_utils import atomic_savefig, atomic_write, pyplot
 from bico.training.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
 
 EVENT_FILES = "events.out.tfevents.*"
@@ -219,11 +219,7 @@ def mode_legend(ax, colors: dict) -> None:
 
 def plot_loss(folder: str | Path) -> Path | None:
     """``loss.png`` in ``folder``: training loss per logged step, one series per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(folder)
     records = read_metrics(folder / METRICS)
     if not records:
