@@ -79,7 +79,7 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return factor
 
 
-def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"), error=ValueError) -> None:
+def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"), error=RecipeError) -> None:
     """An explicit ``train.precision`` is known and, off a GPU, one of ``on_cpu``."""
     if precision not in PRECISIONS[1:]:
         raise error(f"train.precision {precision!r}: use auto, fp32, bf16 or fp16")
@@ -88,7 +88,7 @@ def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32"
 
 
 def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"),
-                      error=ValueError) -> tuple[str, str]:
+                      error=RecipeError) -> tuple[str, str]:
     """``(precision, why)``: ``train.precision`` with ``auto`` decided for this device.
 
     auto is bf16 where the hardware multiplies bf16 natively (a CUDA GPU that supports it; a CPU
