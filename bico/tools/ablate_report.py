@@ -10,8 +10,9 @@ import json
 import math
 from pathlib import Path
 
-from bico.io_utils import atomic_write
 from bico.evaluation.stats import mean_ci, wilson_interval
+from bico.io_utils import atomic_write
+from bico.tools.ablate_plots import plot, plot_loss_curves  # matplotlib loads only when they plot
 
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 
@@ -109,9 +110,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_results(results: list[dict], cells: list, out_dir: Path) -> dict:
-    # imported here: it imports torch (through bico.training.rundir), which `bico --help` must not
-    from bico.tools.ablate_plots import plot, plot_loss_curves
-
     rows = aggregate(results, cells)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
