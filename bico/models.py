@@ -14,6 +14,7 @@ Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -249,6 +250,17 @@ def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device
     new_ids = fit_embeddings(model, tokenizer)
     model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
     return model, tokenizer, objective
+
+
+def model_identity(cfg: ModelConfig) -> dict:
+    """What a cache keyed on the model must change with: the model section (the attention aside)
+    and, for a local folder, its files' names, sizes and times."""
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "attn_implementation"}
+    folder = Path(cfg.name)
+    if folder.is_dir():
+        identity["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                                   if p.is_file())
+    return identity
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -159,7 +159,7 @@ def markdown(result: dict, label: str) -> str:
 
 
 def plot(result: dict, path: str | Path, label: str) -> Path:
-    from bico.io_utils import atomic_savefig, pyplot
+    from bico.io_utils import pyplot, save_figure
 
     plt = pyplot()
 
@@ -176,9 +176,7 @@ def plot(result: dict, path: str | Path, label: str) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Celebrity reversal test: {label}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out
 
 

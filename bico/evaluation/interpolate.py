@@ -85,7 +85,7 @@ def evaluate_interpolations(model, base_model, tokenizer, recipe, alphas: list[f
 def plot_frontier(runs: dict, path, title: str = "What the reversal costs: reverse exact match vs knowledge kept"):
     """One point per run (e.g. per alpha): mean reverse-split exact match against general-knowledge
     exact match, each with its 95% interval; the trade a reader wants to see at a glance."""
-    from bico.io_utils import atomic_savefig, pyplot
+    from bico.io_utils import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -103,7 +103,5 @@ def plot_frontier(runs: dict, path, title: str = "What the reversal costs: rever
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json, pyplot
+from bico.io_utils import atomic_write, atomic_write_json, pyplot, save_figure
 from bico.evaluation.stats import error_bars, wilson_interval
 from bico.paths import RETENTION_DIR
 
@@ -224,10 +224,9 @@ def _base_key(recipe, data_dir) -> str:
     for a local folder), the data files, the eval settings and the seed."""
     import dataclasses
 
-    model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if k != "attn_implementation"}
-    folder = Path(recipe.model.name)
-    if folder.is_dir():
-        model["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    from bico.models import model_identity
+
+    model = model_identity(recipe.model)
     ev = {k: v for k, v in dataclasses.asdict(recipe.eval).items() if k not in ("enabled", "base", "batch_size")}
     data = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(data_dir).glob("*.jsonl"))}
     blob = json.dumps({"model": model, "eval": ev, "data": data, "seed": recipe.train.seed, "v": 1}, sort_keys=True)
@@ -284,9 +283,7 @@ def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal cu
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig, pyplot
+from bico.io_utils import atomic_savefig, pyplot, save_figure
 from bico.training.report import draw_loss, read_metrics
 from bico.training.rundir import METRICS
 
@@ -49,9 +49,7 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
         axes[0].set_ylabel("reverse exact match (mean of reverse splits)")
         fig.suptitle("Reverse accuracy vs training cost")
         axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        paths["tokens_png"] = atomic_savefig(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
-        plt.close(fig)
+        paths["tokens_png"] = save_figure(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
     return paths
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bico.config import RecipeError
-from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
+from bico.io_utils import atomic_write_json, pyplot, save_figure
 from bico.masks import IntervalMask
 from bico.tools.bench_options import (CASE_NAMES, CHECK_MAX_T, MODES, PROVIDERS, SEED, TOKENS_PER_CALL, names_from_list,
                                       output_paths)
@@ -291,9 +291,7 @@ def plot(result: dict, path: Path) -> Path:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.suptitle(f"{result['device']}, {cfg['dtype']}, Hq={cfg['heads']} Hkv={cfg['kv_heads']} D={cfg['head_dim']}")
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 

@@ -74,12 +74,9 @@ class Contamination:
 
 
 def _self_key(recipe) -> str:
-    import dataclasses
+    from bico.models import model_identity
 
-    model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if k != "attn_implementation"}
-    folder = Path(recipe.model.name)
-    if folder.is_dir():
-        model["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    model = model_identity(recipe.model)
     cfg = recipe.replay
     settings = {k: getattr(cfg, k) for k in ("samples", "length", "temperature", "top_p", "seed")}
     blob = json.dumps({"model": model, "settings": settings, "v": 1}, sort_keys=True)

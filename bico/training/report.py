@@ -26,7 +26,7 @@ import os
 import uuid
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig, atomic_write, pyplot
+from bico.io_utils import atomic_write, pyplot, save_figure
 from bico.training.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
 
 EVENT_FILES = "events.out.tfevents.*"
@@ -232,7 +232,5 @@ def plot_loss(folder: str | Path) -> Path | None:
     ax.set_ylabel("training loss (per target token)")
     ax.set_title(f"Training loss: {folder.name}")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = atomic_savefig(fig, folder / LOSS_PNG, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, folder / LOSS_PNG, dpi=120)
     return out
