@@ -347,7 +347,7 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="bico")
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command")).set_defaults(handler=run)  # as bico.cli.build_parser does
     return parser.parse_args(argv)
 
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bico.cli import eval as eval_command  # `bico eval` (the name would hide the builtin)
 
     for command in (train, eval_command, demo, plan, bench, data, ablate):  # the order --help lists them
-        command.add_parser(sub)
+        command.add_parser(sub).set_defaults(handler=command.run)
     return parser
 
 

@@ -34,5 +34,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="one process per device, e.g. cuda:0,cuda:1")
     p.add_argument("--out", default=None, help="output folder (default: the spec's output_dir)")
     p.add_argument("--list", action="store_true", help="print the cells and exit")
-    p.set_defaults(handler=run)
     return p

@@ -32,5 +32,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
     p.add_argument("--out", default="benchmarks/results", help="output folder, or a .json path")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    p.set_defaults(handler=run)
     return p

@@ -1,6 +1,6 @@
 """`bico data ...` sub-commands: generate reversal data, check JSONL files.
 
-Hooked into bico's parser by ``add_parser(subparsers)``, which sets ``handler=run``.
+Hooked into bico's parser by ``add_parser(subparsers)``; :func:`bico.cli.build_parser` sets ``handler=run``.
 Errors reach :func:`bico.cli.main`, which prints them like every other command's.
 """
 from __future__ import annotations
@@ -35,7 +35,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate prompt/completion JSONL files, print row counts")
     c.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(handler=run)
     return p
 
 

@@ -11,7 +11,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--arms", default=None,
                    help="comma-separated arms, each recipes/demo/smollm2_ARM.yaml (default: ntp,bico_names; paper BICO: bico)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every demo recipe")
-    p.set_defaults(handler=run)
     return p
 
 

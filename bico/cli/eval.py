@@ -44,7 +44,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "the model --model was finetuned from (a folder or preset, e.g. smollm2-135m)")
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="with --interpolate: alphas in [0, 1], comma-separated "
                                                                  "(1 = --model, 0 = BASE)")
-    p.set_defaults(handler=run)
     return p
 
 

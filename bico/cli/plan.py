@@ -31,5 +31,4 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
                    help="memory of one GPU in GiB: adds a 'fits?' column (model states only)")
     p.add_argument("--list", action="store_true", help="list the preset model names")
-    p.set_defaults(handler=run)
     return p

@@ -10,7 +10,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="finetune a model from a YAML recipe, then evaluate it")
     p.add_argument("recipe", help="recipe YAML (see recipes/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 objective.name=bico")
-    p.set_defaults(handler=run)
     return p
 
 
