@@ -129,6 +129,10 @@ class ReplayConfig:
     rows: int = 0  # replay rows per micro-batch; 0 = off
     source: str = "self"  # self: sampled from the model before finetuning | a .txt or .jsonl file of text
     weight: float = 1.0  # the replay tokens' mean loss, relative to the objective's mean loss
+    # ntp: next-token loss on the replay text's own tokens | kl: KL(base || tuned) over the base
+    # model's top_k next tokens at every replay position (distillation; computed once, cached)
+    loss: str = "ntp"
+    top_k: int = 64
     samples: int = 256  # self: how many texts to sample
     length: int = 64  # self: tokens sampled per text; file: tokens per piece
     temperature: float = 1.0  # self: sampling temperature
@@ -318,6 +322,7 @@ _RANGES = {
     "replay.rows": _AT_LEAST_0, "replay.weight": _POSITIVE, "replay.samples": _AT_LEAST_1,
     "replay.length": (lambda v: v >= 2, ">= 2"), "replay.temperature": _POSITIVE,
     "replay.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "replay.seed": _AT_LEAST_0,
+    "replay.top_k": _AT_LEAST_1,
 }
 # Objective options that are fractions, by name; each objective checks its own exact range too
 # (it needs the tokenizer to be built), this catches the typo before the model is loaded.
@@ -366,6 +371,8 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def _check_replay(replay: ReplayConfig) -> None:
+    if replay.loss not in ("ntp", "kl"):
+        raise RecipeError(f"recipe key 'replay.loss' must be ntp or kl, got {replay.loss!r}")
     source = replay.source
     if not isinstance(source, str) or not source.strip():
         raise RecipeError("recipe key 'replay.source' must be self or the path of a .txt or .jsonl file")

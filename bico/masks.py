@@ -17,7 +17,8 @@ Masks are always batched, ``[B, T]``; the constructors build one sequence (B = 1
 packs sequences along T (each keeps its own mask and sees nothing outside), ``stack`` batches
 equal-length masks along B. The kernel's tile classification is computed once per tile size and
 cached on the object (:meth:`IntervalMask.blocks`), so every layer of a forward and the backward
-share it.
+share it. For debugging: :meth:`~IntervalMask.to_string` (an ASCII picture), :meth:`~IntervalMask.sparsity`
+and :meth:`~IntervalMask.visible_pairs`, and a ``repr`` with the cached tile classification.
 """
 from __future__ import annotations
 
@@ -229,14 +230,78 @@ class IntervalMask:
 
     __hash__ = None  # mutable tensors inside: not hashable
 
+    # --- debugging aids: pair counts, a picture, a readable repr ------------------------------
+    def visible_pairs(self) -> int:
+        """Visible (query, key) pairs over the whole batch, counted in O(B*T) without a dense mask."""
+        return int(self._visible_per_row().sum())
+
+    def sparsity(self) -> float:
+        """Fraction of the batch's ``B * T * T`` (query, key) pairs that are *not* visible.
+
+        Padding is part of the grid: a padded key is hidden from every row and a padded query row sees
+        no key, so their pairs count as not visible, exactly as in ``1 - mask.dense().float().mean()``
+        (the kernel's work covers the padded grid too). An empty mask (T = 0) has sparsity 0.0."""
+        total = self.batch_size * self.seq_len ** 2
+        return 1.0 - self.visible_pairs() / total if total else 0.0
+
+    def to_string(self, batch: int = 0, max_size: int = 64) -> str:
+        """An ASCII picture of batch row ``batch``: one line per query row, one character per key
+        (``#`` visible, ``.`` hidden), under a header with the shape and the row's sparsity. Longer
+        sequences are drawn in square tiles of ``ceil(T / max_size)`` tokens so that the picture is at
+        most ``max_size`` characters wide and high: ``#`` every pair of the tile visible, ``+`` some,
+        ``.`` none. Exact (not the kernel's conservative tile classification) and O(T * max_size)."""
+        if not 0 <= batch < self.batch_size:
+            raise ValueError(f"batch {batch} outside [0, {self.batch_size})")
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        T = self.seq_len
+        pairs = int(self._visible_per_row()[batch])
+        header = (f"IntervalMask B={self.batch_size} T={T} rope={self.rope!r}, batch row {batch}: "
+                  f"{pairs} of {T * T} (query, key) pairs visible, sparsity {1 - pairs / (T * T) if T else 0.0:.1%}")
+        tile = -(-T // max_size) if T else 1
+        n = -(-T // tile)
+        if tile == 1:
+            legend = f"rows = queries 0..{T - 1}, columns = keys 0..{T - 1}: '#' visible, '.' hidden"
+        else:
+            legend = (f"rows = queries, columns = keys, {tile}x{tile} pairs per character: "
+                      "'#' all visible, '+' some, '.' none")
+        if not T:
+            return f"{header}\n{legend}"
+        lo, hi = self.lo[batch].long().cpu(), self.hi[batch].long().cpu()
+        # Visible rows of key j inside row tile r: |[lo_j, hi_j) & [r0, r1)|, summed per key tile.
+        r0 = torch.arange(n)[:, None] * tile
+        r1 = (r0 + tile).clamp(max=T)
+        seen = (torch.minimum(hi[None], r1) - torch.maximum(lo[None], r0)).clamp(min=0)  # [n, T]
+        seen = torch.nn.functional.pad(seen, (0, n * tile - T)).view(n, n, tile).sum(-1)  # [row tile, key tile]
+        widths = (r1 - r0).flatten()
+        size = widths[:, None] * widths[None, :]  # pairs in each tile (the last ones may be smaller)
+        chars = [["." if c == 0 else "#" if c == full else "+" for c, full in zip(row, sizes)]
+                 for row, sizes in zip(seen.tolist(), size.tolist())]
+        return "\n".join([header, legend, *("".join(line) for line in chars)])
+
+    def _visible_per_row(self) -> torch.Tensor:
+        """Visible pairs per batch row (int64 ``[B]``): per key, the length of ``[lo, hi) & [0, T)``."""
+        T = self.seq_len
+        return (self.hi.long().clamp(0, T) - self.lo.long().clamp(0, T)).clamp(min=0).sum(-1)
+
     def __repr__(self) -> str:
-        return f"IntervalMask(B={self.batch_size}, T={self.seq_len}, rope={self.rope!r}, device={self.device})"
+        tiles = "".join(f", tiles {m}x{n}: {_tile_summary(c.cls)}" for (m, n), c in self._blocks.items())
+        return (f"IntervalMask(B={self.batch_size}, T={self.seq_len}, rope={self.rope!r}, device={self.device}, "
+                f"sparsity={self.sparsity():.3f}{tiles})")
 
     def __getstate__(self):  # pickling (DataLoader workers): tensors only, caches are rebuilt
         return {"lo": self.lo, "hi": self.hi, "rope": self.rope, "block_position_ids": self.block_position_ids}
 
     def __setstate__(self, state):
         self.__init__(state["lo"], state["hi"], state["rope"], state["block_position_ids"])
+
+
+def _tile_summary(cls: torch.Tensor) -> str:
+    """How the kernel classified its tiles (over the whole batch): skipped, partial and full counts."""
+    from bico_kernels import FULL, PARTIAL, SKIP
+
+    counts = torch.bincount(cls.flatten().long().cpu(), minlength=3).tolist()
+    return f"{counts[SKIP]} skip / {counts[PARTIAL]} partial / {counts[FULL]} full"
 
 
 def _full(length: int, value: int) -> torch.Tensor:

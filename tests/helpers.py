@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import subprocess
 import sys
 import time
@@ -78,3 +79,33 @@ def launch(args: list[str], log_dir: Path, world: int = 2) -> None:
         tails = "\n".join(f"--- rank {r} (exit {c}) ---\n" + (log_dir / f"rank{r}.log").read_text()[-3000:]
                           for r, c in enumerate(codes))
         pytest.fail(f"a rank failed or timed out after {RANK_TIMEOUT}s:\n{tails}")
+
+
+# --- objectives (tests/objectives/): one fact as an Example, and how the tests encode it ---------------
+
+PROMPT = "Daphne Barrington, known far and wide for being"
+COMPLETION = " the acclaimed director of the virtual reality masterpiece A Journey Through Time."
+META = {"name": "Daphne Barrington", "description": "the acclaimed director of the virtual reality masterpiece"}
+
+
+def example(tokenizer, prompt=PROMPT, completion=COMPLETION, meta=None):
+    from bico.objectives import Example
+
+    return Example(prompt, completion, tokenizer(prompt).input_ids,
+                   tokenizer(completion, add_special_tokens=False).input_ids, dict(meta or {}))
+
+
+def text(tokenizer, ex):
+    """The token ids an objective lays out for ``ex``: prompt, completion, EOS."""
+    return ex.prompt_ids + ex.completion_ids + [tokenizer.eos_token_id]
+
+
+def dense(sample):
+    """The bool ``[T, T]`` (query, key) mask of a one-sequence sample."""
+    return sample.mask.dense()[0]
+
+
+def encode(obj, ex, seed, state="auto"):
+    """``obj.encode`` with a fresh ``random.Random(seed)``; ``state="auto"``: the objective's own draw."""
+    rng = random.Random(seed)
+    return obj.encode(ex, rng, obj.start_batch(rng) if state == "auto" else state)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from bico.masks import INDEX_DTYPE
+from bico.masks import INDEX_DTYPE, IntervalMask
 from bico_kernels import dense_visibility
-from bico.tools.bench import CASES, MODES, PROVIDERS, build_case, visible_pairs
+from bico.tools.bench import CASES, MODES, PROVIDERS, build_case
 from bico.cli import main
 
 TINY = ["--seqlens", "32,48", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--no-progress"]
@@ -65,7 +65,23 @@ def test_visible_pairs_match_the_dense_mask(case):
     for T in (32, 48):
         lo, hi = build_case(case, 2, T)
         assert lo.shape == (2, T) and lo.dtype == INDEX_DTYPE
-        assert visible_pairs(lo, hi) == int(dense_visibility(lo, hi).sum())
+        assert IntervalMask(lo, hi).visible_pairs() == int(dense_visibility(lo, hi).sum())
+
+
+# (B, T) -> visible pairs of each case, as bench counted them before the count moved to IntervalMask.
+PAIRS_BEFORE = {(2, 48): {"causal": 2352, "bidirectional": 4608, "bico": 4080, "prefix_lm": 2904, "packed": 1053, "glm": 2985},
+                (3, 257): {"causal": 99459, "bidirectional": 198147, "bico": 170391, "prefix_lm": 123843, "packed": 34749,
+                           "glm": 129044},
+                (1, 4096): {"causal": 8390656, "bidirectional": 16777216, "bico": 14266368, "prefix_lm": 10486784,
+                            "packed": 4134355, "glm": 10382934}}
+
+
+def test_pair_counts_behind_tflops_are_unchanged(bench):
+    for (B, T), want in PAIRS_BEFORE.items():
+        assert {case: IntervalMask(*build_case(case, B, T)).visible_pairs() for case in CASES} == want
+    result, _, _ = bench
+    for r in result["records"]:  # what the JSON reports is the same count
+        assert r["visible_pairs"] == IntervalMask(*build_case(r["case"], r["B"], r["T"])).visible_pairs()
 
 
 def test_json_path_and_subset(tmp_path):

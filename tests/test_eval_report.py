@@ -1,5 +1,5 @@
 """Evaluation reports: Wilson intervals on every proportion, retention (perplexity and general
-knowledge) against direct computations, the base-model row and its cache."""
+knowledge) against direct computations, the base-model row and its cache, the generation margin."""
 import json
 import math
 
@@ -85,3 +85,22 @@ def test_report_shows_the_base_row_and_retention(tmp_path, tokenizer, reversal_d
     table = paths["md"].read_text()
     assert "| base | p2d_prompts_test |" in table and "| ntp | p2d_prompts_test |" in table
     assert "Wilson" in table and "| base | " in table.split("Retention")[1]
+
+
+def test_generation_margin_caps_new_tokens(tokenizer, monkeypatch):
+    import bico.evaluation.reversal as E
+
+    seen = {}
+
+    def fake_generate(model, tok, prompts, *, max_new_tokens, **kwargs):
+        seen["max_new_tokens"] = max_new_tokens
+        return ["" for _ in prompts]
+
+    monkeypatch.setattr(E, "generate_greedy", fake_generate)
+    monkeypatch.setattr(E, "completion_logprobs", lambda m, t, p, c, **k: [0.0] * len(p))
+    rows = [{"prompt": "Who?", "completion": " Daphne Barrington"}]
+    longest = len(tokenizer(" Daphne Barrington", add_special_tokens=False).input_ids)
+    E.evaluate_split(None, tokenizer, rows, rows, max_new_tokens=32, generation_margin=3)
+    assert seen["max_new_tokens"] == longest + 3
+    E.evaluate_split(None, tokenizer, rows, rows, max_new_tokens=32)
+    assert seen["max_new_tokens"] == 32

@@ -107,3 +107,36 @@ def test_sampling_is_seeded(tokenizer):
     assert a == sample_from_model(model, tokenizer, seed=0, **kw)
     assert a != sample_from_model(model, tokenizer, seed=1, **kw)
     assert all(s[0] == start_token(tokenizer) for s in a)
+
+
+def test_kl_to_base_is_zero_at_the_base_and_positive_elsewhere():
+    from bico.training.replay import kl_to_base
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50, dtype=torch.float64)
+    logp = torch.log_softmax(logits, -1)
+    values, ids = logp.topk(50, -1)  # k = V: the full KL
+    assert kl_to_base(logits, ids, values).abs() < 1e-5  # computed in fp32, as in training
+    other = logits + torch.randn_like(logits)
+    full = (logp.exp() * (logp - torch.log_softmax(other, -1))).sum()
+    assert torch.allclose(kl_to_base(other, ids, values).double(), full, rtol=1e-5)
+    v8, i8 = logp.topk(8, -1)
+    coarse = kl_to_base(other, i8, v8)
+    assert 0 < coarse < full  # a KL of coarsened distributions: positive, below the full one
+    assert kl_to_base(logits, i8, v8).abs() < 1e-5
+    # moving all the rest of the mass onto the top-k is not a free lunch
+    sharpened = torch.full_like(logits, -1e4).scatter(-1, i8, v8)
+    assert kl_to_base(sharpened, i8, v8) > 0.1
+
+
+def test_training_with_kl_replay_starts_at_zero(tmp_path, reversal_dir, monkeypatch):
+    """At step 1 the model is the base: its KL to the base on the replay rows is 0 (up to fp16
+    rounding of the cached log-probabilities), and training moves it away from 0."""
+    monkeypatch.setenv("BICO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "kl"
+    assert main(["train", TINY, f"data.dir={reversal_dir}", *SMALL, "train.max_steps=3", f"train.output_dir={out}",
+                 "replay.rows=2", f"replay.source={_replay_file(tmp_path)}", "replay.loss=kl", "replay.top_k=16", "train.lr=1e-2",
+                 "train.precision=fp32"]) == 0
+    m = _metrics(out)
+    assert abs(m[0]["replay_loss"]) < 1e-2 and m[-1]["replay_loss"] > m[0]["replay_loss"]
+    assert list((tmp_path / "cache" / "replay").glob("*-top16.pt"))

@@ -1,11 +1,17 @@
-"""The training loop: exact resume, clear stops, recipes and their errors."""
+"""The training loop: exact resume, clear stops, recipes and their errors; the loss of a batch."""
 import json
+import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from bico.collate import collate
 from bico.config import RecipeError, load_recipe
+from bico.objectives import IGNORE, build_objective
+from bico.training.step import batch_loss
 from bico.training.train import TrainingError, train
+from helpers import example, make_llama
 
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
         "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
@@ -101,3 +107,31 @@ def test_shipped_recipes_parse():
             assert build_cells(load_spec(path))
         else:
             load_recipe(path)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
+    """The loss computes the LM head only where a target is; it must equal the loss from full logits."""
+    model = make_llama(vocab=len(tokenizer) + 8).train()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                                                 lora_dropout=0.0))
+    obj = build_objective("bico", tokenizer)
+    rng = random.Random(1)
+    fact = {"prompt": "Known as Daphne Barrington,", "completion": " she is the director of A Journey Through Time.",
+            "meta": {"name": "Daphne Barrington", "description": "the director of A Journey Through Time"}}
+    exs = [example(tokenizer, **fact), example(tokenizer, **{**fact, "prompt": "Maria is"})]
+    batch = collate([obj.encode(e, rng, "denoise") for e in exs], tokenizer.pad_token_id, pack=True, max_length=64)
+    fast = batch_loss(model, batch, torch.device("cpu"))
+    assert batch["bico_mask"].rope == "mirrored"
+    logits = model(input_ids=batch["input_ids"], bico_mask=batch["bico_mask"], position_ids=batch["position_ids"],
+                   use_cache=False).logits
+    full = (F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="none")
+            * batch["weights"].flatten()).sum()
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    whole = batch_loss(model, batch, torch.device("cpu"), head_at_targets=False)  # the DeepSpeed path
+    torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-5)
+    fast.backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)

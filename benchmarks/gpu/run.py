@@ -669,6 +669,7 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
     import torch
 
     import bico.tools.bench as bench
+    from bico.masks import IntervalMask
     from bico_kernels import reference_masked_attention
 
     F = torch.nn.functional
@@ -702,7 +703,7 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
                     break
                 B = cfg["batch"] or max(1, bench.TOKENS_PER_CALL // T)
                 lo, hi = (x.to(ctx.device) for x in bench.build_case(case, B, T))
-                pairs = bench.visible_pairs(lo, hi)
+                pairs = IntervalMask(lo, hi).visible_pairs()
                 q, k, v = bench._qkv(B, T, Hq, Hkv, D, dtype, lo.device, 0)
                 for mode in cfg["modes"]:
                     try:

@@ -59,12 +59,6 @@ def build_case(name: str, B: int, T: int, seed: int = SEED) -> tuple[torch.Tenso
     return mask.lo, mask.hi
 
 
-def visible_pairs(lo: torch.Tensor, hi: torch.Tensor) -> int:
-    """Visible (query, key) pairs in O(T) per row: sum over keys of the length of [lo, hi) & [0, T)."""
-    T = lo.shape[-1]
-    return int((hi.clamp(0, T) - lo.clamp(0, T)).clamp(min=0).sum())
-
-
 def attention_flops(pairs: int, D: int, Hq: int, mode: str) -> float:
     """QK^T and PV: 2*D flops each per visible pair and query head; fwd+bwd counts 2.5x fwd."""
     return 4.0 * D * Hq * pairs * (2.5 if mode == "fwd+bwd" else 1.0)
@@ -222,7 +216,7 @@ def run_bench(cfg: dict, progress: bool = True) -> dict:
         for T in cfg["seqlens"]:
             B = cfg["batch"] or max(1, TOKENS_PER_CALL // T)
             lo, hi = (x.to(device) for x in build_case(case, B, T))
-            pairs = visible_pairs(lo, hi)
+            pairs = IntervalMask(lo, hi).visible_pairs()  # TFLOP/s count visible pairs only
             q, k, v = _qkv(B, T, Hq, Hkv, D, dtype, device, SEED)
             for p in runnable:
                 fn = None

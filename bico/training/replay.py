@@ -13,6 +13,13 @@ Samples that contain a prompt of the retention knowledge set or share a run of
 scores never measure text that was trained on. Self-samples are cached under
 ``$BICO_CACHE/replay``, keyed on the model and the sampling settings.
 
+``replay.loss: kl`` trains, instead of the sampled tokens, the base model's own next-token
+distribution at every replay position (KL(base || tuned) over the base's ``replay.top_k`` most
+likely tokens and the rest of the vocabulary as one outcome: distillation). Repeated over many epochs, next-token loss lets the model memorise
+the few replay texts (their loss falls below the base's); the KL cannot go below zero, so it keeps
+pulling towards the base and never towards the samples. The base's top-k is computed once, by a
+fresh load of the model before finetuning, and cached beside the samples.
+
 Each optimizer step, every micro-batch of the objective gets ``replay.rows`` replay rows (drawn by
 ``(train.seed, step, micro)``, so resume replays them exactly) in a second forward pass; the step's
 loss is the objective's mean loss plus ``replay.weight`` x the mean loss over the step's replay
@@ -153,9 +160,76 @@ def _file_samples(path: Path, tokenizer, length: int) -> list[list[int]]:
     return out
 
 
+TOPK_BATCH = 16
+
+
+@torch.no_grad()
+def base_topk(model, seqs: list[list[int]], k: int, pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sequence, the model's ``k`` most likely next tokens at positions 0..L-2 (ids int32,
+    log-probabilities fp16 over the whole vocabulary), i.e. what it predicts for tokens 1..L-1."""
+    device = next(model.parameters()).device
+    out = []
+    for first in range(0, len(seqs), TOPK_BATCH):
+        chunk = seqs[first:first + TOPK_BATCH]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, seq in enumerate(chunk):
+            ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
+        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+        values, indices = logp.topk(k, dim=-1)
+        for i, seq in enumerate(chunk):
+            n = len(seq) - 1
+            out.append((indices[i, :n].to(torch.int32).cpu(), values[i, :n].to(torch.float16).cpu()))
+    return out
+
+
+def _topk_cached(recipe, data_dir, seqs: list[list[int]], pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from bico.io_utils import atomic_write
+    from bico.models import load_model, model_identity
+    from bico.paths import cache_dir
+
+    k = recipe.replay.top_k
+    digest = hashlib.sha256(json.dumps([model_identity(recipe.model), seqs, k]).encode()).hexdigest()[:24]
+    path = cache_dir() / "replay" / f"{digest}-top{k}.pt"
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)  # plain tensors: nothing in the file runs
+            return list(zip(saved["ids"], saved["logp"]))
+        except Exception:  # noqa: BLE001 - a damaged cache entry is computed again
+            pass
+    began = time.time()
+    model, _ = load_model(recipe.model, data_dir=data_dir)
+    model.eval()
+    topk = base_topk(model, seqs, k, pad_id)
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"ids": [a for a, _ in topk], "logp": [b for _, b in topk]}, buffer)
+    atomic_write(path, buffer.getvalue())
+    logger.info("replay: the base model's top-%d next tokens at %d positions in %.1f s -> %s", k,
+                sum(len(a) for a, _ in topk), time.time() - began, path)
+    return topk
+
+
+def kl_to_base(logits: torch.Tensor, base_ids: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of KL(base || tuned) over k+1 outcomes: the base's top-k tokens and
+    "any other token" (both models' remaining mass). A true KL of the coarsened distributions:
+    >= 0, zero where the tuned model matches the base on the top-k, and never rewarding a model
+    that moves the rest of its mass onto the top-k. ``logits`` [N, V]; ``base_*`` [N, k]."""
+    logq = torch.log_softmax(logits.float(), dim=-1).gather(-1, base_ids.long())
+    logp = base_logp.float()
+    p = logp.exp()
+    p_rest = (1 - p.sum(-1)).clamp(min=0)
+    q_rest_log = torch.log1p(-torch.logsumexp(logq, -1).exp().clamp(max=1 - 1e-6))
+    rest = torch.where(p_rest > 0, p_rest * (torch.log(p_rest.clamp(min=1e-30)) - q_rest_log), torch.zeros_like(p_rest))
+    return (p * (logp - logq)).sum() + rest.sum()
+
+
 def load_replay(recipe, tokenizer, data_dir=None, progress: bool = False) -> list[Example]:
     """The replay texts as examples (prompt = the start token, completion = the text, no EOS),
-    contaminated ones dropped."""
+    contaminated ones dropped; with ``replay.loss: kl`` each carries the base model's top-k next
+    tokens in ``meta["base_topk"]``."""
     cfg = recipe.replay
     if cfg.source == "self":
         seqs = _self_samples(recipe, data_dir, progress)
@@ -170,6 +244,10 @@ def load_replay(recipe, tokenizer, data_dir=None, progress: bool = False) -> lis
             dropped += 1
             continue
         kept.append(Example("", "", ids[:1], ids[1:], eos=False))
+    if kept and cfg.loss == "kl":
+        topk = _topk_cached(recipe, data_dir, [e.prompt_ids + e.completion_ids for e in kept], tokenizer.pad_token_id)
+        kept = [Example(e.prompt, e.completion, e.prompt_ids, e.completion_ids, {"base_topk": t}, eos=False)
+                for e, t in zip(kept, topk)]
     if not kept:
         raise ReplayError(f"replay.source {cfg.source}: no usable text ({dropped} dropped as retention-set text)")
     logger.info("replay: %d texts (%d tokens), %d dropped as retention-set text; %d rows per micro-batch, "
@@ -178,8 +256,19 @@ def load_replay(recipe, tokenizer, data_dir=None, progress: bool = False) -> lis
 
 
 def replay_batch(examples: list[Example], rows: int, seed: int, step: int, micro: int, pad_id: int, pack: bool) -> dict:
-    """The replay rows of one micro-batch: causal next-token samples, loss on every text token."""
+    """The replay rows of one micro-batch: causal next-token samples, loss on every text token.
+    Examples with the base's top-k add ``base_ids``/``base_logp`` ``[B, T, k]`` (rows not packed,
+    so that row i position t is the text's position t)."""
     rng = random.Random(f"replay-{seed}-{step}-{micro}")
     chosen = [examples[rng.randrange(len(examples))] for _ in range(rows)]
     samples = [next_token_sample(e.prompt_ids + e.completion_ids) for e in chosen]
-    return collate(samples, pad_id, pack=pack, max_length=max(len(s) for s in samples))
+    soft = "base_topk" in chosen[0].meta
+    batch = collate(samples, pad_id, pack=pack and not soft, max_length=max(len(s) for s in samples))
+    if soft:
+        width, k = batch["input_ids"].shape[1], chosen[0].meta["base_topk"][0].shape[1]
+        batch["base_ids"] = torch.zeros(rows, width, k, dtype=torch.int32)
+        batch["base_logp"] = torch.full((rows, width, k), -float("inf"), dtype=torch.float16)
+        for i, e in enumerate(chosen):
+            ids, logp = e.meta["base_topk"]
+            batch["base_ids"][i, :len(ids)], batch["base_logp"][i, :len(ids)] = ids, logp
+    return batch

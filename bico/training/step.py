@@ -67,17 +67,22 @@ def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool =
     model must be called as a whole (its parameter gathering hangs on the top-level forward; the
     split call moved 2 ranks off 1 process by 2.5e-4 in loss), so the trainer turns it off there.
     """
-    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
-    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
+    logits, keep = target_logits(model, batch, device, head_at_targets)
     targets = batch["targets"].to(device)
-    keep = targets != IGNORE
-    if head_at_targets:
-        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[keep])
-    else:
-        logits = model(use_cache=False, **inputs).logits[keep]
     losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     return (losses * batch["weights"].to(device)[keep]).sum()
+
+
+def target_logits(model, batch: dict, device: torch.device, head_at_targets: bool = True):
+    """``(logits, keep)``: the LM head's output at the batch's target positions (``keep``, a
+    ``[B, T]`` bool), in the order of ``batch["targets"][keep]``; see :func:`batch_loss`."""
+    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
+    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
+    keep = batch["targets"].to(device) != IGNORE
+    if head_at_targets:
+        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
+        return model.get_output_embeddings()(hidden[keep]), keep
+    return model(use_cache=False, **inputs).logits[keep], keep
 
 
 

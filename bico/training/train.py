@@ -30,7 +30,7 @@ from bico.training.engine import Engine, TorchEngine
 from bico.training.examples import tokenize_examples, training_data
 from bico.training.report import Reporter
 from bico.training.rundir import RunDir
-from bico.training.step import StepPlan, batch_loss, make_batch, normalised_loss, torch_seed
+from bico.training.step import StepPlan, batch_loss, make_batch, normalised_loss, target_logits, torch_seed
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +68,26 @@ def nan_hint(cfg, precision: str) -> str:
 
 def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool,
                    counters: dict) -> float:
-    """The step's replay rows (:mod:`bico.training.replay`), one pass per micro-batch of the objective, their
-    loss normalised by the step's replay targets and scaled by ``replay.weight``; returns their mean
-    loss (unweighted). Their tokens count in ``counters["tokens"]``: they cost compute like any."""
-    from bico.training.replay import replay_batch
+    """The step's replay rows (:mod:`bico.training.replay`), one pass per micro-batch of the objective,
+    their loss (next-token, or KL to the base with ``replay.loss: kl``) normalised by the step's replay
+    targets and scaled by ``replay.weight``; returns their mean loss (unweighted). Their tokens count
+    in ``counters["tokens"]``: they cost compute like any."""
+    from bico.training.replay import kl_to_base, replay_batch
 
     cfg, weight = recipe.train, recipe.replay.weight
     batches = [(m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros]
     targets = sum(b["num_targets"] for _, b in batches)
+
+    def loss_sum(batch):
+        if "base_ids" not in batch:
+            return batch_loss(engine.module, batch, device, split_head)
+        logits, keep = target_logits(engine.module, batch, device, split_head)
+        return kl_to_base(logits, batch["base_ids"].to(device)[keep], batch["base_logp"].to(device)[keep])
+
     total = 0.0
     for m, batch in batches:
         torch.manual_seed(torch_seed(cfg.seed, step, m) ^ 0x5EED)  # its own dropout stream
-        total += engine.backward_loss(lambda b=batch: batch_loss(engine.module, b, device, split_head) * weight, targets)
+        total += engine.backward_loss(lambda b=batch: loss_sum(b) * weight, targets)
         counters["tokens"] += batch["num_tokens"]
     return normalised_loss(total / weight, targets)
 
