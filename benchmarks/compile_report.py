@@ -29,7 +29,7 @@ from pathlib import Path
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the compile report compiles the kernels, the interpreter would replace them")
 
-from bico.bench import metadata  # noqa: E402
+from bico.tools.bench import metadata  # noqa: E402
 from bico.io_utils import atomic_write, atomic_write_json  # noqa: E402
 from bico_kernels import compile_report as cr  # noqa: E402
 from bico_kernels.configs import TABLE_DTYPES, TABLE_HEAD_DIMS, KernelConfig, runtime_variants  # noqa: E402

@@ -27,7 +27,7 @@ STAGE = """
 import json, sys, time
 from bico.config import load_recipe
 from bico.models import load_tokenizer
-from bico.train import load_training_rows, tokenize_examples
+from bico.training.examples import load_training_rows, tokenize_examples
 recipe = load_recipe(None, sys.argv[1:])
 tokenizer = load_tokenizer("tiny-random")
 began = time.perf_counter()

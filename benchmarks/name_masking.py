@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import random
 import tempfile
 from pathlib import Path
@@ -27,7 +26,8 @@ from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
 from bico.machine import machine_info
 from bico.objectives import build_objective
 from bico.objectives.base import IGNORE
-from bico.train import StepPlan, load_training_rows, tokenize_examples
+from bico.training.examples import load_training_rows, tokenize_examples
+from bico.training.step import StepPlan
 
 RECIPES = {  # label: objective options (bico)
     "paper BICO (mask 0.15, ntp_mix 0.5)": {},
@@ -54,7 +54,7 @@ def name_hiding(data_dir: Path, options: dict, epochs: int, seed: int = 0) -> di
     for step in range(epochs * plan.steps_per_epoch):
         objective.set_progress(step, epochs * plan.steps_per_epoch)
         for m, idx in enumerate(plan.micro_batches(step)):
-            rng = random.Random(f"objective-{seed}-{step}-{m}")  # as bico.train.make_batch
+            rng = random.Random(f"objective-{seed}-{step}-{m}")  # as bico.training.step.make_batch
             state = objective.start_batch(rng)
             for i in idx:
                 ex = examples[i]
@@ -104,7 +104,7 @@ def main() -> None:
         data = Path(args.data) if args.data else Path(tmp) / "data"
         if not args.data:
             from bico.data import generate_reversal_dataset
-            from bico.demo import DATA
+            from bico.tools.demo import DATA
 
             generate_reversal_dataset(data, **DATA)
         results = {label: name_hiding(data, options, args.epochs) for label, options in RECIPES.items()}

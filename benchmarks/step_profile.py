@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-import bico.train as T
+import bico.training.examples as X
+import bico.training.step as S
+import bico.training.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.demo import DATA, recipe_path
+from bico.tools.demo import DATA, recipe_path
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 from bico.machine import machine_info
 from bico.models import setup_model
@@ -60,26 +62,26 @@ def profile_arm(arm: str, precision: str, data_dir: Path, steps: int, warmup: in
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
     model, tokenizer, objective = setup_model(recipe, data_dir, device)
-    rows, sources = T.load_training_rows(recipe)
-    examples = T.tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
-    plan = T.StepPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+    rows, sources = X.load_training_rows(recipe)
+    examples = X.tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
+    plan = S.StepPlan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
     total = max(1, int(cfg.epochs * plan.steps_per_epoch))
     engine = T.build_engine(model, recipe, total, device)
     phases, tokens = defaultdict(list), []
 
     def one_step(step: int) -> None:
         objective.set_progress(step, total)
-        batches = [T.make_batch(objective, examples, idx, cfg.seed, step, m, tokenizer.pad_token_id, recipe.data)
+        batches = [S.make_batch(objective, examples, idx, cfg.seed, step, m, tokenizer.pad_token_id, recipe.data)
                    for m, idx in plan.for_rank(step, 0, 1)]
         num_targets = sum(b["num_targets"] for b in batches)
         fwd = bwd = 0.0
         for m, batch in enumerate(batches):
             if not batch["num_targets"]:
                 continue
-            torch.manual_seed(T.torch_seed(cfg.seed, step, m))
+            torch.manual_seed(S.torch_seed(cfg.seed, step, m))
             t0 = time.perf_counter()
             with engine._autocast():
-                loss_sum = T.batch_loss(engine.module, batch, device)
+                loss_sum = S.batch_loss(engine.module, batch, device)
             t1 = time.perf_counter()
             (loss_sum / num_targets).backward()
             fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1

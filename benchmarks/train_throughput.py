@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-import bico.engine as E
-import bico.train as T
+import bico.training.engine as E
+import bico.training.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.demo import DATA, recipe_path
+from bico.tools.demo import DATA, recipe_path
 from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
 from bico.machine import machine_info
 

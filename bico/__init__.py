@@ -1,32 +1,19 @@
 """bico: bidirectional and blank-infilling finetuning of Llama-style causal LMs.
 
-Importing the package registers the ``"bico"`` attention implementation with transformers.
-The ``bico`` command itself (console script or ``python -m bico``) skips that: it registers the
-attention when it loads a model (:mod:`bico.models`), so that ``bico --help`` starts without
-importing torch and a Ctrl-C while torch loads is handled by the command like any other.
+Importing the package imports no torch and registers nothing, however the process was started
+(a script, ``python -m bico``, the ``bico`` command, a test). :func:`register` adds the ``"bico"``
+attention to transformers, once however often it is called; :func:`apply` and model loading
+(:func:`bico.models.load_model`, through which every ``bico`` command that builds a model goes) call
+it, so a user calls it only before ``from_pretrained(..., attn_implementation="bico")``.
 """
-import sys
-from pathlib import PurePath
 
 __version__ = "0.1.0"
 
-
-def _is_bico_command() -> bool:
-    argv = getattr(sys, "orig_argv", sys.argv)
-    if "-m" in argv[:-1]:
-        return argv[argv.index("-m") + 1] == "bico"
-    return bool(sys.argv) and PurePath(sys.argv[0]).name == "bico"
-
-
-if not _is_bico_command():
-    from bico.attention import register as _register_attention
-
-    _register_attention()
-
 # The public API, loaded on first use (importing torch/transformers is slow, and `bico --help`
-# must not pay for it): bico.IntervalMask, bico.apply, bico.revert.
-_LAZY = {"IntervalMask": "bico.masks", "apply": "bico.attention", "revert": "bico.attention"}
-__all__ = ["IntervalMask", "apply", "revert", "__version__"]
+# must not pay for it): bico.IntervalMask, bico.apply, bico.revert, bico.register.
+_LAZY = {"IntervalMask": "bico.masks", "apply": "bico.attention", "revert": "bico.attention",
+         "register": "bico.attention"}
+__all__ = ["IntervalMask", "apply", "revert", "register", "__version__"]
 
 
 def __getattr__(name):

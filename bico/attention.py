@@ -1,8 +1,8 @@
 """The ``"bico"`` attention implementation for Hugging Face Llama-family models.
 
-Importing :mod:`bico` registers ``"bico"`` in ``transformers.AttentionInterface`` and
+:func:`register` (``bico.register()``) adds ``"bico"`` to ``transformers.AttentionInterface`` and
 ``AttentionMaskInterface``, so ``from_pretrained(..., attn_implementation="bico")`` works;
-:func:`apply` switches an already-loaded model (and :func:`revert` switches it back).
+:func:`apply` switches an already-loaded model (registering first) and :func:`revert` switches it back.
 
 * Without a ``bico_mask`` forward kwarg it *is* SDPA attention (causal, padding, KV cache,
   generation): inference in bico is always plain causal decoding.
@@ -26,8 +26,9 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from bico.errors import BicoError
 from bico.masks import IntervalMask
-from bico_kernels import reference_masked_attention, rotate_half
+from bico_kernels import log_once, reference_masked_attention, rotate_half
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "triton", "reference")
@@ -35,17 +36,14 @@ BACKENDS = ("auto", "triton", "reference")
 # function, position_ids reaching it. Other architectures (GPT-2, Gemma's extra scaling, ...) would
 # silently get wrong RoPE or masks.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-_logged: set[str] = set()
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(BicoError, ValueError):
     """bico's attention cannot run this architecture."""
 
 
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        logger.info(message)
+class BackendError(BicoError, ValueError):
+    """The attention's environment (``BICO_ATTENTION_BACKEND``, ``BICO_KERNEL_TUNE_FILE``) is unusable."""
 
 
 def check_backend(choice: str | None = None) -> str:
@@ -53,7 +51,7 @@ def check_backend(choice: str | None = None) -> str:
     where = "bico attention backend" if choice else "BICO_ATTENTION_BACKEND"
     choice = choice or os.environ.get("BICO_ATTENTION_BACKEND", "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"{where} {choice!r}: use one of {', '.join(BACKENDS)}")
+        raise BackendError(f"{where} {choice!r}: use one of {', '.join(BACKENDS)}")
     return choice
 
 
@@ -63,7 +61,10 @@ def check_environment() -> None:
     from bico_kernels.tuning import check_tune_file  # pure Python: no Triton
 
     check_backend()
-    check_tune_file()
+    try:
+        check_tune_file()
+    except ValueError as err:  # bico_kernels knows no bico errors (it imports nothing from bico)
+        raise BackendError(str(err)) from None
 
 
 def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:
@@ -73,7 +74,7 @@ def resolve_backend(query: torch.Tensor, requested: str | None = None) -> str:
         import bico_kernels
 
         choice = "triton" if query.is_cuda and bico_kernels.triton_available() else "reference"
-    _log_once(f"bico attention backend: {choice}")
+    log_once(logger, f"bico attention backend: {choice}")
     return choice
 
 
@@ -224,7 +225,9 @@ def kernel_dtypes(query, key, value):
 
 
 def register() -> None:
-    """Register ``"bico"`` with transformers (idempotent; done on ``import bico``)."""
+    """Register ``"bico"`` with transformers' attention and mask interfaces (idempotent): needed
+    before ``from_pretrained(..., attn_implementation="bico")``; :func:`apply` and model loading
+    (:func:`bico.models.load_model`, and so every ``bico`` command) call it. As ``bico.register()``."""
     AttentionInterface.register("bico", bico_attention_forward)
     # Without a mask function of the same name transformers passes attention_mask=None and
     # silently drops padding; SDPA's boolean mask is exactly what the no-interval path needs.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,12 @@ from typing import Any
 import yaml
 
 from bico import resources
+from bico.errors import BicoError
 from bico.yaml_load import DuplicateKeyError, load_yaml
 
 
-class RecipeError(ValueError):
+class RecipeError(BicoError, ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
-
-
-def one_line(err: BaseException | str) -> str:
-    """An error's message on one line, whole: a message spread over lines is joined, not cut."""
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-USAGE_ERROR = 2  # exit status of every error a user can fix
-
-
-def print_error(err: BaseException | str) -> int:
-    """The one way bico reports an error a user can fix: ``bico: error: <one line>`` on stderr.
-    Returns the exit status, :data:`USAGE_ERROR`."""
-    print(f"bico: error: {one_line(err)}", file=sys.stderr)
-    return USAGE_ERROR
 
 
 @dataclass
@@ -139,7 +124,7 @@ class EvalConfig:
 
 @dataclass
 class ReplayConfig:
-    """General text trained with next-token prediction beside the objective (bico/replay.py)."""
+    """General text trained with next-token prediction beside the objective (bico/training/replay.py)."""
 
     rows: int = 0  # replay rows per micro-batch; 0 = off
     source: str = "self"  # self: sampled from the model before finetuning | a .txt or .jsonl file of text

@@ -7,11 +7,12 @@
   the target at t is predicted from the output at t, not HF ``labels``, which the model would
   shift), ``weights``, ``num_targets``, ``num_tokens``, ``step`` and ``micro``.
 * :class:`BicoTrainer` trains with bico's loss (weighted cross-entropy at the targets, normalised
-  by the targets of the whole optimizer step on all ranks) and reproduces ``bico train``'s batches.
+  by the targets of the whole optimizer step on all ranks: :func:`bico.training.step.normalised_loss`)
+  and reproduces ``bico train``'s batches.
 
 Reproducing ``bico train``: micro-batch ``micro`` of optimizer step ``step`` draws the objective's
-choices from ``random.Random(f"objective-{seed}-{step}-{micro}")`` (:func:`bico.train.make_batch`),
-torch's RNG (LoRA dropout) is reseeded with :func:`bico.train.torch_seed` before its forward, and
+choices from ``random.Random(f"objective-{seed}-{step}-{micro}")`` (:func:`bico.training.step.make_batch`),
+torch's RNG (LoRA dropout) is reseeded with :func:`bico.training.step.torch_seed` before its forward, and
 ``objective.set_progress(step, total)`` (annealing) runs before the step's first micro-batch.
 :class:`BicoTrainer` knows (step, micro) exactly: its DataLoader only hands rows through, and it
 builds the step's batches itself when Trainer collects them (``get_batch_samples``, called once per
@@ -32,11 +33,12 @@ from types import SimpleNamespace
 import torch
 from transformers import Trainer
 
-from bico import distributed
 from bico.attention import require_bico
 from bico.objectives import Example, build_objective
 from bico.objectives.base import Objective
-from bico.train import batch_loss, make_batch, tokenize_examples, torch_seed
+from bico.training import distributed
+from bico.training.examples import tokenize_examples
+from bico.training.step import batch_loss, make_batch, normalised_loss, torch_seed
 
 __all__ = ["BicoDataCollator", "BicoTrainer"]  # and BicoSFTTrainer, built on first use (needs TRL)
 
@@ -113,8 +115,9 @@ class BicoTrainer(Trainer):
     ``grad_accum``). The model must run the bico attention (:func:`bico.apply`); peft models work.
 
     The loss of a micro-batch is its summed weighted cross-entropy divided by the targets of the whole
-    optimizer step on every rank (times the number of ranks, which average gradients), so a step's
-    gradient is that of ``bico train``. Evaluation reports the mean loss per target of each batch.
+    optimizer step on every rank, times the number of ranks, which average gradients
+    (:func:`~bico.training.step.normalised_loss`), so a step's gradient is that of ``bico train``.
+    Evaluation reports the mean loss per target of each batch.
     """
 
     def __init__(self, model=None, args=None, data_collator=None, **kwargs):
@@ -148,9 +151,10 @@ class BicoTrainer(Trainer):
         split_head = self.accelerator.unwrap_model(model) is model
         loss_sum = batch_loss(model, inputs, self.args.device, head_at_targets=split_head)
         if num_items_in_batch is None:  # evaluation, or a caller outside the training loop
-            return _with_outputs(loss_sum / max(int(inputs["num_targets"]), 1), return_outputs)
-        loss = loss_sum / torch.as_tensor(num_items_in_batch, device=loss_sum.device).clamp(min=1)
-        return _with_outputs(loss * self.args.world_size, return_outputs)
+            return _with_outputs(normalised_loss(loss_sum, int(inputs["num_targets"])), return_outputs)
+        # num_items_in_batch: the step's targets on every rank (get_batch_samples)
+        step_targets = torch.as_tensor(num_items_in_batch)
+        return _with_outputs(normalised_loss(loss_sum, step_targets, self.args.world_size), return_outputs)
 
     def evaluate(self, *args, **kwargs):
         self._eval_calls = 0  # every evaluation draws the same masks

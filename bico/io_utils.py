@@ -95,6 +95,14 @@ def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
     return atomic_write(path, buffer.getvalue())
 
 
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """``fig`` laid out tightly, written atomically to ``path`` (:func:`atomic_savefig`), then closed."""
+    fig.tight_layout()
+    out = atomic_savefig(fig, path, **kwargs)
+    pyplot().close(fig)
+    return out
+
+
 def temp_dir_beside(target: str | Path) -> Path:
     """An empty temporary folder ``.NAME-xxxx`` beside ``target``, with ``mkdir``'s permissions."""
     target = Path(target)

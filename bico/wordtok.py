@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bico.data.jsonl import DataError
+
 SPECIALS = ["<unk>", "<pad>", "<eos>", "<mask>"]
 
 
@@ -29,7 +31,7 @@ def build_word_tokenizer(data_dir: str | Path):
     vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIALS)}
     files = sorted(Path(data_dir).glob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"no .jsonl files in {data_dir} to build a word vocabulary from")
+        raise DataError(f"no .jsonl files in {data_dir} to build a word vocabulary from")
     for path in files:
         for line in path.read_text().splitlines():
             if not line.strip():

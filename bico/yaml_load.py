@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import yaml
 
+from bico.errors import BicoError
+
 __all__ = ["DuplicateKeyError", "load_yaml"]
 
 
-class DuplicateKeyError(yaml.YAMLError):
+class DuplicateKeyError(BicoError, yaml.YAMLError):
     """A key written twice in one YAML mapping."""
 
 

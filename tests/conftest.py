@@ -20,7 +20,9 @@ os.environ.setdefault("BICO_AUTO_PRECISION", "fp32")
 import pytest
 import torch
 
-import bico  # noqa: F401  (registers "bico")
+import bico
+
+bico.register()  # the helpers build models with attn_implementation="bico"
 
 
 @pytest.fixture(scope="session")

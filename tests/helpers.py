@@ -51,7 +51,7 @@ def _rank_env(rank: int, world: int, port: int) -> dict:
 
 def launch(args: list[str], log_dir: Path, world: int = 2) -> None:
     """Run ``python ARGS`` as ``world`` ranks; fails the test with the logs if any rank fails."""
-    from bico.distributed import free_port
+    from bico.training.distributed import free_port
 
     log_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()

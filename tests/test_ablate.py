@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bico import ablate, ablate_report, stats
+from bico.evaluation import stats
+from bico.tools import ablate, ablate_report
 from bico.config import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def test_markdown_one_seed_and_several_seeds():
 
 
 def test_loss_curves_one_panel_per_objective(tmp_path):
-    from bico.ablate_plots import plot_loss_curves
+    from bico.tools.ablate_plots import plot_loss_curves
 
     cells = []
     for group, modes in (("ntp", ["ntp"]), ("bico", ["ntp", "denoise"])):

@@ -324,3 +324,48 @@ def test_one_classification_per_forward_and_backward_shared_by_every_layer(monke
     loss.backward()
     # Three layers, forward and backward: one classification per tile size used.
     assert len(calls) == len(set(calls)) >= 1 and set(mask._blocks) == set(calls)
+
+
+REGISTRATION_PROBE = """
+import json, sys
+import bico
+loaded = "torch" in sys.modules
+from transformers import AttentionInterface, AttentionMaskInterface
+before = "bico" in AttentionInterface() or "bico" in AttentionMaskInterface()
+bico.register()
+bico.register()  # idempotent
+after = "bico" in AttentionInterface() and "bico" in AttentionMaskInterface()
+print(json.dumps([loaded, before, after, AttentionInterface()["bico"].__name__]))
+"""
+
+
+@pytest.mark.parametrize("how", ["-c", "-m", "script named bico"])
+def test_import_bico_registers_nothing_however_the_process_started(how, tmp_path):
+    """``import bico`` neither loads torch nor registers the attention, whether started by ``python -c``,
+    ``python -m`` or a script called ``bico`` (the console script); ``bico.register()`` does, once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "probe.py").write_text(REGISTRATION_PROBE)
+    (tmp_path / "bico").write_text(REGISTRATION_PROBE)
+    argv = {"-c": ["-c", REGISTRATION_PROBE], "-m": ["-m", "probe"], "script named bico": [str(tmp_path / "bico")]}[how]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, False, True, "bico_attention_forward"]
+
+
+def test_apply_and_model_loading_register(monkeypatch):
+    """The two ways a model reaches bico's attention register it themselves (no import side effect to rely on)."""
+    import bico.attention as A
+    import bico.models as M
+    from bico.config import ModelConfig
+
+    calls = []
+    monkeypatch.setattr(A, "register", lambda: calls.append("register"))
+    monkeypatch.setattr(M, "register_attention", A.register)
+    M.load_model(ModelConfig(name="tiny-random", layers=1, hidden_size=32, heads=2, kv_heads=1, intermediate_size=64))
+    bico.apply(make_llama("sdpa"))
+    assert calls == ["register", "register"]

@@ -314,7 +314,7 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
     capsys.readouterr()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
     torch.save({"step": _RunsCode(f"touch {marker}")}, newest / "state.pt")
-    from bico.engine import write_checksums
+    from bico.training.checkpoints import write_checksums
 
     write_checksums(newest)  # whoever crafts the file can write its checksum too: the load itself refuses
     code = main(args + ["train.resume=true", "train.max_steps=3"])
@@ -384,7 +384,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(three_checkpointed_st
     out, args = _resume_args(tmp_path, reversal_dir)
     shutil.copytree(three_checkpointed_steps, out)
     _damage(out / "checkpoints" / "step-0000003" / "state.pt", how)
-    with caplog.at_level(logging.WARNING, logger="bico.rundir"):
+    with caplog.at_level(logging.WARNING, logger="bico.training.rundir"):
         assert main(args + ["train.resume=true", "train.max_steps=4"]) == 0, capsys.readouterr().err
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "step-0000003/state.pt" in warnings[0], warnings

@@ -28,8 +28,8 @@ import torch
 
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.evaluate import evaluate
-from bico.train import train
+from bico.evaluation.reversal import evaluate
+from bico.training.train import train
 
 SPLITS = ["p2d_prompts_test", "p2d_reverse_prompts_test"]
 

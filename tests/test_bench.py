@@ -7,7 +7,7 @@ import pytest
 
 from bico.masks import INDEX_DTYPE, IntervalMask
 from bico_kernels import dense_visibility
-from bico.bench import CASES, MODES, PROVIDERS, build_case
+from bico.tools.bench import CASES, MODES, PROVIDERS, build_case
 from bico.cli import main
 
 TINY = ["--seqlens", "32,48", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--no-progress"]
@@ -105,3 +105,10 @@ def test_bad_arguments_are_one_line_errors(extra, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("bico: error: ") and message in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_names_what_bench_times():
+    from bico.tools.bench import DTYPES
+    from bico.tools.bench_options import CASE_NAMES, DTYPE_NAMES
+
+    assert tuple(CASES) == CASE_NAMES and tuple(DTYPES) == DTYPE_NAMES

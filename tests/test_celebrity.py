@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from bico.celebrity import CelebrityDataError, evaluate_celebrity, load_pairs, questions, write_report
-from bico.stats import wilson_interval
+from bico.evaluation.celebrity import CelebrityDataError, evaluate_celebrity, load_pairs, questions, write_report
+from bico.evaluation.stats import wilson_interval
 
 PAIRS = """child,parent,parent_type,child_prediction,can_reverse
 Ann Lee,Bob Lee,father,,False

@@ -2,8 +2,10 @@
 import json
 from pathlib import Path
 
+import pytest
 
 from bico.cli import main
+from bico.config import RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "recipes" / "demo" / "tiny.yaml")
@@ -119,3 +121,48 @@ def test_demo_reruns_into_the_same_folder(capsys, tmp_path):
     for _ in range(2):
         code, _, err = run(capsys, "demo", "--quick", "--arms", "ntp", "--out", str(tmp_path), *SMALL[:-1])
         assert code == 0, err
+
+
+def test_every_error_class_of_bico_is_a_bico_error():
+    """One family: each ``...Error`` class defined in bico is a BicoError, so the CLI prints it in one line."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import bico
+    from bico.errors import BicoError
+
+    found = {}
+    for info in pkgutil.walk_packages(bico.__path__, "bico."):
+        if info.name.endswith("__main__") or info.name.startswith("bico.recipes"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if name.endswith("Error") and cls.__module__ == info.name:
+                found[f"{info.name}.{name}"] = cls
+    assert len(found) >= 13, sorted(found)
+    assert [name for name, cls in found.items() if not issubclass(cls, BicoError)] == []
+
+
+@pytest.mark.parametrize("error, shown", [
+    (RecipeError("recipe key 'train.lr' must be > 0"), "recipe key 'train.lr' must be > 0"),
+    (FileNotFoundError(2, "No such file or directory", "rows.jsonl"), "No such file or directory: 'rows.jsonl'"),
+    (ValueError("inside torch: shapes do not match"), None),  # a bug (or torch's), not the user's: traceback
+    (OSError(28, "No space left on device"), None),  # names no file: says nothing the user can act on
+    (RuntimeError("CUDA error"), None),
+])
+def test_only_bico_errors_and_file_errors_are_one_line(error, shown, monkeypatch, capsys):
+    import bico.cli.train
+
+    def fail(args):
+        raise error
+
+    monkeypatch.delenv("BICO_DEBUG", raising=False)
+    monkeypatch.setattr(bico.cli.train, "run", fail)
+    if shown is None:
+        with pytest.raises(type(error)):
+            main(["train", "recipe.yaml"])
+        assert capsys.readouterr().err == ""
+    else:
+        code, _, err = run(capsys, "train", "recipe.yaml")
+        one_line_error(code, err, shown)

@@ -21,7 +21,7 @@ from bico.data import (
     make_randomized,
     resolve_data_dir,
 )
-from bico.data.cli import add_data_parser, run_data
+from bico.cli.data import add_parser, run
 from bico.io_utils import atomic_write_jsonl
 from bico.data.reversal import DATA_FILES
 
@@ -347,7 +347,7 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="bico")
-    add_data_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command")).set_defaults(handler=run)  # as bico.cli.build_parser does
     return parser.parse_args(argv)
 
 
@@ -355,15 +355,15 @@ def test_cli_reversal_and_check(tmp_path, capsys):
     out = tmp_path / "gen"
     args = _parse(["data", "reversal", "--out", str(out), "--facts", "3",
                    "--train-paraphrases", "2", "--test-paraphrases", "2", "--seed", "5"])
-    assert args.handler is run_data and run_data(args) == 0
+    assert args.handler is run and run(args) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "9 facts" in line and "24 training rows" in line
     assert len(_rows(out, "all_prompts_train")) == 24
     good = str(out / "p2d_prompts_test.jsonl")
-    assert run_data(_parse(["data", "check", good])) == 0
+    assert run(_parse(["data", "check", good])) == 0
     assert "6 rows" in capsys.readouterr().out
     bad = _write(tmp_path / "bad.jsonl", GOOD + "{oops\n")
-    assert run_data(_parse(["data", "check", good, str(bad)])) == 1
+    assert run(_parse(["data", "check", good, str(bad)])) == 1
     assert "line 2" in capsys.readouterr().err
     # a bad argument goes through bico's one error path: one line, exit 2
     from bico.cli import main

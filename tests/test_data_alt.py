@@ -374,7 +374,7 @@ def test_corpus_meta_and_bico_mask_a_paraphrased_description(alt_small, tokenize
 
     from bico.config import load_recipe
     from bico.objectives import Example, build_objective
-    from bico.train import load_training_rows
+    from bico.training.examples import load_training_rows
 
     d, _ = alt_small
     corpus, _ = load_training_rows(load_recipe(None, [f"data.dir={d}", "data.train_files=[p2d_prompts_train.jsonl]"]))

@@ -9,7 +9,8 @@ import torch
 from bico.config import load_recipe
 from bico.objectives import build_objective
 from bico.objectives.base import IGNORE
-from bico.train import load_training_rows, tokenize_examples, train
+from bico.training.examples import load_training_rows, tokenize_examples
+from bico.training.train import train
 
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
         "model.intermediate_size=64", "train.batch_size=2", "train.max_steps=2", "train.log_every=1",
@@ -149,7 +150,7 @@ def test_tokenisation_is_cached_per_corpus_and_tokenizer(tmp_path, tokenizer, ca
 
     path = write_rows(tmp_path / "docs.jsonl", [{"text": f"{DOC} {k}"} for k in range(50)])
     r = recipe(tmp_path, f"data.files=[{path}]", "data.format=text", "data.max_length=32")
-    with caplog.at_level(logging.INFO, logger="bico.train"):
+    with caplog.at_level(logging.INFO, logger="bico.training.examples"):
         first = examples_of(r, tokenizer)
         second = examples_of(r, tokenizer)
         shorter = examples_of(recipe(tmp_path, f"data.files=[{path}]", "data.format=text", "data.max_length=16"),

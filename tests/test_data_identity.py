@@ -5,7 +5,7 @@ import pytest
 
 def test_identity_bridge_rows(reversal_dir):
     from bico.config import load_recipe
-    from bico.train import load_training_rows
+    from bico.training.examples import load_training_rows
 
     base = [f"data.dir={reversal_dir}", "data.train_files=[p2d_prompts_train.jsonl]"]
     plain = list(load_training_rows(load_recipe(None, base))[0])  # the corpus, as row dicts
@@ -37,9 +37,9 @@ def test_identity_bridge_errors_are_one_line(value, match):
 
 
 def test_identity_bridge_off_matches_runs_made_before_the_key():
-    from bico import ablate
+    from bico.tools import ablate
     from bico.config import load_recipe
-    from bico.rundir import recipe_differences
+    from bico.training.rundir import recipe_differences
 
     now = load_recipe(None, []).to_dict()
     before = load_recipe(None, []).to_dict()

@@ -54,7 +54,7 @@ def _recipe(*overrides):
 
 
 def test_auto_values_are_filled_from_the_recipe():
-    from bico.deepspeed_engine import fill_config, resolve_config
+    from bico.training.deepspeed_engine import fill_config, resolve_config
 
     recipe = _recipe("train.batch_size=4", "train.grad_accum=3", "train.lr=2e-4", "train.max_grad_norm=0.5",
                      "train.precision=bf16", "train.weight_decay=0.1")
@@ -78,7 +78,7 @@ def test_auto_values_are_filled_from_the_recipe():
 
 
 def test_config_errors_say_what_to_change(tmp_path):
-    from bico.deepspeed_engine import DeepSpeedConfigError, fill_config, resolve_config
+    from bico.training.deepspeed_engine import DeepSpeedConfigError, fill_config, resolve_config
 
     recipe = _recipe("train.batch_size=8")
     with pytest.raises(DeepSpeedConfigError, match="'train_micro_batch_size_per_gpu' is 4 but the recipe says "
@@ -99,7 +99,7 @@ def test_config_errors_say_what_to_change(tmp_path):
 
 
 def test_several_ranks_without_deepspeed_is_refused(tmp_path, monkeypatch):
-    from bico.train import TrainingError, train
+    from bico.training.train import TrainingError, train
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(TrainingError, match="train.deepspeed is not set"):
@@ -129,7 +129,7 @@ def _common(stage: str, data_dir) -> list[str]:
 
 def _reference(tmp_path: Path, stage: str, data_dir) -> Path:
     """One process, plain PyTorch engine, the same global batch (grad_accum x 2)."""
-    from bico.train import train
+    from bico.training.train import train
 
     out = tmp_path / "single"
     overrides = [o for o in _common(stage, data_dir) if not o.startswith("train.deepspeed")]
@@ -171,7 +171,7 @@ def test_two_ranks_match_one_process_and_rank0_evaluates(two_rank_runs, tmp_path
     # rank 0 evaluated after training; single-process evaluation of the exported model agrees
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bico.evaluate import evaluate
+    from bico.evaluation.reversal import evaluate
 
     reported = json.loads((run / "eval.json").read_text())["splits"]
     model = AutoModelForCausalLM.from_pretrained(run / "model")
@@ -214,7 +214,7 @@ def worker(argv: list[str]) -> None:
     import argparse
 
     from bico.config import load_recipe
-    from bico.train import train
+    from bico.training.train import train
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--stop-after", type=int, default=None)

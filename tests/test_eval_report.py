@@ -6,8 +6,9 @@ import math
 import torch
 
 from bico.config import load_recipe
-from bico.evaluate import RETENTION_DIR, base_scores, evaluate_split, perplexity, retention, write_report
-from bico.stats import wilson_interval
+from bico.evaluation.reversal import base_scores, evaluate_split, perplexity, retention, write_report
+from bico.paths import RETENTION_DIR
+from bico.evaluation.stats import wilson_interval
 from helpers import make_llama
 
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
@@ -73,7 +74,7 @@ def test_base_scores_are_cached_per_model_and_data(tmp_path, reversal_dir, monke
 
 
 def test_report_shows_the_base_row_and_retention(tmp_path, tokenizer, reversal_dir):
-    from bico.evaluate import evaluate
+    from bico.evaluation.reversal import evaluate
 
     model = _model(tokenizer)
     scores = evaluate(model, tokenizer, reversal_dir, ["p2d_prompts_test"], limit=3, max_new_tokens=3, progress=False,
@@ -87,7 +88,7 @@ def test_report_shows_the_base_row_and_retention(tmp_path, tokenizer, reversal_d
 
 
 def test_generation_margin_caps_new_tokens(tokenizer, monkeypatch):
-    import bico.evaluate as E
+    import bico.evaluation.reversal as E
 
     seen = {}
 

@@ -60,7 +60,7 @@ if kind == "start-up":
 
     bico.models.setup_model = setup_model
 else:
-    from bico.rundir import RunDir
+    from bico.training.rundir import RunDir
     real_append = RunDir.append_metrics
     first = {"sigterm": [signal.SIGTERM], "sigterm-again-while-saving": [signal.SIGTERM], "sigint": [signal.SIGINT],
              "sigint-twice": [signal.SIGINT, signal.SIGINT]}.get(kind, [])
@@ -376,10 +376,10 @@ import os, sys
 from pathlib import Path
 
 when, argv = sys.argv[1], sys.argv[2:]
-import bico.engine
+import bico.training.engine
 from transformers import PreTrainedModel
 
-real_publish, real_save_pretrained = bico.engine.publish_checkpoint, PreTrainedModel.save_pretrained
+real_publish, real_save_pretrained = bico.training.engine.publish_checkpoint, PreTrainedModel.save_pretrained
 published = [0]
 out = Path(next(a for a in argv if a.startswith("train.output_dir=")).split("=", 1)[1])
 
@@ -408,7 +408,7 @@ def save_pretrained(*args, **kwargs):
     return real_save_pretrained(*args, **kwargs)
 
 
-bico.engine.publish_checkpoint, PreTrainedModel.save_pretrained = publish, save_pretrained
+bico.training.engine.publish_checkpoint, PreTrainedModel.save_pretrained = publish, save_pretrained
 from bico.cli import main
 
 sys.exit(main(["train", *argv]))

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from bico.config import load_recipe
-from bico.train import StepPlan, load_training_rows, make_batch, train
+from bico.training.examples import load_training_rows
+from bico.training.step import StepPlan, make_batch
+from bico.training.train import train
 
 DS_SETUP = ["objective.name=bico", "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
 LOSS_TOL = 1e-5  # |Trainer loss - bico train loss| per step
@@ -72,8 +74,8 @@ def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, sft=False, 
         "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no", "report_to": "none",
         "use_cpu": True, "seed": cfg.seed, "disable_tqdm": True, **args})
     optimizers = (None, None)
-    if bico_optimizer:  # bico's AdamW (weight decay on every parameter) and warm-up schedule (bico.engine)
-        from bico.engine import lr_lambda
+    if bico_optimizer:  # bico's AdamW (weight decay on every parameter) and warm-up schedule (bico.training.engine)
+        from bico.training.engine import lr_lambda
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
@@ -143,7 +145,7 @@ def test_collator_batches_are_bico_trains_and_feed_the_model_directly(tmp_path, 
     import bico
     from bico.collate import model_inputs
     from bico.hf import BicoDataCollator
-    from bico.train import tokenize_examples
+    from bico.training.examples import tokenize_examples
 
     r = recipe(tmp_path, reversal_dir, "objective.name=bico")
     model, tokenizer, objective, rows = bico_setup(r)
@@ -246,8 +248,8 @@ def test_deepspeed_zero3_on_two_cpu_ranks_matches_one_bico_train_process(tmp_pat
 def worker(argv: list[str]) -> None:
     """One rank of the DeepSpeed test: BicoTrainer under ``TrainingArguments(deepspeed=...)``; rank 0
     writes Trainer's per-step losses to ``OUT``. Args: DATA_DIR OUT STAGE STEPS."""
-    from bico import distributed
-    from bico.deepspeed_engine import resolve_config
+    from bico.training import distributed
+    from bico.training.deepspeed_engine import resolve_config
 
     data_dir, out, stage, steps = argv[0], Path(argv[1]), argv[2], int(argv[3])
     distributed.setup(torch.device("cpu"), use_deepspeed=True)  # gloo, without DeepSpeed's shm build

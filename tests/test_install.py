@@ -26,7 +26,7 @@ PROBE = """
 import json, sys
 import bico, bico_kernels
 from bico.resources import recipes_dir
-from bico.deepspeed_engine import resolve_config
+from bico.training.deepspeed_engine import resolve_config
 print(json.dumps({"bico": bico.__file__, "kernels": bico_kernels.__file__, "recipes": str(recipes_dir()),
                   "zero2": resolve_config("zero2")[1], "typed": resolve_config("recipes/deepspeed/zero3.json")[1],
                   "finders": [type(f).__name__ for f in sys.meta_path]}))
@@ -79,9 +79,9 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
 
 def test_typed_recipe_paths_work_from_any_folder(tmp_path, monkeypatch):
     """`recipes/...` as the docs write it: the file in the current folder if there is one, else bico's."""
-    from bico.ablate import load_spec
+    from bico.tools.ablate import load_spec
     from bico.config import RecipeError, load_recipe
-    from bico.deepspeed_engine import resolve_config
+    from bico.training.deepspeed_engine import resolve_config
     from bico.resources import recipes_dir
 
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,7 @@ import torch
 from helpers import make_llama
 
 from bico.cli import main
-from bico.interpolate import InterpolationError, Interpolator, parse_alphas
+from bico.evaluation.interpolate import InterpolationError, Interpolator, parse_alphas
 
 
 def test_endpoints_and_midpoint_are_exact():

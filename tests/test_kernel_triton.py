@@ -378,7 +378,7 @@ def test_mirror_deterministic_rectangular_tiles(bm, bn):
 def test_fp32_on_cuda_routes_to_the_reference(monkeypatch, caplog):
     impl = importlib.import_module("bico_kernels.triton_attention")
     monkeypatch.setattr(impl, "_routes_to_reference", lambda q: q.dtype == torch.float32)  # as on CUDA
-    monkeypatch.setattr(impl, "_logged", set())
+    monkeypatch.setattr(importlib.import_module("bico_kernels"), "_logged", set())  # log_once forgets
     g = torch.Generator().manual_seed(37)
     B, T, D = 1, 17, 32
     lo, hi = causal(B, T, g)

@@ -59,13 +59,13 @@ elif kind == "checkpoint-write":
     def save(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
         if due():
-            path = getattr(f, "name", f)  # bico saves into a file object (bico.diskspace.FileWriter)
+            path = getattr(f, "name", f)  # bico saves into a file object (bico.training.diskspace.FileWriter)
             os.truncate(path, os.path.getsize(path) // 2)
             die()
 
     torch.save = save
 elif kind == "metrics-append":
-    from bico.rundir import METRICS, RunDir
+    from bico.training.rundir import METRICS, RunDir
     real_append = RunDir.append_metrics
 
     def append(self, record):

@@ -60,7 +60,7 @@ metadata:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, reversal_dir):
     from bico.config import load_recipe
-    from bico.pipeline import train_and_evaluate
+    from bico.tools.pipeline import train_and_evaluate
 
     out = tmp_path_factory.mktemp("run")
     repo = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def trained_run(tmp_path_factory, reversal_dir):
 def bico_accuracy(model_path: str | None, recipe_model: dict | None = None) -> float:
     """The task's acc computed with bico's own scorer: argmax over choices of summed log p(" " + choice | prompt)."""
     from bico.config import ModelConfig
-    from bico.evaluate import completion_logprobs
+    from bico.evaluation.reversal import completion_logprobs
     from bico.models import load_model
 
     cfg = ModelConfig(**{**recipe_model, "attn_implementation": "sdpa"}) if recipe_model else ModelConfig(
@@ -89,7 +89,7 @@ def bico_accuracy(model_path: str | None, recipe_model: dict | None = None) -> f
 
 
 def test_a_run_and_its_base_side_by_side_on_a_local_task(trained_run, tmp_path, capsys):
-    from bico.lm_harness import base_model_of
+    from bico.evaluation.lm_harness import base_model_of
 
     tasks = local_task(tmp_path / "tasks")
     code = main(["eval", "--suite", "lm-eval", "--model", str(trained_run / "model"), "--tasks", TASK,
@@ -157,7 +157,7 @@ def test_a_bad_lm_eval_command_loads_no_torch(tmp_path):
 
 def test_the_benchmarks_the_readme_names_are_in_the_harness_registry():
     # Their data comes from the hub (not reachable here): only their names are checked offline.
-    from bico.lm_harness import HarnessError, check_tasks, task_manager
+    from bico.evaluation.lm_harness import HarnessError, check_tasks, task_manager
 
     manager = task_manager()
     check_tasks(manager, ["mmlu", "arc_easy", "arc_challenge", "hellaswag"])

@@ -1,4 +1,4 @@
-"""Replay (bico/replay.py): next-token rows of general text beside the objective."""
+"""Replay (bico/training/replay.py): next-token rows of general text beside the objective."""
 import json
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import torch
 
 from bico.cli import main
 from bico.config import RecipeError, load_recipe
-from bico.replay import Contamination, load_replay, replay_batch, sample_from_model, start_token
+from bico.training.replay import Contamination, load_replay, replay_batch, sample_from_model, start_token
 
 TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "demo" / "tiny.yaml")
 
@@ -110,7 +110,7 @@ def test_sampling_is_seeded(tokenizer):
 
 
 def test_kl_to_base_is_zero_at_the_base_and_positive_elsewhere():
-    from bico.replay import kl_to_base
+    from bico.training.replay import kl_to_base
 
     torch.manual_seed(0)
     logits = torch.randn(5, 50, dtype=torch.float64)

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from bico.config import RecipeError, load_recipe
-from bico.report import eval_scalars, loss_series, step_scalars
-from bico.train import train
+from bico.training.report import eval_scalars, loss_series, step_scalars
+from bico.training.train import train
 
 from test_train import losses, tiny_recipe
 
@@ -41,7 +41,7 @@ def raw_steps(log_dir, tag):
 
 def test_tensorboard_holds_every_logged_step_once_across_a_resume(tmp_path, reversal_dir):
     pytest.importorskip("tensorboard", reason="tensorboard is in bico's test extra: pip install -e '.[test]'")
-    from bico.pipeline import train_and_evaluate
+    from bico.tools.pipeline import train_and_evaluate
 
     out = tmp_path / "run"
     common = [*RESUMABLE, "train.report_to=[tensorboard]"]

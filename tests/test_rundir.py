@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from bico.cli import main
-from bico.rundir import LOCK, RunDirError, RunLock, recipe_differences
-from bico.train import TrainingError, train
+from bico.training.rundir import LOCK, RunDirError, RunLock, recipe_differences
+from bico.training.train import TrainingError, train
 from test_train import tiny_recipe
 
 RESUMABLE = ["train.max_steps=6", "train.save_every=2", "train.save_model=false"]
@@ -186,7 +186,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, reversal_dir):
 def test_nan_hint_says_what_is_already_on(tmp_path, reversal_dir, monkeypatch):
     import torch
 
-    import bico.train as T
+    import bico.training.train as T
 
     monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError) as caught:
@@ -241,7 +241,7 @@ def test_resume_never_appends_metrics_through_a_link(tmp_path, reversal_dir, cap
     assert outside.read_bytes() == before
     (run / "metrics.jsonl").unlink()  # a link planted while the run runs: the append refuses it too
     (run / "metrics.jsonl").symlink_to(outside)
-    from bico.rundir import RunDir
+    from bico.training.rundir import RunDir
 
     with pytest.raises(RunDirError, match="symbolic link"):
         RunDir(run, tiny_recipe(run, reversal_dir)).append_metrics({"step": 99})

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from bico.collate import collate
 from bico.config import RecipeError, load_recipe
 from bico.objectives import IGNORE, build_objective
-from bico.train import TrainingError, batch_loss, train
+from bico.training.step import batch_loss
+from bico.training.train import TrainingError, train
 from helpers import example, make_llama
 
 TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
@@ -67,7 +68,7 @@ def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, reversal_dir, monkeypatch):
-    import bico.train as T
+    import bico.training.train as T
 
     monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
@@ -97,7 +98,7 @@ def test_recipe_errors(tmp_path):
 def test_shipped_recipes_parse():
     from pathlib import Path
 
-    from bico.ablate import build_cells, load_spec
+    from bico.tools.ablate import build_cells, load_spec
 
     recipes = sorted(Path(__file__).parent.parent.glob("recipes/**/*.yaml"))
     assert recipes

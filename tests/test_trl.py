@@ -16,7 +16,7 @@ from test_hf import LOSS_TOL, bico_setup, bico_train_metrics, hf_trainer, recipe
 from trl import SFTTrainer
 
 from bico.hf import BicoTrainer
-from bico.train import load_training_rows
+from bico.training.examples import load_training_rows
 
 
 def test_sft_trainer_matches_bico_train_with_the_ntp_denoise_coin(tmp_path, reversal_dir):

@@ -16,7 +16,7 @@ over its budget is cut and recorded as cut, and the whole never runs past ``--bu
    the rest of the run, and summary.md says so;
 3. ``tuner``: the kernel tuner's first pass (every table candidate timed per variant and length
    bucket) for the benchmark's variants, winners kept in tuned.json for the stages after it;
-4. ``bench``: ``bico bench`` (bico.bench.run_bench) at N = 1K..16K, bf16, Hq=32, Hkv=8, D=128, against
+4. ``bench``: ``bico bench`` (bico.tools.bench.run_bench) at N = 1K..16K, bf16, Hq=32, Hkv=8, D=128, against
    SDPA with a dense mask and FlexAttention with a BlockMask of the same mask (plus SDPA without a
    mask and flash-attn where they apply), exact-pair TFLOP/s, mirror overhead, and the targets of
    ../shared/reference/kernels.md;
@@ -563,7 +563,7 @@ def stage_tuner(ctx: Ctx, seqlens: list[int], tokens: int, heads: tuple, D: int)
     import torch
 
     import bico_kernels
-    from bico.bench import build_case, synthetic_rope_tables
+    from bico.tools.bench import build_case, synthetic_rope_tables
     from bico_kernels import tuning
 
     rec = TuningRecorder()
@@ -632,7 +632,7 @@ BENCH_PRIORITY = ("bico", "glm", "prefix_lm", "packed", "bidirectional", "causal
 
 
 def bench_config(dry: bool) -> dict:
-    from bico.bench_cli import CHECK_MAX_T
+    from bico.tools.bench_options import CHECK_MAX_T
 
     seqlens = [16, 32] if dry else [1024, 2048, 4096, 8192, 16384]
     return {"cases": list(BENCH_PRIORITY[:1] if dry else BENCH_PRIORITY),
@@ -648,7 +648,7 @@ def _dry_bench_patches():
     are CUDA-only in ``bico bench``), so that their code paths run; the numbers mean nothing."""
     import torch
 
-    import bico.bench as bench
+    import bico.tools.bench as bench
 
     original = bench.unavailable
 
@@ -668,7 +668,7 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
     the float64 reference at the check length."""
     import torch
 
-    import bico.bench as bench
+    import bico.tools.bench as bench
     from bico.masks import IntervalMask
     from bico_kernels import reference_masked_attention
 
@@ -810,7 +810,7 @@ def plot_tflops(result: dict, path: Path) -> None:
 
 
 def stage_bench(ctx: Ctx) -> dict:
-    import bico.bench as bench
+    import bico.tools.bench as bench
 
     if ctx.dry:
         _dry_bench_patches()
@@ -912,8 +912,10 @@ def stage_training(ctx: Ctx) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
-    from bico.train import batch_loss
+    import bico
+    from bico.training.step import batch_loss
 
+    bico.register()  # the models below are built with attn_implementation="bico"
     device = torch.device(ctx.device)
     if ctx.dry:
         os.environ["BICO_ATTENTION_BACKEND"] = "triton"  # the GPU's path, under the interpreter
@@ -1011,7 +1013,8 @@ def plot_training(runs: list, ctx: Ctx, path: Path) -> None:
 # ----------------------------------------------------------------------------- 6. demo
 
 def stage_demo(ctx: Ctx) -> dict:
-    from bico.models import ModelError, cache_dir, smollm2_folder
+    from bico.models import ModelError, smollm2_folder
+    from bico.paths import cache_dir
 
     try:
         folder = smollm2_folder()

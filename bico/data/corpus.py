@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
-from bico.config import DATA_FORMATS, one_line
+from bico.config import DATA_FORMATS
 from bico.data.jsonl import DataError, iter_jsonl
+from bico.errors import one_line
 from bico.io_utils import file_digest
 
 __all__ = ["Corpus", "load_corpus", "quiet_datasets"]

@@ -156,6 +156,6 @@ def cache_root(data_cfg) -> Path | None:
         return None
     if data_cfg.cache_dir:
         return Path(data_cfg.cache_dir).expanduser()
-    from bico.models import cache_dir
+    from bico.paths import cache_dir
 
     return cache_dir() / "datasets"

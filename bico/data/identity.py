@@ -11,7 +11,7 @@ model finetuned this way answers 40% (v1; 50% in v2) of reversal questions, agai
 What bico does (``data.identity_bridge: {rate, templates}``; the defaults are ours):
 
 * for every fact whose rows are in the training data (rows carrying ``meta`` = the fact's
-  ``name`` and ``description``; see ``bico.train.load_training_rows``), add
+  ``name`` and ``description``; see ``bico.training.examples.load_training_rows``), add
   ``max(1, round(rate * n_f))`` identity rows, n_f = that fact's training rows, cycling through
   ``templates`` in order; ``rate`` default 0.1 (one identity row per ten forward rows);
 * a template is a string with ``{name}`` and/or ``{description}``, default ``["The name of
@@ -23,6 +23,8 @@ What bico does (``data.identity_bridge: {rate, templates}``; the defaults are ou
 from __future__ import annotations
 
 import string
+
+from bico.data.jsonl import DataError
 
 DEFAULTS = {"rate": 0.1, "templates": ["The name of {name} is {name}."]}
 FIELDS = ("name", "description")
@@ -81,7 +83,7 @@ def add_identity_bridge(rows: list[dict], sources: list[str], cfg: dict | None) 
             key = (meta["name"], meta["description"])
             counts[key] = counts.get(key, 0) + 1
     if not counts:
-        raise ValueError("data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
+        raise DataError("data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
                          "(bico data reversal writes one) or no training row matches a fact")
     extra, extra_sources = [], []
     for (name, description), n in counts.items():

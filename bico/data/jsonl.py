@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from bico.errors import BicoError
+
 __all__ = ["DataError", "iter_jsonl", "load_jsonl"]
 
 _MISSING_HINT = (
@@ -13,7 +15,7 @@ _MISSING_HINT = (
 )
 
 
-class DataError(ValueError):
+class DataError(BicoError, ValueError):
     """A data file or directory is missing or malformed (message is one line)."""
 
 

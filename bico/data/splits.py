@@ -9,14 +9,15 @@ from typing import Hashable, Sequence
 
 from bico.data.jsonl import DataError, load_jsonl
 from bico.data.reversal import load_facts
+from bico.paths import REVERSAL_DATA_ENV, SHARED_REVERSAL_DATA
 
 __all__ = [
     "REVERSAL_EVAL_SPLITS", "ENV_VAR", "make_randomized", "fact_groups", "load_split",
     "resolve_data_dir", "check_eval_splits",
 ]
 
-ENV_VAR = "BICO_REVERSAL_DATA"
-_SHARED_REL = Path("..") / "shared" / "data" / "reversal_curse" / "experiment1"
+ENV_VAR = REVERSAL_DATA_ENV
+_SHARED_REL = SHARED_REVERSAL_DATA
 
 # "randomized" names the file for the likelihood test (same prompts, another fact's
 # completion). The forward splits have none in the original; load_split builds one.

@@ -1,6 +1,6 @@
 """Training objectives, one file each, registered by name (see :mod:`.registry`)."""
 from bico.objectives.base import IGNORE, Example, Objective, Sample
-from bico.objectives.registry import REGISTRY, build_objective, objective_options, register
+from bico.objectives.registry import REGISTRY, ObjectiveError, build_objective, objective_options, register
 
 # Importing the modules registers them.
 from bico.objectives import ntp as _ntp  # noqa: E402,F401
@@ -17,4 +17,5 @@ from bico.objectives import masked_ar as _masked_ar  # noqa: E402,F401
 from bico.objectives import bd3lm as _bd3lm  # noqa: E402,F401
 from bico.objectives import permute as _permute  # noqa: E402,F401
 
-__all__ = ["IGNORE", "Example", "Objective", "Sample", "REGISTRY", "build_objective", "objective_options", "register"]
+__all__ = ["IGNORE", "Example", "Objective", "ObjectiveError", "Sample", "REGISTRY", "build_objective", "objective_options",
+           "register"]

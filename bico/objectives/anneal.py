@@ -19,7 +19,7 @@ import torch
 
 from bico.masks import IntervalMask
 from bico.objectives.base import Example, Objective, Sample
-from bico.objectives.registry import build_objective, register
+from bico.objectives.registry import ObjectiveError, build_objective, register
 
 
 def anneal_intervals(lo: torch.Tensor, hi: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,9 +37,9 @@ class Anneal(Objective):
     def __init__(self, tokenizer, inner: str = "bico", options: dict | None = None, steps: int = 1000):
         super().__init__(tokenizer)
         if inner == "anneal":
-            raise ValueError("anneal.inner cannot be anneal")
+            raise ObjectiveError("anneal.inner cannot be anneal")
         if int(steps) < 1:
-            raise ValueError(f"anneal.steps must be >= 1, got {steps}")
+            raise ObjectiveError(f"anneal.steps must be >= 1, got {steps}")
         self.inner = build_objective(inner, tokenizer, options or {})
         self.steps = int(steps)
         self.special_ids = self.inner.special_ids

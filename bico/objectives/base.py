@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from bico.masks import IntervalMask
+from bico.objectives.registry import ObjectiveError
 
 IGNORE = -100
 ADDED_MASK_TOKEN = "<|mask|>"
@@ -134,7 +135,7 @@ def resolve_mask_id(tokenizer, mask_token: str) -> int:
         if token_id == tokenizer.unk_token_id and mask_token != tokenizer.unk_token:
             token_id = None
     if token_id is None:
-        raise ValueError(
+        raise ObjectiveError(
             f"mask_token {mask_token!r} does not exist in this tokenizer; use unk, pad, added or an existing token"
         )
     return int(token_id)
@@ -160,7 +161,7 @@ def masked_targets(ids: torch.Tensor, selected: torch.Tensor, shift: bool) -> to
 
 def check_rope(name: str, rope: str) -> None:
     if rope not in ROPE_CHOICES:
-        raise ValueError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
+        raise ObjectiveError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
 
 
 def denoising_sample(inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor | None, rope: str,
@@ -185,9 +186,9 @@ def strip_specials(ids: list[int], special_ids) -> tuple[list[int], list[int], l
 
 def check_units(name: str, mode: str, segment_max: int) -> None:
     if mode not in UNIT_MODES:
-        raise ValueError(f"{name}.mode must be one of {', '.join(UNIT_MODES)}, got {mode!r}")
+        raise ObjectiveError(f"{name}.mode must be one of {', '.join(UNIT_MODES)}, got {mode!r}")
     if int(segment_max) < 1:
-        raise ValueError(f"{name}.segment_max must be >= 1, got {segment_max}")
+        raise ObjectiveError(f"{name}.segment_max must be >= 1, got {segment_max}")
 
 
 def separated(units: list[tuple[int, int]], sep: int | None = None) -> list:
@@ -243,7 +244,7 @@ class Objective:
         self.tokenizer = tokenizer
         eos = tokenizer.eos_token_id
         if eos is None:
-            raise ValueError("the tokenizer has no EOS token; bico appends EOS to every training text")
+            raise ObjectiveError("the tokenizer has no EOS token; bico appends EOS to every training text")
         self.eos_id = int(eos)
         self.special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
         self._pieces: dict[int, str] = {}

@@ -37,7 +37,7 @@ import torch
 
 from bico.masks import IntervalMask
 from bico.objectives.base import IGNORE, Example, Objective, Sample, eligible_tokens, resolve_mask_id
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 RATE_PER = ("block", "sample")
 
@@ -48,11 +48,11 @@ class BlockDiffusion(Objective):
                  max_rate: float = 1.0, mask_token: str = "added", shift: bool = True):
         super().__init__(tokenizer)
         if int(block_size) < 1:
-            raise ValueError(f"bd3lm.block_size must be >= 1, got {block_size}")
+            raise ObjectiveError(f"bd3lm.block_size must be >= 1, got {block_size}")
         if rate_per not in RATE_PER:
-            raise ValueError(f"bd3lm.rate_per must be one of {', '.join(RATE_PER)}, got {rate_per!r}")
+            raise ObjectiveError(f"bd3lm.rate_per must be one of {', '.join(RATE_PER)}, got {rate_per!r}")
         if not 0.0 < min_rate <= max_rate <= 1.0:
-            raise ValueError(f"bd3lm needs 0 < min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
+            raise ObjectiveError(f"bd3lm needs 0 < min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
         self.block_size, self.rate_per = int(block_size), rate_per
         self.min_rate, self.max_rate, self.mask_token, self.shift = float(min_rate), float(max_rate), mask_token, bool(shift)
         self.mask_id = resolve_mask_id(tokenizer, mask_token)

@@ -37,7 +37,7 @@ import torch
 
 from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
                                    masked_targets, next_token_sample, resolve_mask_id)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 ENTITIES = ("name", "description", "any")
 
@@ -58,14 +58,14 @@ class Bico(Objective):
     ):
         super().__init__(tokenizer)
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"bico.mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise ObjectiveError(f"bico.mask_ratio must be in (0, 1), got {mask_ratio}")
         if not 0.0 <= ntp_mix < 1.0:
-            raise ValueError(f"bico.ntp_mix must be in [0, 1), got {ntp_mix}")
+            raise ObjectiveError(f"bico.ntp_mix must be in [0, 1), got {ntp_mix}")
         check_rope("bico", rope)
         if not 0.0 <= entity_mask <= 1.0:
-            raise ValueError(f"bico.entity_mask must be in [0, 1], got {entity_mask}")
+            raise ObjectiveError(f"bico.entity_mask must be in [0, 1], got {entity_mask}")
         if entity not in ENTITIES:
-            raise ValueError(f"bico.entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
+            raise ObjectiveError(f"bico.entity must be one of {', '.join(ENTITIES)}, got {entity!r}")
         self.entity_mask, self.entity = float(entity_mask), entity
         self.mask_ratio, self.ntp_mix, self.rope, self.shift = mask_ratio, ntp_mix, rope, bool(shift)
         self.mask_token = mask_token
@@ -123,9 +123,9 @@ def resolve_lead_id(tokenizer, lead_token: str) -> int:
     if lead_token == "bos":
         token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if token_id is None:
-            raise ValueError("bico.lead_token=bos: the tokenizer has neither a BOS nor an EOS token; name a token")
+            raise ObjectiveError("bico.lead_token=bos: the tokenizer has neither a BOS nor an EOS token; name a token")
         return int(token_id)
     token_id = tokenizer.convert_tokens_to_ids(lead_token)
     if token_id is None or token_id == tokenizer.unk_token_id and lead_token != tokenizer.unk_token:
-        raise ValueError(f"bico.lead_token {lead_token!r} is not a token of this tokenizer: use bos or an existing token")
+        raise ObjectiveError(f"bico.lead_token {lead_token!r} is not a token of this tokenizer: use bos or an existing token")
     return int(token_id)

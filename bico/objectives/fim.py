@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_sample, rearranged,
                                   strip_specials)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 SENTINELS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 
@@ -30,7 +30,7 @@ class FillInTheMiddle(Objective):
         super().__init__(tokenizer)
         for key, value in (("fim_rate", fim_rate), ("spm_rate", spm_rate)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"fim.{key} must be in [0, 1], got {value}")
+                raise ObjectiveError(f"fim.{key} must be in [0, 1], got {value}")
         self.fim_rate, self.spm_rate = float(fim_rate), float(spm_rate)
         self.pre_id, self.suf_id, self.mid_id = (add_special_token(tokenizer, t) for t in SENTINELS)
         self.special_ids = self.special_ids | {self.pre_id, self.suf_id, self.mid_id}

@@ -33,7 +33,7 @@ import torch
 
 from bico.masks import IntervalMask
 from bico.objectives.base import IGNORE, Example, Objective, Sample, add_special_token, resolve_mask_id
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 SOP_TOKEN, EOP_TOKEN = "<|sop|>", "<|eop|>"
 
@@ -85,11 +85,11 @@ class BlankInfilling(Objective):
     ):
         super().__init__(tokenizer)
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"glm.mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise ObjectiveError(f"glm.mask_ratio must be in (0, 1), got {mask_ratio}")
         if positions not in ("2d", "flat"):
-            raise ValueError(f"glm.positions must be '2d' or 'flat', got {positions!r}")
+            raise ObjectiveError(f"glm.positions must be '2d' or 'flat', got {positions!r}")
         if poisson_lambda <= 0 or int(max_span) < 1:
-            raise ValueError("glm.poisson_lambda must be > 0 and glm.max_span >= 1")
+            raise ObjectiveError("glm.poisson_lambda must be > 0 and glm.max_span >= 1")
         self.mask_ratio, self.poisson_lambda, self.max_span = mask_ratio, float(poisson_lambda), int(max_span)
         self.positions, self.isolated_spans, self.shuffle = positions, bool(isolated_spans), bool(shuffle)
         self.mask_token = mask_token

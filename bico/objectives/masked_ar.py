@@ -36,7 +36,7 @@ import torch
 from bico.masks import IntervalMask
 from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_targets,
                                   resolve_mask_id, strip_specials)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 RELEASED_INSTRUCTION = "\nReturn the recovered masked passage.\nHere is the recovered text:\n\n"
 RECOVER_TOKEN = "<|recover|>"
@@ -51,11 +51,11 @@ class MaskedAR(Objective):
                  loss_on: str = "original"):
         super().__init__(tokenizer)
         if not 0.0 <= min_rate <= max_rate <= 1.0:
-            raise ValueError(f"masked_ar needs 0 <= min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
+            raise ObjectiveError(f"masked_ar needs 0 <= min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
         for key, value in (("rate_per", rate_per), ("separator", separator), ("positions", positions),
                            ("loss_on", loss_on)):
             if value not in CHOICES[key]:
-                raise ValueError(f"masked_ar.{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+                raise ObjectiveError(f"masked_ar.{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         self.min_rate, self.max_rate, self.rate_per = float(min_rate), float(max_rate), rate_per
         self.mask_token, self.separator, self.positions, self.loss_on = mask_token, separator, positions, loss_on
         self.mask_id = resolve_mask_id(tokenizer, mask_token)

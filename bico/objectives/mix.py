@@ -36,7 +36,7 @@ gives the same samples as ``bico`` for the same seed.
 from __future__ import annotations
 
 from bico.objectives.base import Example, Objective, Sample, add_special_token, strip_specials
-from bico.objectives.registry import build_objective, register
+from bico.objectives.registry import ObjectiveError, build_objective, register
 
 PRESETS = {
     "ul2": [
@@ -70,32 +70,32 @@ class Mix(Objective):
         super().__init__(tokenizer)
         if preset is not None:
             if preset not in PRESETS:
-                raise ValueError(f"mix.preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+                raise ObjectiveError(f"mix.preset must be one of {', '.join(PRESETS)}, got {preset!r}")
             if components:
-                raise ValueError("mix takes a preset or components, not both")
+                raise ObjectiveError("mix takes a preset or components, not both")
             components = PRESETS[preset]
         if not components:
-            raise ValueError("mix.components must list at least one {name, options, weight} (or set mix.preset)")
+            raise ObjectiveError("mix.components must list at least one {name, options, weight} (or set mix.preset)")
         comps = [{"name": c} if isinstance(c, str) else dict(c) for c in components]
         for k, comp in enumerate(comps):
             if "name" not in comp or set(comp) - COMPONENT_KEYS:
-                raise ValueError(f"mix.components[{k}] needs a name and only {', '.join(sorted(COMPONENT_KEYS))}; got {comp}")
+                raise ObjectiveError(f"mix.components[{k}] needs a name and only {', '.join(sorted(COMPONENT_KEYS))}; got {comp}")
         # Mode tokens first: components built afterwards count them among their special tokens.
         self.mode_ids = [add_special_token(tokenizer, str(c["mode_token"])) if c.get("mode_token") else None
                          for c in comps]
         self.labels = [str(c.get("label", c["name"])) for c in comps]
         unknown = sorted(set(weights or {}) - set(self.labels))
         if unknown:
-            raise ValueError(f"mix.weights names no component {', '.join(unknown)}; labels: {', '.join(self.labels)}")
+            raise ObjectiveError(f"mix.weights names no component {', '.join(unknown)}; labels: {', '.join(self.labels)}")
         self.components, self.weights = [], []
         for k, comp in enumerate(comps):
             weight = float((weights or {}).get(self.labels[k], comp.get("weight", 1.0)))
             if weight < 0:
-                raise ValueError(f"mix.components[{k}].weight must be >= 0, got {weight}")
+                raise ObjectiveError(f"mix.components[{k}].weight must be >= 0, got {weight}")
             self.components.append(build_objective(comp["name"], tokenizer, comp.get("options") or {}))
             self.weights.append(weight)
         if sum(self.weights) <= 0:
-            raise ValueError("mix.components weights must not all be 0")
+            raise ObjectiveError("mix.components weights must not all be 0")
         self.special_ids = frozenset().union(*(c.special_ids for c in self.components))
         self.preset = preset
 

@@ -20,7 +20,7 @@ import torch
 
 from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
                                    masked_targets, resolve_mask_id)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 
 @register("mlm_u")
@@ -36,7 +36,7 @@ class UniformRateMLM(Objective):
     ):
         super().__init__(tokenizer)
         if not 0.0 < min_rate < 1.0:
-            raise ValueError(f"mlm_u.min_rate must be in (0, 1), got {min_rate}")
+            raise ObjectiveError(f"mlm_u.min_rate must be in (0, 1), got {min_rate}")
         check_rope("mlm_u", rope)
         self.mask_token, self.shift, self.hide_masked = mask_token, bool(shift), bool(hide_masked)
         self.min_rate, self.rope = float(min_rate), rope

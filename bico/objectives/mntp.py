@@ -23,7 +23,7 @@ import torch
 
 from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
                                    masked_targets, resolve_mask_id)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 REPLACEMENTS = ("80/10/10", "all_mask")
 
@@ -42,9 +42,9 @@ class MaskedNextTokenPrediction(Objective):
     ):
         super().__init__(tokenizer)
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mntp.mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise ObjectiveError(f"mntp.mask_ratio must be in (0, 1), got {mask_ratio}")
         if replacement not in REPLACEMENTS:
-            raise ValueError(f"mntp.replacement must be one of {', '.join(REPLACEMENTS)}, got {replacement!r}")
+            raise ObjectiveError(f"mntp.replacement must be one of {', '.join(REPLACEMENTS)}, got {replacement!r}")
         check_rope("mntp", rope)
         self.mask_ratio, self.replacement, self.mask_token = mask_ratio, replacement, mask_token
         self.shift, self.hide_masked, self.rope = bool(shift), bool(hide_masked), rope

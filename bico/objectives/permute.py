@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
                                   next_token_sample, rearranged, separated, strip_specials)
-from bico.objectives.registry import register
+from bico.objectives.registry import ObjectiveError, register
 
 ORDERS = ("original", "reversed", "permuted")
 
@@ -40,7 +40,7 @@ class SemanticPermutation(Objective):
         check_units("permute", mode, segment_max)
         probs = [float(original_prob), float(reverse_prob), float(permute_prob)]
         if min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
-            raise ValueError(f"permute.original_prob, reverse_prob, permute_prob must be >= 0 and sum to 1, got {probs}")
+            raise ObjectiveError(f"permute.original_prob, reverse_prob, permute_prob must be >= 0 and sum to 1, got {probs}")
         self.mode, self.segment_max, self.probs = mode, int(segment_max), probs
         self.sep_id = add_special_token(tokenizer, UNIT_SEP_TOKEN) if mode == "segment" else None
         if self.sep_id is not None:

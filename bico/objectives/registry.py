@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import inspect
 
+from bico.errors import BicoError
+
 REGISTRY: dict[str, type] = {}
+
+
+class ObjectiveError(BicoError, ValueError):
+    """An objective or one of its options cannot be used as given; the message names it."""
 
 
 def register(name: str):
@@ -25,12 +31,12 @@ def objective_options(name: str) -> list[str]:
 def build_objective(name: str, tokenizer, options: dict | None = None):
     """Instantiate an objective; unknown names or options are one-line errors."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown objective {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise ObjectiveError(f"unknown objective {name!r}; available: {', '.join(sorted(REGISTRY))}")
     options = dict(options or {})
     allowed = objective_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise ObjectiveError(
             f"objective {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(allowed) or 'none'}"
         )
     return REGISTRY[name](tokenizer, **options)

@@ -7,6 +7,7 @@ to run on CPU tensors.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 
 from .blocks import FULL, PARTIAL, SKIP, BlockClassification, classify_blocks
@@ -18,6 +19,17 @@ __all__ = [
     "mirror_rotate_transpose", "rotate_half", "dense_visibility", "additive_mask", "classify_blocks",
     "BlockClassification", "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
 ]
+
+
+_logged: set = set()
+
+
+def log_once(logger: logging.Logger, message: str) -> None:
+    """``logger.info(message)``, the first time this process logs that message there: a choice
+    made on every call (which backend, which path) is worth saying once."""
+    if (logger.name, message) not in _logged:
+        _logged.add((logger.name, message))
+        logger.info(message)
 
 
 def triton_available() -> bool:

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from . import log_once
 from .blocks import BlockClassification, classify_blocks
 from .configs import KernelConfig, Variant, head_dim_tile, interpreter_config
 from .reference import mirror_rotate, mirror_rotate_transpose, reference_masked_attention
@@ -526,7 +527,7 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
     if q.device.type != "cuda" and not _INTERPRETED:
         raise RuntimeError("masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton")
     if _routes_to_reference(q):
-        _log_once("bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
+        log_once(logger, "bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
                   "tensor cores; use bf16 or fp16 for the fused kernel)")
         return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
@@ -553,12 +554,3 @@ def _routes_to_reference(q) -> bool:
     # measurements), and TF32 would change the numbers users asked for. The interpreter keeps
     # running the fp32 kernels: they are the tightest correctness check of the kernel code.
     return q.dtype == torch.float32 and q.device.type == "cuda"
-
-
-_logged: set = set()
-
-
-def _log_once(message: str) -> None:
-    if message not in _logged:
-        _logged.add(message)
-        logger.info(message)

@@ -66,7 +66,7 @@ def test_reverse_random_segments(tok):
 def test_reverse_entity_meta_from_training_rows(reversal_dir):
     from bico.config import load_recipe
     from bico.data import load_facts
-    from bico.train import load_training_rows
+    from bico.training.examples import load_training_rows
 
     rows, _ = load_training_rows(load_recipe(None, [f"data.dir={reversal_dir}"]))
     facts = {f["name"]: f["description"] for f in load_facts(reversal_dir)}

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bico.config import ModelConfig, Recipe, RecipeError
-from bico.train import TrainResult, train
+from bico.training.train import TrainResult, train
 
 
 @dataclass
 class Outcome:
-    """A training run and, where it was evaluated, its scores (:func:`bico.evaluate.evaluate`'s
+    """A training run and, where it was evaluated, its scores (:func:`bico.evaluation.reversal.evaluate`'s
     output), the seconds the evaluation and its report took, and the report's paths."""
 
     result: TrainResult
@@ -31,10 +31,10 @@ def train_and_evaluate(recipe: Recipe, *, label: str | None = None, evaluate: bo
     killed while evaluating: then its saved model is (as the finished run would have been).
     ``say(line)`` (e.g. ``print``) is told what happened as soon as training ends.
     """
-    from bico.distributed import is_main_process
-    from bico.evaluate import base_scores, evaluate_recipe, write_report
-    from bico.report import report_eval
-    from bico.rundir import EVAL_FILES
+    from bico.training.distributed import is_main_process
+    from bico.evaluation.reversal import base_scores, evaluate_recipe, write_report
+    from bico.training.report import report_eval
+    from bico.training.rundir import EVAL_FILES
 
     result = train(recipe)
     evaluate = recipe.eval.enabled if evaluate is None else evaluate

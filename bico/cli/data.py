@@ -1,20 +1,20 @@
 """`bico data ...` sub-commands: generate reversal data, check JSONL files.
 
-Hooked into bico's parser by ``add_data_parser(subparsers)``, which sets ``handler=run_data``.
+Hooked into bico's parser by ``add_parser(subparsers)``; :func:`bico.cli.build_parser` sets ``handler=run``.
 Errors reach :func:`bico.cli.main`, which prints them like every other command's.
 """
 from __future__ import annotations
 
 import argparse
 
-from bico.config import print_error
+from bico.cli import print_error
 from bico.data.jsonl import DataError, load_jsonl
 from bico.data.reversal import STYLES, generate_reversal_dataset
 
-__all__ = ["add_data_parser", "run_data"]
+__all__ = ["add_parser", "run"]
 
 
-def add_data_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("data", help="generate or check training/evaluation data")
     sub = p.add_subparsers(dest="data_command", metavar="{reversal,check}")
     sub.required = True
@@ -35,11 +35,10 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate prompt/completion JSONL files, print row counts")
     c.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(handler=run_data)
     return p
 
 
-def run_data(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run a `bico data` sub-command; returns the process exit code."""
     if args.data_command == "reversal":
         s = generate_reversal_dataset(

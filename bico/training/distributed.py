@@ -16,6 +16,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from bico.errors import TrainingError
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+        raise TrainingError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def initialized() -> bool:
@@ -72,7 +74,7 @@ def setup(device: torch.device, *, use_deepspeed: bool) -> torch.device:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
         if name not in os.environ:
-            raise ValueError(f"WORLD_SIZE is set but {name} is not: start ranks with deepspeed or torchrun")
+            raise TrainingError(f"WORLD_SIZE is set but {name} is not: start ranks with deepspeed or torchrun")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if use_deepspeed:
         import deepspeed

@@ -1,14 +1,14 @@
 """Engines: how a loss becomes an optimizer step. The training loop only calls :class:`Engine`.
 
 :class:`Engine` is the interface, with what every engine shares: AdamW and its learning-rate
-schedule, the precision check, checkpoint naming and rotation. :class:`TorchEngine` is plain
-PyTorch (AdamW, warm-up + decay, clipping, autocast, checkpoints);
-:class:`bico.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
-neither DeepSpeed nor that module (the loop picks one, :func:`bico.train.build_engine`).
+schedule, the precision check, loading checkpoint files safely (their names, checksums and
+rotation: :mod:`bico.training.checkpoints`). :class:`TorchEngine` is plain PyTorch (AdamW, warm-up
++ decay, clipping, autocast, checkpoints);
+:class:`bico.training.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
+neither DeepSpeed nor that module (the loop picks one, :func:`bico.training.train.build_engine`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,18 +21,16 @@ from pathlib import Path
 
 import torch
 
-from bico.diskspace import FileWriter
-from bico.io_utils import atomic_write_json, file_digest, replace_dir, temp_dir_beside
+from bico.config import RecipeError
+from bico.training.diskspace import FileWriter
+from bico.errors import BicoError, TrainingError
+from bico.io_utils import temp_dir_beside
 from bico.machine import cpu_bf16_flags
+from bico.training.checkpoints import checkpoint_path, publish_checkpoint
+from bico.training.step import normalised_loss
 
 logger = logging.getLogger("bico")
 
-CHECKPOINTS = "checkpoints"
-# The training loop's own state in every checkpoint (counters and the recipe), written by the
-# engine into the checkpoint folder before it is renamed into place.
-TRAINER_STATE = "trainer_state.json"
-# sha256 of every other file of a checkpoint, written last: resume checks the bytes are those written.
-CHECKSUMS = "checksums.json"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # What train.precision=auto becomes on every machine, when set (e.g. fp32 for runs that must match
 # bit for bit across CPUs with and without bf16 hardware; the test suite sets it).
@@ -40,7 +38,7 @@ AUTO_PRECISION_ENV = "BICO_AUTO_PRECISION"
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default; DeepSpeed's own optimizers get it written out
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BicoError, ValueError):
     """A checkpoint cannot be resumed from; the message names the file and what to do."""
 
 
@@ -69,7 +67,7 @@ def _damaged(path: Path, err: BaseException) -> CheckpointError:
 
 def lr_lambda(schedule: str, warmup: int, total: int):
     if schedule not in ("linear", "cosine", "constant"):
-        raise ValueError(f"train.schedule {schedule!r}: use linear, cosine or constant")
+        raise RecipeError(f"train.schedule {schedule!r}: use linear, cosine or constant")
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -82,78 +80,7 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return factor
 
 
-def all_checkpoints(output_dir: Path) -> list[Path]:
-    """The run's checkpoint folders, oldest first."""
-    folder = Path(output_dir) / CHECKPOINTS
-    return sorted(folder.glob("step-*")) if folder.is_dir() else []
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = all_checkpoints(output_dir)
-    return found[-1] if found else None
-
-
-def write_checksums(folder: Path) -> None:
-    """:data:`CHECKSUMS` for every file in ``folder`` (the checkpoint before it is renamed into place)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != CHECKSUMS)
-    atomic_write_json(Path(folder) / CHECKSUMS, {"sha256": {str(p.relative_to(folder)): file_digest(p) for p in files}})
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What makes ``checkpoint`` unfit to resume from (a file missing, or its bytes not those
-    bico wrote: damaged, truncated or replaced), naming the file; None if it is intact. A
-    checkpoint of a bico before checksums is checked for its trainer state only."""
-    checkpoint = Path(checkpoint)
-    sums = checkpoint / CHECKSUMS
-    if sums.is_file():
-        try:
-            expected = json.loads(sums.read_text())["sha256"]
-            expected = {str(name): str(digest) for name, digest in expected.items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{sums} cannot be read"
-        for name, digest in expected.items():
-            path = checkpoint / name
-            if not path.is_file():
-                return f"{path} is missing"
-            if file_digest(path) != digest:
-                return f"{path} is not the file bico wrote (its sha256 differs: damaged, truncated or replaced)"
-    try:
-        if read_trainer_state(checkpoint) is None:
-            return f"{checkpoint / TRAINER_STATE} is missing"
-    except (OSError, ValueError):
-        return f"{checkpoint / TRAINER_STATE} cannot be read"
-    return None
-
-
-def read_trainer_state(checkpoint: Path) -> dict | None:
-    path = Path(checkpoint) / TRAINER_STATE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints (0: all)."""
-    for old in sorted(Path(folder).glob("step-*"))[:-keep] if keep else []:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def checkpoint_path(output_dir: Path, step: int) -> Path:
-    return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"  # zero-padded: names sort by step
-
-
-def publish_checkpoint(tmp: Path, target: Path, keep: int, trainer_state: dict | None) -> Path:
-    """Finish a checkpoint written into the folder ``tmp``: add the loop's state and the files'
-    checksums (:func:`checkpoint_problem` checks them on resume), rename it to
-    ``target`` (a kill leaves the old checkpoint or the new one, never half of one), then drop
-    all but the newest ``keep``."""
-    if trainer_state is not None:
-        atomic_write_json(Path(tmp) / TRAINER_STATE, trainer_state)
-    write_checksums(Path(tmp))
-    replace_dir(tmp, target)
-    prune_checkpoints(Path(target).parent, keep)
-    return Path(target)
-
-
-def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"), error=ValueError) -> None:
+def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"), error=RecipeError) -> None:
     """An explicit ``train.precision`` is known and, off a GPU, one of ``on_cpu``."""
     if precision not in PRECISIONS[1:]:
         raise error(f"train.precision {precision!r}: use auto, fp32, bf16 or fp16")
@@ -162,7 +89,7 @@ def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32"
 
 
 def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"),
-                      error=ValueError) -> tuple[str, str]:
+                      error=RecipeError) -> tuple[str, str]:
     """``(precision, why)``: ``train.precision`` with ``auto`` decided for this device.
 
     auto is bf16 where the hardware multiplies bf16 natively (a CUDA GPU that supports it; a CPU
@@ -192,7 +119,7 @@ def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp3
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no trainable parameters: check finetune.method / lora_targets")
+        raise TrainingError("no trainable parameters: check finetune.method / lora_targets")
     return params
 
 
@@ -237,8 +164,9 @@ class Engine(ABC):
 
     @abstractmethod
     def backward_loss(self, compute_loss_sum, num_targets: int) -> float:
-        """Backward of ``compute_loss_sum()`` (loss summed over a micro-batch) divided by
-        ``num_targets`` (the targets of the whole step, on all ranks); returns the sum."""
+        """Backward of ``compute_loss_sum()`` (loss summed over a micro-batch) scaled by
+        :func:`~bico.training.step.normalised_loss` (``num_targets``: the targets of the whole step,
+        on all ranks); returns the sum."""
 
     @abstractmethod
     def step(self) -> float | None:
@@ -287,7 +215,7 @@ class TorchEngine(Engine):
         """Backward of (loss summed over a micro-batch) / (targets in the whole step)."""
         with self._autocast():
             loss_sum = compute_loss_sum()
-        loss = loss_sum / max(num_targets, 1)
+        loss = normalised_loss(loss_sum, num_targets)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
         return float(loss_sum.detach())
 
@@ -337,7 +265,7 @@ class TorchEngine(Engine):
         named = dict(self.module.named_parameters())
         missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
         if missing:
-            raise ValueError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
+            raise CheckpointError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
         with torch.no_grad():
             for name, value in state["params"].items():
                 named[name].copy_(value)

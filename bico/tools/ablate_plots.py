@@ -5,19 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig
-from bico.report import draw_loss, read_metrics
-from bico.rundir import METRICS
+from bico.io_utils import atomic_savefig, pyplot, save_figure
+from bico.training.report import draw_loss, read_metrics
+from bico.training.rundir import METRICS
 
 SEED_STYLES = ("-", "--", ":", "-.")
 
 
 def plot(rows: list[dict], out_dir: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = list(dict.fromkeys(r["group"] for r in rows))
     splits = [s for s in dict.fromkeys(r["split"] for r in rows) if s != "reverse (mean)"]
     at = {(r["group"], r["split"]): r for r in rows}
@@ -53,19 +49,14 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
         axes[0].set_ylabel("reverse exact match (mean of reverse splits)")
         fig.suptitle("Reverse accuracy vs training cost")
         axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        paths["tokens_png"] = atomic_savefig(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
-        plt.close(fig)
+        paths["tokens_png"] = save_figure(fig, out_dir / "reverse_vs_tokens.png", dpi=120)
     return paths
 
 
 def plot_loss_curves(cells: list, out_dir: Path) -> dict:
     """``loss_curves.png``: one panel per compared objective (a cell group), one line per seed
     (line style) and objective mode (colour, the same in every panel)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     groups: dict[str, list] = {}

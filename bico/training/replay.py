@@ -38,16 +38,17 @@ from pathlib import Path
 import torch
 
 from bico.collate import collate
+from bico.errors import BicoError
 from bico.objectives.base import Example, next_token_sample
+from bico.paths import RETENTION_DIR
 
 logger = logging.getLogger(__name__)
 
-RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PROSE_RUN = 8  # words in a row shared with the prose sample that make a sample contaminated
 SAMPLE_BATCH = 32
 
 
-class ReplayError(ValueError):
+class ReplayError(BicoError, ValueError):
     """Replay text cannot be made or read; the message says what to change."""
 
 
@@ -79,18 +80,10 @@ class Contamination:
         return any(tuple(words[i:i + PROSE_RUN]) in self.runs for i in range(len(words) - PROSE_RUN + 1))
 
 
-def _model_key(recipe) -> dict:
-    import dataclasses
-
-    model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if k != "attn_implementation"}
-    folder = Path(recipe.model.name)
-    if folder.is_dir():
-        model["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
-    return model
-
-
 def _self_key(recipe) -> str:
-    model = _model_key(recipe)
+    from bico.models import model_identity
+
+    model = model_identity(recipe.model)
     cfg = recipe.replay
     settings = {k: getattr(cfg, k) for k in ("samples", "length", "temperature", "top_p", "seed")}
     blob = json.dumps({"model": model, "settings": settings, "v": 1}, sort_keys=True)
@@ -124,7 +117,8 @@ def sample_from_model(model, tokenizer, *, samples: int, length: int, temperatur
 
 def _self_samples(recipe, data_dir, progress: bool) -> list[list[int]]:
     from bico.io_utils import atomic_write
-    from bico.models import cache_dir, load_model
+    from bico.models import load_model
+    from bico.paths import cache_dir
 
     cfg = recipe.replay
     path = cache_dir() / "replay" / f"{_self_key(recipe)}.jsonl"
@@ -192,10 +186,11 @@ def base_topk(model, seqs: list[list[int]], k: int, pad_id: int) -> list[tuple[t
 
 def _topk_cached(recipe, data_dir, seqs: list[list[int]], pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     from bico.io_utils import atomic_write
-    from bico.models import cache_dir, load_model
+    from bico.models import load_model, model_identity
+    from bico.paths import cache_dir
 
     k = recipe.replay.top_k
-    digest = hashlib.sha256(json.dumps([_model_key(recipe), seqs, k]).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps([model_identity(recipe.model), seqs, k]).encode()).hexdigest()[:24]
     path = cache_dir() / "replay" / f"{digest}-top{k}.pt"
     if path.is_file():
         try:

@@ -2,164 +2,44 @@
 
 Every source of randomness is derived from ``(train.seed, step)``: which examples form a step,
 the objective's per-batch choices and its masking, and torch's own RNG (LoRA dropout), reseeded
-for every micro-batch. Resuming from a checkpoint therefore replays exactly the batches an
-uninterrupted run would have seen, and N ranks (each taking its share of a step's micro-batches,
-see :class:`StepPlan`) compute exactly the step of one process with the same global batch.
-The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.engine`, or
-:mod:`bico.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
+for every micro-batch (:mod:`bico.training.step`). Resuming from a checkpoint therefore replays
+exactly the batches an uninterrupted run would have seen, and N ranks (each taking its share of a
+step's micro-batches, see :class:`~bico.training.step.StepPlan`) compute exactly the step of one
+process with the same global batch. The rows and their tokenisation: :mod:`bico.training.examples`.
+The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.training.engine`, or
+:mod:`bico.training.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
 do not know which one runs.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import os
-import random
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bico import distributed
-from bico.attention import check_environment, require_bico
-from bico.collate import collate, model_inputs
-from bico.config import DataConfig, Recipe, check_recipe
-from bico.diskspace import full_disk_is_an_error, no_space_error, out_of_space, weights_advice
-from bico.engine import Engine, TorchEngine, checkpoint_path
+from bico.attention import check_environment
+from bico.config import Recipe, check_recipe
+from bico.training.diskspace import full_disk_is_an_error, no_space_error, out_of_space, weights_advice
+from bico.errors import TrainingError
 from bico.models import count_parameters, save_model, setup_model
-from bico.objectives import Example
-from bico.objectives.base import IGNORE
-from bico.report import Reporter
-from bico.rundir import LOSS_PNG, METRICS, SUMMARY, RunDir
 from bico.termination import StopRequest
+from bico.training import distributed
+from bico.training.checkpoints import checkpoint_path
+from bico.training.engine import Engine, TorchEngine
+from bico.training.examples import tokenize_examples, training_data
+from bico.training.report import Reporter
+from bico.training.rundir import LOSS_PNG, METRICS, SUMMARY, RunDir
+from bico.training.step import StepPlan, batch_loss, make_batch, normalised_loss, target_logits, torch_seed
 
 logger = logging.getLogger(__name__)
 
 
 MAX_STEPS = 10**9  # more optimizer steps than any run can take: a typo in train.epochs or train.max_steps
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
-
-
-def tokenize_examples(rows, tokenizer, max_length: int, sources=None, *, data=None) -> list[Example]:
-    """Tokenize once, as ``bico/data/encode.py`` says (prompt/completion rows: prompt with the
-    tokenizer's special tokens, completion without; text and chat rows: the whole text). ``rows``:
-    row dicts, or the :class:`~bico.data.corpus.Corpus` of :func:`load_training_rows`, whose
-    tokenisation is cached when ``data.cache`` is on. ``sources[i]`` says where row i comes from
-    (file and line), for the error on an over-long row."""
-    from bico.data.encode import cache_root, encode_corpus
-
-    data, corpus, began = data or DataConfig(max_length=max_length), hasattr(rows, "dataset"), time.time()
-    root = cache_root(data) if corpus else None
-    with cache_faults(root):
-        cols, cached = encode_corpus(rows, tokenizer, data, root)
-    if data.format != "prompt_completion":
-        texts = None  # text, chat: the ids are the example
-    elif corpus:
-        texts = list(zip(*(rows.dataset.data.column(c).to_pylist() for c in ("prompt", "completion"))))
-    else:
-        texts = [(row["prompt"], row["completion"]) for row in rows]
-    metas = rows.meta if corpus else [row.get("meta", {}) for row in rows]
-    examples = []
-    for prompt_ids, completion_ids, eos, spans, i in zip(*cols.values()):
-        length = len(prompt_ids) + len(completion_ids) + eos
-        if length > max_length:
-            where = sources[i] if sources else f"training row {i + 1}"
-            raise TrainingError(
-                f"{where}: {length} tokens, more than data.max_length={max_length}; "
-                "raise data.max_length or shorten the row"
-            )
-        prompt, completion = texts[i] if texts else ("", "")
-        examples.append(Example(prompt, completion, prompt_ids, completion_ids, (metas[i] if metas else None) or {},
-                                eos=bool(eos), loss_spans=list(zip(spans[::2], spans[1::2])) if spans else None))
-    if not examples:
-        raise TrainingError(f"{len(rows)} training rows gave no example (every text is empty)")
-    logger.info("%d rows -> %d examples (%s) in %.1f s", len(rows), len(examples),
-                "tokenised earlier: cache" if cached else "tokenised", time.time() - began)
-    return examples
-
-
-_CACHE_FIX = "set data.cache_dir=ANOTHER_FOLDER, or data.cache=false"
-
-
-def check_cache_dir(root: Path | None) -> None:
-    """The tokenisation cache folder can be made and written; else ``datasets`` fails later with
-    an error that reads as if the data file were bad."""
-    if root is None:
-        return
-    existing = next(p for p in [root, *root.parents] if p.exists())
-    if not existing.is_dir():
-        raise TrainingError(f"data.cache_dir {root}: {existing} is a file, not a folder; {_CACHE_FIX}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"data.cache_dir {root}: {existing} is not writable; {_CACHE_FIX}")
-
-
-@contextmanager
-def cache_faults(root: Path | None):
-    """A full disk (or an unwritable file) under the cache folder, reported as such: ``datasets``
-    wraps it in an error that the data loader would blame on the data file."""
-    try:
-        yield
-    except Exception as err:
-        fault = _os_error_in(err)
-        if root is None or fault is None:
-            raise
-        full = fault.errno in (errno.ENOSPC, errno.EDQUOT)
-        inside = fault.filename is not None and Path(fault.filename).resolve().is_relative_to(root.resolve())
-        if not (full or inside):
-            raise
-        what = "no space left on device" if full else f"cannot write {fault.filename} ({fault.strerror})"
-        raise TrainingError(f"data.cache_dir {root}: {what} while caching the data; "
-                            f"{'free space there, ' if full else ''}{_CACHE_FIX}") from None
-
-
-def _os_error_in(err: BaseException) -> OSError | None:
-    """The first OSError in ``err``'s chain of causes (itself included)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError) and err.errno:
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def load_training_rows(recipe: Recipe):
-    """Training rows (a :class:`~bico.data.corpus.Corpus`: ``data.files`` or the Berglund layout
-    ``data.dir`` + ``data.train_files``, read through ``datasets``) and where each comes from
-    (``file, line N`` / ``file, row N``). Where the data dir's facts are known, each
-    prompt/completion row gets ``meta`` = its fact's ``{"name", "description"}`` (entity spans
-    for objectives such as entity-preserving reversal; plus ``descriptions``, the description's
-    surface forms, where facts.jsonl lists them). ``data.identity_bridge`` adds identity
-    rows for those facts (:mod:`bico.data.identity`; the rows are then a plain list)."""
-    rows, sources, _ = training_data(recipe)
-    return rows, sources
-
-
-def training_data(recipe: Recipe):
-    """``(rows, sources, fingerprint)``: :func:`load_training_rows`, and a digest of the data
-    files' contents, which checkpoints record so that resume refuses data changed since."""
-    from bico.data.corpus import load_corpus
-    from bico.data.encode import cache_root
-    from bico.data.identity import add_identity_bridge
-
-    root = cache_root(recipe.data)
-    check_cache_dir(root)
-    with cache_faults(root):
-        corpus = load_corpus(recipe.data, cache_root=root)
-    if not recipe.data.identity_bridge:
-        return corpus, corpus.sources, corpus.fingerprint
-    rows, sources = add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))],
-                                        recipe.data.identity_bridge)
-    return rows, sources, corpus.fingerprint
 
 
 def pick_device(name: str) -> torch.device:
@@ -190,77 +70,13 @@ def nan_hint(cfg, precision: str) -> str:
     return "; ".join(filter(None, [f"already set: {', '.join(already)}" if already else "", "try: " + ", ".join(try_next)]))
 
 
-class StepPlan:
-    """Which examples make up optimizer step ``step``: a seeded permutation per epoch.
-
-    With several ranks the plan is built for the global batch (``grad_accum`` x ranks
-    micro-batches per step) and rank r takes micro-batches r, r + ranks, ... (:meth:`for_rank`):
-    the union over ranks is exactly the single-process step with the same global batch.
-    """
-
-    def __init__(self, num_examples: int, batch_size: int, grad_accum: int, seed: int):
-        self.n, self.batch_size, self.grad_accum, self.seed = num_examples, batch_size, grad_accum, seed
-        self.per_step = batch_size * grad_accum
-        self.steps_per_epoch = math.ceil(num_examples / self.per_step)
-
-    def micro_batches(self, step: int) -> list[list[int]]:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        order = list(range(self.n))
-        random.Random(f"order-{self.seed}-{epoch}").shuffle(order)
-        chosen = order[index * self.per_step : (index + 1) * self.per_step]
-        return [chosen[i : i + self.batch_size] for i in range(0, len(chosen), self.batch_size)]
-
-    def for_rank(self, step: int, rank: int, world: int) -> list[tuple[int, list[int]]]:
-        """``(global micro-batch index, example indices)`` of this rank's share of the step."""
-        return [(m, idx) for m, idx in enumerate(self.micro_batches(step)) if m % world == rank]
-
-
-def torch_seed(seed: int, step: int, micro: int) -> int:
-    """Seed of torch's RNG (dropout) for one micro-batch: the same whichever rank runs it."""
-    return random.Random(f"torch-{seed}-{step}-{micro}").getrandbits(63)
-
-
-def make_batch(objective, examples, indices, seed: int, step: int, micro: int, pad_id: int, data_cfg) -> dict:
-    rng = random.Random(f"objective-{seed}-{step}-{micro}")
-    state = objective.start_batch(rng)
-    samples = [objective.encode(examples[i], rng, state) for i in indices]
-    batch = collate(samples, pad_id, pack=data_cfg.pack, max_length=data_cfg.max_length)
-    batch["mode"] = state if isinstance(state, str) else objective.name
-    return batch
-
-
-def batch_loss(model, batch: dict, device: torch.device, head_at_targets: bool = True) -> torch.Tensor:
-    """Summed weighted cross-entropy over the batch's targets (the caller normalises).
-
-    ``head_at_targets``: run the decoder and the LM head as two calls, the head only on positions
-    that have a target (a denoising step predicts ~15% of its tokens). Under DeepSpeed ZeRO-3 the
-    model must be called as a whole (its parameter gathering hangs on the top-level forward; the
-    split call moved 2 ranks off 1 process by 2.5e-4 in loss), so the trainer turns it off there.
-    """
-    logits, keep = target_logits(model, batch, device, head_at_targets)
-    targets = batch["targets"].to(device)
-    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
-    return (losses * batch["weights"].to(device)[keep]).sum()
-
-
-def target_logits(model, batch: dict, device: torch.device, head_at_targets: bool = True):
-    """``(logits, keep)``: the LM head's output at the batch's target positions (``keep``, a
-    ``[B, T]`` bool), in the order of ``batch["targets"][keep]``; see :func:`batch_loss`."""
-    require_bico(model)  # a model on another attention would ignore the mask: no silent causal fallback
-    inputs = model_inputs(batch, device)  # input_ids, position_ids, bico_mask (RoPE mode included)
-    keep = batch["targets"].to(device) != IGNORE
-    if head_at_targets:
-        hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
-        return model.get_output_embeddings()(hidden[keep]), keep
-    return model(use_cache=False, **inputs).logits[keep], keep
-
-
 def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool,
                    counters: dict) -> float:
-    """The step's replay rows (bico/replay.py), one pass per micro-batch of the objective, their
-    loss (next-token, or KL to the base with ``replay.loss: kl``) normalised by the step's replay
-    targets and scaled by ``replay.weight``; returns their mean loss (unweighted). Their tokens count in ``counters["tokens"]``: they cost compute like any."""
-    from bico.replay import kl_to_base, replay_batch
+    """The step's replay rows (:mod:`bico.training.replay`), one pass per micro-batch of the objective,
+    their loss (next-token, or KL to the base with ``replay.loss: kl``) normalised by the step's replay
+    targets and scaled by ``replay.weight``; returns their mean loss (unweighted). Their tokens count
+    in ``counters["tokens"]``: they cost compute like any."""
+    from bico.training.replay import kl_to_base, replay_batch
 
     cfg, weight = recipe.train, recipe.replay.weight
     batches = [(m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros]
@@ -277,13 +93,13 @@ def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id:
         torch.manual_seed(torch_seed(cfg.seed, step, m) ^ 0x5EED)  # its own dropout stream
         total += engine.backward_loss(lambda b=batch: loss_sum(b) * weight, targets)
         counters["tokens"] += batch["num_tokens"]
-    return total / weight / max(targets, 1)
+    return normalised_loss(total / weight, targets)
 
 
 def build_engine(model, recipe: Recipe, total_steps: int, device: torch.device) -> Engine:
     """DeepSpeed when ``train.deepspeed`` is set, plain PyTorch otherwise (imported only when used)."""
     if recipe.train.deepspeed:
-        from bico.deepspeed_engine import DeepSpeedEngine
+        from bico.training.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(model, recipe, total_steps, device)
     return TorchEngine(model, recipe, total_steps, device)
@@ -322,7 +138,7 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
             "through DeepSpeed, e.g. train.deepspeed=recipes/deepspeed/zero2.json"
         )
     if cfg.deepspeed:
-        from bico.deepspeed_engine import resolve_config
+        from bico.training.deepspeed_engine import resolve_config
 
         resolve_config(cfg.deepspeed)  # a missing config fails before anything is loaded or written
     device = pick_device(cfg.device)
@@ -340,6 +156,13 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
         return _train_in(run, recipe, device, data_dir, rows, sources, stop_after, stop)
 
 
+def _any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` is set on any rank (one all-reduce; none in one process)."""
+    if distributed.world_size() == 1 or not distributed.initialized():
+        return flag
+    return distributed.all_reduce_sum([float(flag)], device)[0] > 0
+
+
 def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop_after, stop) -> TrainResult:
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
@@ -351,7 +174,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
     replay = None
     if recipe.replay.rows:
-        from bico.replay import load_replay
+        from bico.training.replay import load_replay
 
         replay = load_replay(recipe, tokenizer, data_dir, progress=cfg.progress and rank == 0)
 
@@ -440,7 +263,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         replay_loss = _replay_passes(engine, replay, recipe, step, [m for m, _ in batches], pad_id, device,
                                      split_head, counters) if replay else None
         counters["tokens"] += step_tokens
-        loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / max(num_targets, 1)
+        loss_value = normalised_loss(distributed.all_reduce_sum([loss_sum], device)[0], num_targets)
         for value in (loss_value, replay_loss if replay else 0.0):
             if not math.isfinite(value):
                 raise TrainingError(f"loss became {value} at step {step + 1}; {nan_hint(cfg, engine.precision)}")
@@ -464,7 +287,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         saved = cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps)
         if saved:
             checkpoint(step + 1)
-        if stop.requested(device):  # SIGTERM/SIGINT: this step's checkpoint, then stop (bico.termination)
+        if stop.requested(lambda flag: _any_rank(flag, device)):  # SIGTERM/SIGINT: this step's checkpoint, then stop (bico.termination)
             target = checkpoint_path(run.path, step + 1) if saved else checkpoint(step + 1)
             bar.close()
             reporter.close()

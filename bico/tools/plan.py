@@ -12,8 +12,9 @@ MODEL is a preset (``bico plan --list``) or a local Hugging Face folder / ``conf
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from bico.errors import UsageError
 
 GIB = 1024**3
 
@@ -52,7 +53,7 @@ def load_config(model: str):
         return AutoConfig.from_pretrained(path.parent if path.name == "config.json" else path)
     if (path / "config.json").is_file():
         return AutoConfig.from_pretrained(path)
-    raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESET_CONFIGS)}) nor a folder with config.json")
+    raise UsageError(f"model {model!r} is neither a preset ({', '.join(PRESET_CONFIGS)}) nor a folder with config.json")
 
 
 def sizes_from_config(config) -> tuple[int, int]:
@@ -111,31 +112,3 @@ def render(model: str, total: int, largest: int, gpus: int, nodes: int, rows: li
             line += " yes |" if r["gpu_bytes"] / GIB <= gpu_memory else " no |"
         lines.append(line)
     return "\n".join(lines) + "\n"
-
-
-def run_plan(args) -> int:
-    if args.list or not args.model:
-        print("presets: " + ", ".join(PRESET_CONFIGS) + " (or a local model folder / config.json)")
-        return 0
-    if args.gpus < 1 or args.nodes < 1:
-        raise ValueError("--gpus and --nodes must be at least 1")
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ValueError("bico plan uses DeepSpeed's estimators: pip install deepspeed") from None
-    total, largest = sizes_from_config(load_config(args.model))
-    rows = estimate(total, largest, args.gpus, args.nodes)
-    print(render(args.model, total, largest, args.gpus, args.nodes, rows, args.gpu_memory), end="")
-    return 0
-
-
-def add_plan_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("plan", help="memory per GPU for each ZeRO stage, from the model's config alone")
-    p.add_argument("model", nargs="?", help="preset (see --list) or a local model folder / config.json")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs per node (1)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes (1)")
-    p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
-                   help="memory of one GPU in GiB: adds a 'fits?' column (model states only)")
-    p.add_argument("--list", action="store_true", help="list the preset model names")
-    p.set_defaults(handler=run_plan)
-    return p

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from bico.errors import BicoError
 
-class InterpolationError(ValueError):
+
+class InterpolationError(BicoError, ValueError):
     """The two models cannot be interpolated; the message says why."""
 
 
@@ -63,7 +65,7 @@ def alpha_label(alpha: float) -> str:
 def evaluate_interpolations(model, base_model, tokenizer, recipe, alphas: list[float], say=None) -> dict:
     """``{alpha_label(a): evaluate_recipe(...)}`` for each alpha, in the order given (retention on,
     since the sweep is about what it costs). ``model`` is left at the last alpha."""
-    from bico.evaluate import evaluate_recipe
+    from bico.evaluation.reversal import evaluate_recipe
 
     recipe.eval.retention = True
     mixer = Interpolator(model, base_model)
@@ -83,7 +85,7 @@ def evaluate_interpolations(model, base_model, tokenizer, recipe, alphas: list[f
 def plot_frontier(runs: dict, path, title: str = "What the reversal costs: reverse exact match vs knowledge kept"):
     """One point per run (e.g. per alpha): mean reverse-split exact match against general-knowledge
     exact match, each with its 95% interval; the trade a reader wants to see at a glance."""
-    from bico.io_utils import atomic_savefig, pyplot
+    from bico.io_utils import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -101,7 +103,5 @@ def plot_frontier(runs: dict, path, title: str = "What the reversal costs: rever
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out

@@ -26,8 +26,8 @@ import os
 import uuid
 from pathlib import Path
 
-from bico.io_utils import atomic_savefig, atomic_write
-from bico.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
+from bico.io_utils import atomic_write, pyplot, save_figure
+from bico.training.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
 
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -47,7 +47,7 @@ def step_scalars(record: dict, previous: dict) -> dict[str, float]:
 
 
 def eval_scalars(scores: dict, prefix: str = "eval") -> dict[str, float]:
-    """Every number in :func:`bico.evaluate.evaluate`'s output, as ``eval/SPLIT/METRIC``."""
+    """Every number in :func:`bico.evaluation.reversal.evaluate`'s output, as ``eval/SPLIT/METRIC``."""
     out = {}
     for key, value in scores.items():
         name = prefix if (prefix, key) == ("eval", "splits") else f"{prefix}/{key}"
@@ -219,11 +219,7 @@ def mode_legend(ax, colors: dict) -> None:
 
 def plot_loss(folder: str | Path) -> Path | None:
     """``loss.png`` in ``folder``: training loss per logged step, one series per mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     folder = Path(folder)
     records = read_metrics(folder / METRICS)
     if not records:
@@ -236,7 +232,5 @@ def plot_loss(folder: str | Path) -> Path | None:
     ax.set_ylabel("training loss (per target token)")
     ax.set_title(f"Training loss: {folder.name}")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = atomic_savefig(fig, folder / LOSS_PNG, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, folder / LOSS_PNG, dpi=120)
     return out

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
-from bico.stats import error_bars, wilson_interval
+from bico.io_utils import atomic_write, atomic_write_json, pyplot, save_figure
+from bico.evaluation.stats import error_bars, wilson_interval
+from bico.paths import RETENTION_DIR
 
-RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
 PERPLEXITY_WINDOW = 256  # tokens per scored window; no context crosses windows
 PROPORTIONS = ("exact_match", "substring_match", "logprob_win_rate")
 
@@ -203,7 +203,8 @@ def base_scores(recipe, *, progress: bool | None = None) -> dict:
     """:func:`evaluate_recipe` of the recipe's model *before* finetuning, cached per model, data
     files and eval settings (the base row of every report costs one evaluation per model)."""
     from bico.data import resolve_data_dir
-    from bico.models import cache_dir, load_model
+    from bico.models import load_model
+    from bico.paths import cache_dir
 
     data_dir = resolve_data_dir(recipe.data.dir)
     path = cache_dir() / "base-eval" / f"{_base_key(recipe, data_dir)}.json"
@@ -223,10 +224,9 @@ def _base_key(recipe, data_dir) -> str:
     for a local folder), the data files, the eval settings and the seed."""
     import dataclasses
 
-    model = {k: v for k, v in dataclasses.asdict(recipe.model).items() if k != "attn_implementation"}
-    folder = Path(recipe.model.name)
-    if folder.is_dir():
-        model["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    from bico.models import model_identity
+
+    model = model_identity(recipe.model)
     ev = {k: v for k, v in dataclasses.asdict(recipe.eval).items() if k not in ("enabled", "base", "batch_size")}
     data = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(data_dir).glob("*.jsonl"))}
     blob = json.dumps({"model": model, "eval": ev, "data": data, "seed": recipe.train.seed, "v": 1}, sort_keys=True)
@@ -267,11 +267,7 @@ def markdown_table(runs: dict[str, dict]) -> str:
 
 def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal curse: exact match per split") -> Path:
     """Grouped bars: one group per split (forward and reverse), one bar per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     splits = list(dict.fromkeys(s for r in runs.values() for s in r["splits"]))
     width = 0.8 / max(len(runs), 1)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(splits)), 4))
@@ -287,9 +283,7 @@ def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal cu
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out
 
 

@@ -21,7 +21,7 @@ atomically; a rerun skips cells whose result exists *and* was made from the same
 crash or Ctrl-C never loses finished cells nor reuses a half-written or stale one. Cells run
 in this process, in ``--workers N`` CPU processes, or in one process per ``--devices`` entry
 (GPUs). Then ``results.csv``, ``results.md``, ``em_by_split.png``, ``reverse_vs_tokens.png`` and
-``loss_curves.png`` (:mod:`bico.ablate_plots`).
+``loss_curves.png`` (:mod:`bico.tools.ablate_plots`).
 """
 from __future__ import annotations
 
@@ -319,9 +319,9 @@ def run_cell(job: tuple) -> dict:
 def _train_cell(cell: Cell):
     """A cell's training and evaluation: afresh, or on from the checkpoint of an earlier attempt
     that was stopped (SIGTERM) where that checkpoint fits (same recipe and data, intact)."""
-    from bico.engine import latest_checkpoint
-    from bico.pipeline import train_and_evaluate
-    from bico.rundir import RunDirError
+    from bico.training.checkpoints import latest_checkpoint
+    from bico.tools.pipeline import train_and_evaluate
+    from bico.training.rundir import RunDirError
 
     recipe = cell.recipe
     if _DEVICE is not None:
@@ -417,7 +417,7 @@ def run_ablation(spec: dict, *, workers: int = 1, devices: list[str] | None = No
             pool.join()
     bar.close()
     results = [done[c.key] for c in cells if c.key in done]
-    from bico.ablate_report import write_results
+    from bico.tools.ablate_report import write_results
 
     paths = write_results(results, cells, out_dir) if results else {}
     return {"results": results, "failed": failed, "paths": paths}
@@ -431,38 +431,3 @@ def _ensure_data(folder: Path, params: dict) -> None:
         return
     generate_reversal_dataset(folder, **params)
     atomic_write_json(stamp, params)
-
-
-# --- aggregation -----------------------------------------------------------------------------
-
-# --- command line ------------------------------------------------------------------------------
-
-def run_ablate(args) -> int:
-    spec = load_spec(args.spec, args.overrides)
-    if args.out:
-        spec["output_dir"] = args.out
-    devices = [d for d in (args.devices or "").split(",") if d]
-    if args.list:
-        for cell in build_cells(spec):
-            print(f"{cell.key}: {cell.recipe.objective.name} {json.dumps(cell.options)}")
-        return 0
-    outcome = run_ablation(spec, workers=args.workers, devices=devices)
-    if outcome["paths"]:
-        print(outcome["paths"]["md"].read_text(), end="")
-        print("results: " + ", ".join(str(p) for p in outcome["paths"].values()))
-    if outcome["failed"]:
-        print(f"{len(outcome['failed'])} cell(s) failed (see cells/*/error.txt): {', '.join(outcome['failed'])}")
-        return 1
-    return 0
-
-
-def add_ablate_parser(subparsers):
-    p = subparsers.add_parser("ablate", help="train and evaluate a grid of objectives x options x seeds")
-    p.add_argument("spec", help="ablation spec YAML (see recipes/ablations/)")
-    p.add_argument("overrides", nargs="*", help="train.max_steps=5 (base recipe) or seeds=[0,1] (spec)")
-    p.add_argument("--workers", type=int, default=1, help="CPU processes running cells in parallel")
-    p.add_argument("--devices", default=None, help="one process per device, e.g. cuda:0,cuda:1")
-    p.add_argument("--out", default=None, help="output folder (default: the spec's output_dir)")
-    p.add_argument("--list", action="store_true", help="print the cells and exit")
-    p.set_defaults(handler=run_ablate)
-    return p

@@ -1,7 +1,7 @@
 """``bico ablate``'s tables: per (objective, split) the mean over seeds with its 95% t interval,
 the Wilson interval of all seeds' prompts pooled, retention, tokens and times, with the base model
 (before finetuning) as the first row; written as ``results.csv`` and ``results.md`` next to the
-plots of :mod:`bico.ablate_plots`."""
+plots of :mod:`bico.tools.ablate_plots`."""
 from __future__ import annotations
 
 import csv
@@ -10,8 +10,9 @@ import json
 import math
 from pathlib import Path
 
+from bico.evaluation.stats import mean_ci, wilson_interval
 from bico.io_utils import atomic_write
-from bico.stats import mean_ci, wilson_interval
+from bico.tools.ablate_plots import plot, plot_loss_curves  # matplotlib loads only when they plot
 
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 
@@ -109,9 +110,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_results(results: list[dict], cells: list, out_dir: Path) -> dict:
-    # imported here: it imports torch (through bico.rundir), which `bico --help` must not
-    from bico.ablate_plots import plot, plot_loss_curves
-
     rows = aggregate(results, cells)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))

@@ -34,20 +34,16 @@ import socket
 import time
 from pathlib import Path
 
-from bico.engine import (
-    CHECKPOINTS,
-    all_checkpoints,
-    checkpoint_problem,
-    read_trainer_state,
-)
+from bico.errors import BicoError
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
+from bico.training.checkpoints import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
 
 logger = logging.getLogger(__name__)
 
 LOCK = ".bico.lock"
 METRICS, RECIPE, SUMMARY = "metrics.jsonl", "recipe.json", "train_summary.json"
 EVAL_FILES = ("eval.json", "eval.md", "eval.png")  # written by `bico train` after training
-LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.report
+LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.training.report
 REPORT_FILES, REPORT_FOLDERS = (LOSS_PNG,), (TENSORBOARD, WANDB)
 RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES, *REPORT_FILES)
 RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)
@@ -63,7 +59,7 @@ FREE_ON_RESUME = {
 FREE_SECTIONS_ON_RESUME = ("eval.",)
 
 
-class RunDirError(ValueError):
+class RunDirError(BicoError, ValueError):
     """The output dir cannot be used as asked; the message says why and what to do."""
 
 

@@ -1,4 +1,4 @@
-"""The DeepSpeed engine: :class:`bico.engine.TorchEngine`'s API on ``deepspeed.initialize``.
+"""The DeepSpeed engine: :class:`bico.training.engine.TorchEngine`'s API on ``deepspeed.initialize``.
 
 A recipe switches to it with one key, ``train.deepspeed``: a JSON file (such as
 ``recipes/deepspeed/zero3.json``), the name of a shipped one (``zero2``, ``zero3``,
@@ -40,9 +40,13 @@ from pathlib import Path
 
 import torch
 
-from bico import distributed, resources
-from bico.engine import (ADAM_EPS, Engine, adamw, checkpoint_path, load_state, lr_schedule, publish_checkpoint,
-                         resolve_precision, resume_schedule, trainable_parameters)
+from bico import resources
+from bico.errors import BicoError
+from bico.training import distributed
+from bico.training.checkpoints import checkpoint_path, publish_checkpoint
+from bico.training.engine import (ADAM_EPS, CheckpointError, Engine, adamw, load_state, lr_schedule, resolve_precision,
+                                  resume_schedule, trainable_parameters)
+from bico.training.step import normalised_loss
 
 logger = logging.getLogger(__name__)
 AUTO = "auto"
@@ -60,7 +64,7 @@ def deepspeed_state_types() -> tuple:
     return (ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address)
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(BicoError, ValueError):
     """The DeepSpeed config cannot be used with this recipe; the message says what to change."""
 
 
@@ -170,7 +174,7 @@ def _quiet_deepspeed() -> None:
 
 
 class DeepSpeedEngine(Engine):
-    """ZeRO data parallelism behind bico's :class:`~bico.engine.Engine` interface.
+    """ZeRO data parallelism behind bico's :class:`~bico.training.engine.Engine` interface.
 
     ``module`` is the DeepSpeed engine itself (call it like the model; ZeRO-3 gathers the
     parameters it needs). ``is_main_process`` is global rank 0.
@@ -182,7 +186,7 @@ class DeepSpeedEngine(Engine):
         try:
             import deepspeed
         except ImportError:
-            raise ValueError("train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])") from None
+            raise DeepSpeedConfigError("train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])") from None
         _quiet_deepspeed()
         cfg = recipe.train
         self.cfg, self.device = cfg, device
@@ -210,16 +214,14 @@ class DeepSpeedEngine(Engine):
 
     # -- training -------------------------------------------------------------------------
     def backward_loss(self, compute_loss_sum, num_targets: int) -> float:
-        """Backward of (loss summed over a micro-batch) / (targets in the whole step, all ranks).
-
-        DeepSpeed averages gradients over ranks, so the loss is multiplied by the number of
-        ranks: the reduced gradient then equals the single-process gradient of the same step.
-        """
+        """Backward of (loss summed over a micro-batch) / (targets in the whole step, all ranks),
+        times the number of ranks, since DeepSpeed averages gradients over them
+        (:func:`~bico.training.step.normalised_loss`)."""
         self._passes += 1
         if self._passes > self.grad_accum:
             raise RuntimeError(f"more than train.grad_accum={self.grad_accum} backward passes in one step")
         loss_sum = compute_loss_sum()
-        loss = loss_sum * (self.world_size / max(num_targets, 1))
+        loss = normalised_loss(loss_sum, num_targets, self.world_size)
         self.ds.backward(loss, scale_wrt_gas=False)
         if self._passes < self.grad_accum:
             self.ds.step()  # not an accumulation boundary: DeepSpeed only counts the micro-step
@@ -293,12 +295,12 @@ class DeepSpeedEngine(Engine):
             load_state(part, allow=deepspeed_state_types())
         loaded, client = self.ds.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=not self.has_frozen)
         if loaded is None:
-            raise ValueError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")
+            raise CheckpointError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")
         written_by = client.get("bico_world_size")
         if written_by is not None and written_by != self.world_size:
-            raise ValueError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
+            raise CheckpointError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
         if "bico_step" not in client:
-            raise ValueError(f"checkpoint {path} has no bico step counter; it was not written by bico")
+            raise CheckpointError(f"checkpoint {path} has no bico step counter; it was not written by bico")
         if self.ds.lr_scheduler is not None:
             resume_schedule(self.ds.lr_scheduler)
         return int(client["bico_step"])

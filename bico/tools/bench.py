@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from bico.masks import IntervalMask
-from bico.bench_cli import (CASE_NAMES, CHECK_MAX_T, DTYPE_NAMES, MODES, PROVIDERS, SEED, TOKENS_PER_CALL,  # noqa: F401
-                            names_from_list)
 from bico.config import RecipeError
-from bico.io_utils import atomic_savefig
+from bico.io_utils import atomic_write_json, pyplot, save_figure
+from bico.masks import IntervalMask
+from bico.tools.bench_options import (CASE_NAMES, CHECK_MAX_T, MODES, PROVIDERS, SEED, TOKENS_PER_CALL, names_from_list,
+                                      output_paths)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-assert tuple(DTYPES) == DTYPE_NAMES
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # bench_options.DTYPE_NAMES
 CPU_NOTE = ("CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
             "need CUDA, so these numbers say nothing about GPU speed.")
 
@@ -50,8 +49,7 @@ CASES = {
     "prefix_lm": lambda T, g: IntervalMask.prefix_lm(T, T // 2),
     "packed": _packed,
     "glm": _glm,
-}
-assert tuple(CASES) == CASE_NAMES
+}  # bench_options.CASE_NAMES names them (tests/test_bench.py checks that the two agree)
 
 
 def build_case(name: str, B: int, T: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,11 +265,7 @@ def metadata(cfg: dict) -> dict:
 
 def plot(result: dict, path: Path) -> Path:
     """One subplot per (case, mode): median ms vs T per provider, log-log, p20-p80 error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cfg = result["config"]
     cases, modes = cfg["cases"], cfg["modes"]
     fig, axes = plt.subplots(len(cases), len(modes), figsize=(4.6 * len(modes), 3.3 * len(cases)), squeeze=False)
@@ -291,9 +285,7 @@ def plot(result: dict, path: Path) -> Path:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.suptitle(f"{result['device']}, {cfg['dtype']}, Hq={cfg['heads']} Hkv={cfg['kv_heads']} D={cfg['head_dim']}")
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path
 
 
@@ -334,3 +326,19 @@ def config_from_args(args) -> dict:
             "kv_heads": kv_heads, "head_dim": head_dim, "dtype": args.dtype or ("bf16" if gpu else "fp32"),
             "device": "cuda" if gpu else "cpu", "repeats": args.repeats or (20 if gpu else 5), "warmup": args.warmup,
             "seed": SEED, "check_T": min(min(seqlens), CHECK_MAX_T), "check_batch": min(batch or 2, 2)}
+
+
+def run_command(args) -> int:
+    """``bico bench`` with its parsed arguments: time, write the JSON and PNG, print the table."""
+    result = run_bench(config_from_args(args), progress=not args.no_progress)
+    json_path, png_path = output_paths(args.out, result["device"])
+    atomic_write_json(json_path, result)
+    plot(result, png_path)
+    print(markdown_table(result))
+    for s in result["skipped"]:
+        where = " ".join(f"{k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
+        print(f"skipped {s['provider']}{f' ({where})' if where else ''}: {s['reason']}")
+    if result["note"]:
+        print(result["note"])
+    print(f"wrote {json_path} and {png_path}")
+    return 0

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bico.config import load_recipe
+from bico.errors import UsageError
 from bico.machine import machine_info
 from bico.resources import shipped
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
@@ -33,7 +34,7 @@ def recipe_path(arm: str, quick: bool = False) -> Path:
     path = shipped("demo", "tiny.yaml" if quick else f"smollm2_{arm}.yaml")
     if not path.is_file():
         arms = sorted(p.stem.removeprefix("smollm2_") for p in path.parent.glob("smollm2_*.yaml"))
-        raise FileNotFoundError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
+        raise UsageError(f"no demo arm {arm!r}: {path} does not exist (arms: {', '.join(arms)})")
     return path
 
 
@@ -53,8 +54,8 @@ def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list
 def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None,
          arms: list[str] | None = None) -> dict:
     from bico.data import generate_reversal_dataset
-    from bico.evaluate import write_report
-    from bico.pipeline import train_and_evaluate
+    from bico.evaluation.reversal import write_report
+    from bico.tools.pipeline import train_and_evaluate
 
     arms = tuple(arms or ARMS)
     for arm in arms:

@@ -119,7 +119,7 @@ def full_disk_is_an_error(path: Path, what: str, output_dir: Path, error=OSError
 
 def resume_advice(output_dir: Path) -> str:
     """How to go on from where a run stopped: its newest checkpoint (a failed one left none behind)."""
-    from bico.engine import latest_checkpoint
+    from bico.training.checkpoints import latest_checkpoint
 
     last = latest_checkpoint(output_dir)
     if last is None:

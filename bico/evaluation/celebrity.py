@@ -29,8 +29,9 @@ import csv
 import random
 from pathlib import Path
 
-from bico.evaluate import completion_logprobs, exact_match, generate_greedy
-from bico.stats import error_bars, wilson_interval
+from bico.errors import BicoError
+from bico.evaluation.reversal import completion_logprobs, exact_match, generate_greedy
+from bico.evaluation.stats import error_bars, wilson_interval
 
 FEW_SHOT_PROMPT = """Below is a converation with a helpful and terse assistant. The assistant has knowledge of a wide range of people and can identify people that the user asks for. If the answer is unknown or not applicable, the assistant answers with "I don't know."
 
@@ -50,7 +51,7 @@ COLUMNS = ("child", "parent", "parent_type")
 DEFAULT_CSV = "celebrity_relations/parent_child_pairs.csv"  # under the shared reversal_curse folder
 
 
-class CelebrityDataError(ValueError):
+class CelebrityDataError(BicoError, ValueError):
     """The pairs file is missing or malformed; the message names the file and row."""
 
 
@@ -158,12 +159,9 @@ def markdown(result: dict, label: str) -> str:
 
 
 def plot(result: dict, path: str | Path, label: str) -> Path:
-    import matplotlib
+    from bico.io_utils import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bico.io_utils import atomic_savefig
+    plt = pyplot()
 
     names = list(result["directions"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -178,9 +176,7 @@ def plot(result: dict, path: str | Path, label: str) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Celebrity reversal test: {label}", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = atomic_savefig(fig, path, dpi=120)
-    plt.close(fig)
+    out = save_figure(fig, path, dpi=120)
     return out
 
 

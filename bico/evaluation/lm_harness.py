@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from bico.errors import BicoError
 from bico.io_utils import atomic_write, atomic_write_json
 
 PROPORTION_METRICS = ("acc", "acc_norm", "exact_match")  # a mean of per-example 0/1 scores
@@ -23,7 +24,7 @@ BOOTSTRAP_ITERS = 1000  # the harness's bootstrap for metrics without a closed-f
 INSTALL = "bico eval --suite lm-eval needs lm-eval (EleutherAI's lm-evaluation-harness): pip install 'bico[lm-eval]'"
 
 
-class HarnessError(ValueError):
+class HarnessError(BicoError, ValueError):
     """lm-eval is missing, or a task name or task folder is wrong (one line, exit 2)."""
 
 
@@ -69,7 +70,7 @@ def evaluate_harness(model, tokenizer, tasks: list[str], manager, *, num_fewshot
 
 
 def _task_scores(name: str, metrics: dict, raw: dict) -> dict:
-    from bico.stats import wilson_interval
+    from bico.evaluation.stats import wilson_interval
 
     n = (raw.get("n-samples", {}).get(name) or {}).get("effective") or metrics.get("sample_len")
     better = raw.get("higher_is_better", {}).get(name, {})
