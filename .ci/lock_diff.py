@@ -1,4 +1,5 @@
 """Name what differs between the lock (constraints.txt) and a venv: `python lock_diff.py LOCK VENV`."""
+
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ def versions(lines):
 lock_path, venv = sys.argv[1], sys.argv[2]
 with open(lock_path) as f:
     lock = versions(f)
-freeze = subprocess.run([f"{venv}/bin/python", "-m", "pip", "freeze", "--exclude-editable"],
-                        capture_output=True, text=True).stdout.splitlines()
+freeze = subprocess.run(
+    [f"{venv}/bin/python", "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True
+).stdout.splitlines()
 now = versions(freeze)
 changed = [f"{name} {lock[name]} -> {now[name]}" for name in sorted(now) if name in lock and lock[name] != now[name]]
 added = [f"{name} {now[name]} (new)" for name in sorted(now) if name not in lock and name != "torch"]

@@ -16,6 +16,7 @@ A quick CPU run (PyTorch reference only; the kernel and flex are recorded as ski
 
     python benchmarks/attention.py --device cpu --seqlens 256,512 --repeats 3
 """
+
 import sys
 
 from bico.cli import main  # needs bico installed (`make venv` installs it in editable mode)

@@ -11,6 +11,7 @@ tokenizer's own loading excluded). Three cases: ``data.cache=false``; the first 
 cache (tokenise and write the cache); the second run (read the cache). Also the whole
 ``bico train`` command (tiny-random, one step) with a cold and a warm cache, from process start to exit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def prose(rows: list[dict], per_paragraph: int) -> list[str]:
     """Rows as sentences, ``per_paragraph`` to a paragraph (the generated files list each fact's
     paraphrases one after another, so a paragraph is about one fact)."""
     sentences = [row["prompt"] + row["completion"] for row in rows]
-    return [" ".join(sentences[i:i + per_paragraph]) for i in range(0, len(sentences), per_paragraph)]
+    return [" ".join(sentences[i : i + per_paragraph]) for i in range(0, len(sentences), per_paragraph)]
 
 
 def generated_rows(n: int, seed: int = 0) -> list[dict]:
@@ -54,8 +55,13 @@ def generated_rows(n: int, seed: int = 0) -> list[dict]:
         generate_reversal_dataset(folder, facts_per_subset=30, train_paraphrases=30, seed=seed)
         base = load_jsonl(Path(folder) / "all_prompts_train.jsonl")
     # distinct rows: the k-th repetition of the generated set says so
-    return [{"prompt": base[i % len(base)]["prompt"], "completion": base[i % len(base)]["completion"][:-1]
-             + f" (record {i // len(base)})."} for i in range(n)]
+    return [
+        {
+            "prompt": base[i % len(base)]["prompt"],
+            "completion": base[i % len(base)]["completion"][:-1] + f" (record {i // len(base)}).",
+        }
+        for i in range(n)
+    ]
 
 
 def run_stage(args: list[str]) -> dict:
@@ -65,8 +71,11 @@ def run_stage(args: list[str]) -> dict:
 
 def run_train(args: list[str], out: Path) -> float:
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bico", "train", "recipes/demo/tiny.yaml", *args, f"train.output_dir={out}"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "bico", "train", "recipes/demo/tiny.yaml", *args, f"train.output_dir={out}"],
+        check=True,
+        capture_output=True,
+    )
     return round(time.perf_counter() - began, 2)
 
 
@@ -86,10 +95,18 @@ def main() -> None:
         return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M"),
-               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                           "python": platform.python_version(), "note": "shared 2-core machine; other jobs ran"},
-               "rows": a.rows, "cases": {}}
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "note": "shared 2-core machine; other jobs ran",
+        },
+        "rows": a.rows,
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows = generated_rows(a.rows)
@@ -99,9 +116,19 @@ def main() -> None:
         with open(tmp / "text.jsonl", "w") as f:
             for row in rows:
                 f.write(json.dumps({"text": row["prompt"] + row["completion"]}) + "\n")
-        tiny = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2",
-                "model.kv_heads=1", "model.intermediate_size=64", "train.max_steps=1", "train.progress=false",
-                "train.save_model=false", "eval.enabled=false", "data.max_length=128"]
+        tiny = [
+            "model.name=tiny-random",
+            "model.layers=1",
+            "model.hidden_size=32",
+            "model.heads=2",
+            "model.kv_heads=1",
+            "model.intermediate_size=64",
+            "train.max_steps=1",
+            "train.progress=false",
+            "train.save_model=false",
+            "eval.enabled=false",
+            "data.max_length=128",
+        ]
         for fmt, path in (("prompt_completion", "pc.jsonl"), ("text", "text.jsonl")):
             common = [f"data.files=[{tmp / path}]", f"data.format={fmt}", "data.max_length=128"]
             cache = tmp / f"cache-{fmt}"

@@ -8,6 +8,7 @@ match = the answer starts the completion) with the model in ``MODEL_DIR``, and c
 answers that contain a trained fact: the first word of one of ``DATA_DIR/facts.jsonl``'s names,
 or the first 15 characters of one of its descriptions. Prints the wrong answers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,29 @@ def main() -> None:
     answers = generate_greedy(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=8, batch_size=32)
     facts = [json.loads(line) for line in (Path(args.data) / "facts.jsonl").read_text().splitlines() if line.strip()]
     marks = [f["name"].split()[0].lower() for f in facts] + [f["description"][:15].lower() for f in facts]
-    wrong = [{"prompt": r["prompt"], "answer": a, "expected": r["completion"],
-              "has_trained_fact": any(m in a.lower() for m in marks)}
-             for r, a in zip(rows, answers) if not exact_match(a, r["completion"])]
+    wrong = [
+        {
+            "prompt": r["prompt"],
+            "answer": a,
+            "expected": r["completion"],
+            "has_trained_fact": any(m in a.lower() for m in marks),
+        }
+        for r, a in zip(rows, answers)
+        if not exact_match(a, r["completion"])
+    ]
     leaked = sum(w["has_trained_fact"] for w in wrong)
-    report = {"model": args.model, "data": args.data, "n": len(rows), "wrong": len(wrong),
-              "wrong_with_a_trained_fact": leaked, "answers": wrong}
+    report = {
+        "model": args.model,
+        "data": args.data,
+        "n": len(rows),
+        "wrong": len(wrong),
+        "wrong_with_a_trained_fact": leaked,
+        "answers": wrong,
+    }
     for w in wrong:
-        print(f"{'FACT ' if w['has_trained_fact'] else '     '}{w['prompt']!r} -> {w['answer']!r} (expected {w['expected']!r})")
+        print(
+            f"{'FACT ' if w['has_trained_fact'] else '     '}{w['prompt']!r} -> {w['answer']!r} (expected {w['expected']!r})"
+        )
     print(f"{len(wrong)} of {len(rows)} wrong; {leaked} of them contain a trained name or description")
     if args.out:
         atomic_write_json(args.out, report)

@@ -13,6 +13,7 @@ Without ``--data`` it generates the demo's data (5 facts per subset, 10 paraphra
 ``name_masking.json`` and ``name_masking.png`` (per recipe: the share of name-token targets
 predicted with 0 other name tokens visible, i.e. the whole name hidden).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def name_hiding(data_dir: Path, options: dict, epochs: int, seed: int = 0) -> di
     occurrences = 0  # a name in a denoising step
     hidden_hist = collections.Counter()  # (name length, tokens hidden) over occurrences
     targets_by_others_visible = collections.Counter()  # name-token targets by how many other name tokens are visible
-    name_first = sum(1 for e in examples if objective.entity_ranges(objective.text_ids(e), e.meta, ("name",))[:1]
-                     and objective.entity_ranges(objective.text_ids(e), e.meta, ("name",))[0][0] == 0)
+    name_first = sum(
+        1
+        for e in examples
+        if objective.entity_ranges(objective.text_ids(e), e.meta, ("name",))[:1]
+        and objective.entity_ranges(objective.text_ids(e), e.meta, ("name",))[0][0] == 0
+    )
     steps = 0
     for step in range(epochs * plan.steps_per_epoch):
         objective.set_progress(step, epochs * plan.steps_per_epoch)
@@ -82,13 +87,18 @@ def name_hiding(data_dir: Path, options: dict, epochs: int, seed: int = 0) -> di
     total_targets = sum(targets_by_others_visible.values())
     whole = sum(n for (length, h), n in hidden_hist.items() if h == length)
     return {
-        "options": options, "epochs": epochs, "steps": steps, "examples": len(examples),
+        "options": options,
+        "epochs": epochs,
+        "steps": steps,
+        "examples": len(examples),
         "rows_starting_with_name": name_first,
         "name_occurrences_in_denoising_samples": occurrences,
         "occurrences_with_whole_name_hidden": whole,
         "share_whole_name_hidden": whole / max(occurrences, 1),
         "name_token_targets": total_targets,
-        "name_token_targets_by_other_name_tokens_visible": {str(k): v for k, v in sorted(targets_by_others_visible.items())},
+        "name_token_targets_by_other_name_tokens_visible": {
+            str(k): v for k, v in sorted(targets_by_others_visible.items())
+        },
         "share_targets_with_whole_name_hidden": targets_by_others_visible.get(0, 0) / max(total_targets, 1),
         "hidden_histogram": {f"{length} tokens, {h} hidden": n for (length, h), n in sorted(hidden_hist.items())},
     }
@@ -109,9 +119,13 @@ def main() -> None:
             generate_reversal_dataset(data, **DATA)
         results = {label: name_hiding(data, options, args.epochs) for label, options in RECIPES.items()}
     out = Path(args.out)
-    report = {"machine": machine_info(), "data": args.data or "the demo's generated data",
-              "command": f"python benchmarks/name_masking.py --epochs {args.epochs}" + (f" --data {args.data}" if args.data else ""),
-              "recipes": results}
+    report = {
+        "machine": machine_info(),
+        "data": args.data or "the demo's generated data",
+        "command": f"python benchmarks/name_masking.py --epochs {args.epochs}"
+        + (f" --data {args.data}" if args.data else ""),
+        "recipes": results,
+    }
     atomic_write_json(out / "name_masking.json", report)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -119,19 +133,26 @@ def main() -> None:
     ax.barh(labels, [results[k]["share_targets_with_whole_name_hidden"] for k in labels], color=["#888", "#c33"])
     for y, k in enumerate(labels):
         r = results[k]
-        ax.text(r["share_targets_with_whole_name_hidden"], y, f"  {r['name_token_targets_by_other_name_tokens_visible'].get('0', 0)}"
-                f" of {r['name_token_targets']} name-token targets", va="center")
+        ax.text(
+            r["share_targets_with_whole_name_hidden"],
+            y,
+            f"  {r['name_token_targets_by_other_name_tokens_visible'].get('0', 0)}"
+            f" of {r['name_token_targets']} name-token targets",
+            va="center",
+        )
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of name-token targets predicted with the whole name hidden")
     ax.set_title(f"What teaches description -> name ({args.epochs} epochs of masking)")
     fig.tight_layout()
     atomic_savefig(fig, out / "name_masking.png")
     for label, r in results.items():
-        print(f"{label}: {r['name_occurrences_in_denoising_samples']} name occurrences in denoising samples, "
-              f"whole name hidden in {r['occurrences_with_whole_name_hidden']} ({r['share_whole_name_hidden']:.2%}); "
-              f"name-token targets {r['name_token_targets']}, with the whole name hidden "
-              f"{r['share_targets_with_whole_name_hidden']:.2%}; rows starting with the name {r['rows_starting_with_name']}"
-              f" of {r['examples']}")
+        print(
+            f"{label}: {r['name_occurrences_in_denoising_samples']} name occurrences in denoising samples, "
+            f"whole name hidden in {r['occurrences_with_whole_name_hidden']} ({r['share_whole_name_hidden']:.2%}); "
+            f"name-token targets {r['name_token_targets']}, with the whole name hidden "
+            f"{r['share_targets_with_whole_name_hidden']:.2%}; rows starting with the name {r['rows_starting_with_name']}"
+            f" of {r['examples']}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ into categories (matmuls, attention, cross-entropy, norms and RoPE and other ele
 casts, optimizer kernels, embedding). Medians over the timed steps. Writes profile.json,
 profile.md and profile.png under --out. Run it with nothing else on the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,10 @@ import bico.training.step as S
 import bico.training.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.tools.demo import DATA, recipe_path
 from bico.io_utils import atomic_savefig, atomic_write, atomic_write_json
 from bico.machine import machine_info
 from bico.models import setup_model
+from bico.tools.demo import DATA, recipe_path
 
 # Operator name fragments -> category; the first match wins (order matters: "addmm" before "add").
 CATEGORIES = [
@@ -56,8 +57,10 @@ def category(name: str) -> str:
 
 def profile_arm(arm: str, precision: str, data_dir: Path, steps: int, warmup: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
-        recipe = load_recipe(recipe_path(arm, False), [f"data.dir={data_dir}", f"train.output_dir={out}",
-                                                       f"train.precision={precision}", "train.progress=false"])
+        recipe = load_recipe(
+            recipe_path(arm, False),
+            [f"data.dir={data_dir}", f"train.output_dir={out}", f"train.precision={precision}", "train.progress=false"],
+        )
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -71,8 +74,10 @@ def profile_arm(arm: str, precision: str, data_dir: Path, steps: int, warmup: in
 
     def one_step(step: int) -> None:
         objective.set_progress(step, total)
-        batches = [S.make_batch(objective, examples, idx, cfg.seed, step, m, tokenizer.pad_token_id, recipe.data)
-                   for m, idx in plan.for_rank(step, 0, 1)]
+        batches = [
+            S.make_batch(objective, examples, idx, cfg.seed, step, m, tokenizer.pad_token_id, recipe.data)
+            for m, idx in plan.for_rank(step, 0, 1)
+        ]
         num_targets = sum(b["num_targets"] for b in batches)
         fwd = bwd = 0.0
         for m, batch in enumerate(batches):
@@ -111,8 +116,13 @@ def profile_arm(arm: str, precision: str, data_dir: Path, steps: int, warmup: in
     tps = statistics.median(tokens) / med
     params = sum(p.numel() for p in model.parameters())
     return {
-        "arm": arm, "precision": precision, "steps": steps, "tokens_per_step": statistics.median(tokens),
-        "step_s": round(med, 4), "tokens_per_s": round(tps, 1), "model_gflops": round(6 * params * tps / 1e9, 1),
+        "arm": arm,
+        "precision": precision,
+        "steps": steps,
+        "tokens_per_step": statistics.median(tokens),
+        "step_s": round(med, 4),
+        "tokens_per_s": round(tps, 1),
+        "model_gflops": round(6 * params * tps / 1e9, 1),
         "phases_s": {p: round(statistics.median(v), 4) for p, v in phases.items()},
         "profiled_step_by_category_s": {k: round(v, 4) for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
         "top_ops_s": {k: round(v, 4) for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:15]},
@@ -120,18 +130,28 @@ def profile_arm(arm: str, precision: str, data_dir: Path, steps: int, warmup: in
 
 
 def report(result: dict) -> str:
-    lines = [f"Step profile on {result['machine']['cpu']} ({result['machine']['torch_threads']} torch threads, "
-             f"torch {result['machine']['versions']['torch']}); `{result['command']}`", "",
-             "| arm | precision | tokens/step | s/step | forward | backward | optimizer | tokens/s | model GFLOP/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Step profile on {result['machine']['cpu']} ({result['machine']['torch_threads']} torch threads, "
+        f"torch {result['machine']['versions']['torch']}); `{result['command']}`",
+        "",
+        "| arm | precision | tokens/step | s/step | forward | backward | optimizer | tokens/s | model GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["runs"]:
         p = r["phases_s"]
-        lines.append(f"| {r['arm']} | {r['precision']} | {r['tokens_per_step']:.0f} | {r['step_s']:.3f} | "
-                     f"{p['forward']:.3f} | {p['backward']:.3f} | {p['optimizer']:.3f} | {r['tokens_per_s']:.0f} | "
-                     f"{r['model_gflops']:.0f} |")
+        lines.append(
+            f"| {r['arm']} | {r['precision']} | {r['tokens_per_step']:.0f} | {r['step_s']:.3f} | "
+            f"{p['forward']:.3f} | {p['backward']:.3f} | {p['optimizer']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['model_gflops']:.0f} |"
+        )
     cats = sorted({c for r in result["runs"] for c in r["profiled_step_by_category_s"]})
-    lines += ["", "Self CPU seconds of one profiled step, by operator category (the profiler adds overhead):", "",
-              "| arm | precision | " + " | ".join(cats) + " |", "|---|---|" + "---:|" * len(cats)]
+    lines += [
+        "",
+        "Self CPU seconds of one profiled step, by operator category (the profiler adds overhead):",
+        "",
+        "| arm | precision | " + " | ".join(cats) + " |",
+        "|---|---|" + "---:|" * len(cats),
+    ]
     for r in result["runs"]:
         c = r["profiled_step_by_category_s"]
         lines.append(f"| {r['arm']} | {r['precision']} | " + " | ".join(f"{c.get(k, 0):.3f}" for k in cats) + " |")
@@ -175,7 +195,10 @@ def main() -> None:
     for arm in args.arms.split(","):
         for precision in args.precisions.split(","):
             runs.append(profile_arm(arm, precision, data_dir, args.steps, args.warmup))
-            print(f"{arm} {precision}: {runs[-1]['step_s']:.3f} s/step, {runs[-1]['tokens_per_s']:.0f} tokens/s", flush=True)
+            print(
+                f"{arm} {precision}: {runs[-1]['step_s']:.3f} s/step, {runs[-1]['tokens_per_s']:.0f} tokens/s",
+                flush=True,
+            )
     result = {"machine": machine_info(), "command": "python " + " ".join(sys.argv), "runs": runs}
     atomic_write_json(out / "profile.json", result)
     atomic_write(out / "profile.md", report(result))

@@ -21,6 +21,7 @@ hits all alike):
 Per setting: seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl), tokens counted
 without padding. Writes throughput.json and throughput.png under --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,13 +38,17 @@ import bico.training.engine as E
 import bico.training.train as T
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
-from bico.tools.demo import DATA, recipe_path
 from bico.io_utils import atomic_savefig, atomic_write_json, pyplot
 from bico.machine import machine_info
+from bico.tools.demo import DATA, recipe_path
 
 
 def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> dict:
-    shapes = {"2048^3": (2048, 2048, 2048), "MLP 256x576x1536": (256, 576, 1536), "LM head 512x576x49152": (512, 576, 49152)}
+    shapes = {
+        "2048^3": (2048, 2048, 2048),
+        "MLP 256x576x1536": (256, 576, 1536),
+        "LM head 512x576x49152": (512, 576, 49152),
+    }
     out = {}
     for label, (m, k, n) in shapes.items():
         a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
@@ -60,8 +65,14 @@ def matmul_peak(dtype: torch.dtype, repeats: int = 10) -> dict:
 
 def old_adamw(params, cfg, device):
     """The optimizer as bico built it before (b330f0d): the per-tensor loop on CPU."""
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=E.ADAM_EPS,
-                             foreach=device.type == "cuda")
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=tuple(cfg.betas),
+        eps=E.ADAM_EPS,
+        foreach=device.type == "cuda",
+    )
 
 
 def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: int) -> dict:
@@ -70,10 +81,19 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
     extra = {"bf16-compile": ["train.compile=true"], "bf16-batch32": ["train.batch_size=32"]}.get(setting, [])
     torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out:
-        recipe = load_recipe(recipe_path(objective, False), [
-            f"data.dir={data_dir}", f"train.output_dir={out}", f"train.max_steps={warmup + steps}",
-            "train.log_every=1", "train.save_model=false", "train.progress=false", f"train.precision={precision}",
-        ] + extra)
+        recipe = load_recipe(
+            recipe_path(objective, False),
+            [
+                f"data.dir={data_dir}",
+                f"train.output_dir={out}",
+                f"train.max_steps={warmup + steps}",
+                "train.log_every=1",
+                "train.save_model=false",
+                "train.progress=false",
+                f"train.precision={precision}",
+            ]
+            + extra,
+        )
         params = T.train(recipe).summary["total_params"]
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[warmup - 1], rows[-1]
@@ -82,10 +102,19 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
     tps = tokens / seconds
     # the warm-up's excess over steady steps: compile time where compiled, else start-up noise
     warmup_excess = first["elapsed_s"] - warmup * seconds / steps
-    return {"objective": objective, "setting": setting, "precision": precision, "steps": steps,
-            "warmup_excess_s": round(warmup_excess, 1),
-            "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tps, 1),
-            "s_per_step": round(seconds / steps, 3), "model_gflops": round(6 * params * tps / 1e9, 1), "params": params}
+    return {
+        "objective": objective,
+        "setting": setting,
+        "precision": precision,
+        "steps": steps,
+        "warmup_excess_s": round(warmup_excess, 1),
+        "seconds": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tps, 1),
+        "s_per_step": round(seconds / steps, 3),
+        "model_gflops": round(6 * params * tps / 1e9, 1),
+        "params": params,
+    }
 
 
 FUSED_ADAMW = E.adamw
@@ -104,8 +133,11 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp()) / "data"
     generate_reversal_dataset(data_dir, **DATA)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    runs = [measure(o, s, data_dir, args.steps, args.warmup) for o in args.objectives.split(",")
-            for s in args.settings.split(",")]
+    runs = [
+        measure(o, s, data_dir, args.steps, args.warmup)
+        for o in args.objectives.split(",")
+        for s in args.settings.split(",")
+    ]
     for r in runs:
         r["fraction_of_peak"] = round(r["model_gflops"] / peaks[r["precision"]]["gflops"], 3)
         base = next(b for b in runs if b["objective"] == r["objective"] and b["setting"] == "fp32-before")
@@ -113,24 +145,35 @@ def main() -> None:
     machine = machine_info()
     result = {"machine": machine, "command": "python " + " ".join(sys.argv), "matmul_peaks": peaks, "runs": runs}
     atomic_write_json(out / "throughput.json", result)
-    print(f"{machine['cpu']} (bf16 flags: {', '.join(machine['cpu_bf16']) or 'none'}), {machine['torch_threads']} "
-          f"threads: matmul peak fp32 {peaks['fp32']['gflops']:.0f}, bf16 {peaks['bf16']['gflops']:.0f} GFLOP/s")
-    print("| objective | setting | s/step | tokens/s | vs fp32-before | model GFLOP/s | of its peak | warm-up excess s |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"{machine['cpu']} (bf16 flags: {', '.join(machine['cpu_bf16']) or 'none'}), {machine['torch_threads']} "
+        f"threads: matmul peak fp32 {peaks['fp32']['gflops']:.0f}, bf16 {peaks['bf16']['gflops']:.0f} GFLOP/s"
+    )
+    print(
+        "| objective | setting | s/step | tokens/s | vs fp32-before | model GFLOP/s | of its peak | warm-up excess s |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|"
+    )
     for r in runs:
-        print(f"| {r['objective']} | {r['setting']} | {r['s_per_step']} | {r['tokens_per_s']} | "
-              f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} | "
-              f"{r['warmup_excess_s']} |")
+        print(
+            f"| {r['objective']} | {r['setting']} | {r['s_per_step']} | {r['tokens_per_s']} | "
+            f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} | "
+            f"{r['warmup_excess_s']} |"
+        )
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     labels = [f"{r['objective']}\n{r['setting']}" for r in runs]
     colors = {"fp32-before": "#999", "fp32": "#6a9", "bf16": "#27c", "bf16-compile": "#83c", "bf16-batch32": "#c72"}
     bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
-    ax.bar_label(bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7)
+    ax.bar_label(
+        bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7
+    )
     ax.set_ylabel("training tokens/s")
-    ax.set_title(f"SmolLM2-135M full FT, demo step, {machine['cpu']}, {machine['torch_threads']} threads, "
-                 f"torch {machine['versions']['torch']}", fontsize=7)
+    ax.set_title(
+        f"SmolLM2-135M full FT, demo step, {machine['cpu']}, {machine['torch_threads']} threads, "
+        f"torch {machine['versions']['torch']}",
+        fontsize=7,
+    )
     fig.tight_layout()
     atomic_savefig(fig, out / "throughput.png", dpi=120)
 

@@ -11,8 +11,12 @@ __version__ = "0.1.0"
 
 # The public API, loaded on first use (importing torch/transformers is slow, and `bico --help`
 # must not pay for it): bico.IntervalMask, bico.apply, bico.revert, bico.register.
-_LAZY = {"IntervalMask": "bico.masks", "apply": "bico.attention", "revert": "bico.attention",
-         "register": "bico.attention"}
+_LAZY = {
+    "IntervalMask": "bico.masks",
+    "apply": "bico.attention",
+    "revert": "bico.attention",
+    "register": "bico.attention",
+}
 __all__ = ["IntervalMask", "apply", "revert", "register", "__version__"]
 
 

@@ -14,6 +14,7 @@
 Backend: ``apply(model, backend=...)``, else ``BICO_ATTENTION_BACKEND``, else ``auto`` (Triton on
 CUDA when available). The choice is logged once per backend.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,7 +84,8 @@ def check_supported(config) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModelError(
             f"bico attention supports model types {', '.join(SUPPORTED_MODEL_TYPES)} (Llama-family attention "
-            f"with rotate-half RoPE); this model is {model_type!r}")
+            f"with rotate-half RoPE); this model is {model_type!r}"
+        )
 
 
 # --- RoPE tables -------------------------------------------------------------------------------
@@ -162,6 +164,7 @@ def mask_rope_tables(attention: torch.nn.Module, mask: IntervalMask, position_id
 
 # --- the attention function --------------------------------------------------------------------
 
+
 def bico_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -202,11 +205,21 @@ def bico_attention_forward(
         if dropout:
             raise ValueError("the fused kernel has no attention dropout: set attention_dropout=0")
         query, key, value = kernel_dtypes(query, key, value)
-        out = bico_kernels.masked_attention(query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror,
-                                            classify=mask.blocks)
+        out = bico_kernels.masked_attention(
+            query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror, classify=mask.blocks
+        )
     else:
-        out = reference_masked_attention(query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror,
-                                         dropout=dropout, use_sdpa=mirror is None)
+        out = reference_masked_attention(
+            query,
+            key,
+            value,
+            mask.lo,
+            mask.hi,
+            scale=scale,
+            mirror_rope=mirror,
+            dropout=dropout,
+            use_sdpa=mirror is None,
+        )
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -235,6 +248,7 @@ def register() -> None:
 
 
 # --- apply / revert ----------------------------------------------------------------------------
+
 
 def _base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft (or DeepSpeed) wrapper."""
@@ -288,4 +302,5 @@ def require_bico(model: torch.nn.Module) -> None:
     if base.config._attn_implementation != "bico":
         raise UnsupportedModelError(
             f"the model runs {base.config._attn_implementation!r} attention, which ignores bico_mask: "
-            "call bico.apply(model) or load it with attn_implementation='bico'")
+            "call bico.apply(model) or load it with attn_implementation='bico'"
+        )

@@ -4,6 +4,7 @@ Padding and packing both go through :meth:`IntervalMask.concat`, so padded keys 
 from everyone and packed documents never see each other, whatever each one's own mask is.
 Positions restart at 0 in every packed document.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -58,7 +59,9 @@ def collate(samples: Sequence[Sample], pad_id: int, *, pack: bool = False, max_l
         raise ValueError(f"a sample has {longest} tokens, more than max_length={max_length}")
     sample_masks = [s.mask for s in samples]
     if any(m.rope == "2d" for m in sample_masks):  # samples without 2-D positions use their 1-D ones
-        sample_masks = [m if m.rope == "2d" else m.with_rope("2d", s.position_ids) for m, s in zip(sample_masks, samples)]
+        sample_masks = [
+            m if m.rope == "2d" else m.with_rope("2d", s.position_ids) for m, s in zip(sample_masks, samples)
+        ]
     masked = list(zip(samples, sample_masks))
     if pack:
         if max_length is None:

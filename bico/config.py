@@ -4,6 +4,7 @@ Unknown keys (in the file or in an override) are errors that name the key and li
 ones, so a typo never silently falls back to a default; values are checked against their type
 and range (:func:`check_recipe`) before anything is loaded or written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -108,7 +109,12 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     splits: list = field(
-        default_factory=lambda: ["p2d_prompts_test", "p2d_reverse_prompts_test", "d2p_prompts_test", "d2p_reverse_prompts_test"]
+        default_factory=lambda: [
+            "p2d_prompts_test",
+            "p2d_reverse_prompts_test",
+            "d2p_prompts_test",
+            "d2p_reverse_prompts_test",
+        ]
     )
     max_new_tokens: int = 32
     batch_size: int = 32
@@ -181,7 +187,9 @@ def _coerce(value: Any, annotation: str, path: str) -> Any:
     """YAML reads ``1e-4`` as a string and ``3`` as an int; numbers go by the field's type."""
     if value is None and "None" not in annotation:
         # `train.lr=` (or `lr: null`) would otherwise skip every range check and fail deep inside
-        raise RecipeError(f"recipe key {path!r} has no value; give one (e.g. {path}={_EXAMPLES.get(annotation, 'VALUE')})")
+        raise RecipeError(
+            f"recipe key {path!r} has no value; give one (e.g. {path}={_EXAMPLES.get(annotation, 'VALUE')})"
+        )
     if annotation.split(" | ")[0] == "str" and isinstance(value, (list, dict, bool)):
         raise RecipeError(f"recipe key {path!r} must be a single name, got {value!r}")
     if annotation == "bool" and not isinstance(value, bool):
@@ -231,8 +239,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise RecipeError(f"override {item!r}: YAML tags (!!...) are not allowed in a value") from None
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise RecipeError(f"override {item!r} is not a valid YAML value ({problem}); close its brackets "
-                              "or quote the value") from None
+            raise RecipeError(
+                f"override {item!r} is not a valid YAML value ({problem}); close its brackets or quote the value"
+            ) from None
         pairs.append((key.strip(), value))
     return pairs
 
@@ -270,6 +279,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 def _expand_home(recipe: Recipe) -> None:
     """``~`` at the start of a path key is the home folder, as in a shell: the shell leaves the
     ``~`` of an override (``train.output_dir=~/runs``) and of a YAML value as it is."""
+
     def expand(value):
         return str(Path(value).expanduser()) if isinstance(value, str) and value.startswith("~") else value
 
@@ -292,8 +302,10 @@ def _check_report_to(names) -> None:
     import importlib.util
 
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or len(set(names)) != len(names):
-        raise RecipeError(f"recipe key 'train.report_to' must be a list of distinct names from {', '.join(REPORT_TO)} "
-                          f"(e.g. train.report_to=[tensorboard]), got {names!r}")
+        raise RecipeError(
+            f"recipe key 'train.report_to' must be a list of distinct names from {', '.join(REPORT_TO)} "
+            f"(e.g. train.report_to=[tensorboard]), got {names!r}"
+        )
     for name in names:
         if name not in REPORT_TO:
             raise RecipeError(f"train.report_to: unknown {name!r}; available: {', '.join(REPORT_TO)}")
@@ -307,21 +319,40 @@ _AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
 _AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
 _POSITIVE = (lambda v: v > 0, "> 0")
 _RANGES = {
-    "model.layers": _AT_LEAST_1, "model.hidden_size": _AT_LEAST_1, "model.heads": _AT_LEAST_1,
-    "model.kv_heads": _AT_LEAST_1, "model.intermediate_size": _AT_LEAST_1, "model.init_seed": _AT_LEAST_0,
-    "finetune.lora_r": _AT_LEAST_1, "finetune.lora_alpha": _POSITIVE,
+    "model.layers": _AT_LEAST_1,
+    "model.hidden_size": _AT_LEAST_1,
+    "model.heads": _AT_LEAST_1,
+    "model.kv_heads": _AT_LEAST_1,
+    "model.intermediate_size": _AT_LEAST_1,
+    "model.init_seed": _AT_LEAST_0,
+    "finetune.lora_r": _AT_LEAST_1,
+    "finetune.lora_alpha": _POSITIVE,
     "finetune.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"), "data.chunk_overlap": _AT_LEAST_0,
-    "train.epochs": _POSITIVE, "train.max_steps": _AT_LEAST_1, "train.batch_size": _AT_LEAST_1,
-    "train.grad_accum": _AT_LEAST_1, "train.lr": _POSITIVE, "train.weight_decay": _AT_LEAST_0,
-    "train.warmup_steps": _AT_LEAST_0, "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
-    "train.seed": _AT_LEAST_0, "train.log_every": _AT_LEAST_1, "train.save_every": (lambda v: v >= 1, ">= 1 (or null)"),
+    "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"),
+    "data.chunk_overlap": _AT_LEAST_0,
+    "train.epochs": _POSITIVE,
+    "train.max_steps": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1,
+    "train.grad_accum": _AT_LEAST_1,
+    "train.lr": _POSITIVE,
+    "train.weight_decay": _AT_LEAST_0,
+    "train.warmup_steps": _AT_LEAST_0,
+    "train.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 or null: no clipping)"),
+    "train.seed": _AT_LEAST_0,
+    "train.log_every": _AT_LEAST_1,
+    "train.save_every": (lambda v: v >= 1, ">= 1 (or null)"),
     "train.keep_checkpoints": (lambda v: v >= 0, ">= 0 (0: keep all)"),
-    "eval.max_new_tokens": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.limit": (lambda v: v >= 1, ">= 1 (or null)"),
+    "eval.max_new_tokens": _AT_LEAST_1,
+    "eval.batch_size": _AT_LEAST_1,
+    "eval.limit": (lambda v: v >= 1, ">= 1 (or null)"),
     "eval.generation_margin": (lambda v: v >= 0, ">= 0 (or null)"),
-    "replay.rows": _AT_LEAST_0, "replay.weight": _POSITIVE, "replay.samples": _AT_LEAST_1,
-    "replay.length": (lambda v: v >= 2, ">= 2"), "replay.temperature": _POSITIVE,
-    "replay.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "replay.seed": _AT_LEAST_0,
+    "replay.rows": _AT_LEAST_0,
+    "replay.weight": _POSITIVE,
+    "replay.samples": _AT_LEAST_1,
+    "replay.length": (lambda v: v >= 2, ">= 2"),
+    "replay.temperature": _POSITIVE,
+    "replay.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "replay.seed": _AT_LEAST_0,
     "replay.top_k": _AT_LEAST_1,
 }
 # Objective options that are fractions, by name; each objective checks its own exact range too
@@ -332,7 +363,9 @@ _DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
 
 def check_recipe(recipe: Recipe) -> None:
     """Every value in its range; raises :class:`RecipeError` naming the key and the range."""
-    values = {f"{section}.{key}": value for section, fields in recipe.to_dict().items() for key, value in fields.items()}
+    values = {
+        f"{section}.{key}": value for section, fields in recipe.to_dict().items() for key, value in fields.items()
+    }
     check_ranges({key: values[key] for key in _RANGES})
     _check_options(recipe.objective.options, "objective.options")
     from bico.data.identity import identity_settings  # torch-free
@@ -342,8 +375,11 @@ def check_recipe(recipe: Recipe) -> None:
     except ValueError as err:
         raise RecipeError(str(err)) from None
     betas = recipe.train.betas
-    if not (isinstance(betas, list) and len(betas) == 2
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+    if not (
+        isinstance(betas, list)
+        and len(betas) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    ):
         raise RecipeError(f"recipe key 'train.betas' must be two numbers in [0, 1), got {betas!r}")
     train_files = recipe.data.train_files
     if not (isinstance(train_files, list) and train_files and all(isinstance(f, str) and f for f in train_files)):
@@ -352,16 +388,22 @@ def check_recipe(recipe: Recipe) -> None:
     if not isinstance(recipe.eval.splits, list) or not all(isinstance(s, str) for s in recipe.eval.splits):
         raise RecipeError(f"recipe key 'eval.splits' must be a list of split names, got {recipe.eval.splits!r}")
     if not isinstance(recipe.train.device, str) or not _DEVICE.fullmatch(recipe.train.device):
-        raise RecipeError(f"recipe key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}")
+        raise RecipeError(
+            f"recipe key 'train.device' must be auto, cpu, cuda, cuda:N or mps, got {recipe.train.device!r}"
+        )
     if not isinstance(recipe.train.output_dir, str) or not recipe.train.output_dir.strip():
         raise RecipeError("recipe key 'train.output_dir' must be a folder name")
     _check_report_to(recipe.train.report_to)
     if recipe.replay.rows and recipe.train.deepspeed:
-        raise RecipeError("replay.rows is not supported with train.deepspeed yet; set replay.rows=0 or train without DeepSpeed")
+        raise RecipeError(
+            "replay.rows is not supported with train.deepspeed yet; set replay.rows=0 or train without DeepSpeed"
+        )
     _check_replay(recipe.replay)
     if recipe.train.resume and recipe.train.overwrite:
-        raise RecipeError("train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
-                          "set one of them")
+        raise RecipeError(
+            "train.resume=true continues the run in train.output_dir and train.overwrite=true deletes it; "
+            "set one of them"
+        )
     model = recipe.model
     if model.name == "tiny-random":
         if model.hidden_size % model.heads:
@@ -381,7 +423,9 @@ def _check_replay(replay: ReplayConfig) -> None:
         if path.suffix not in (".txt", ".jsonl"):
             raise RecipeError(f"replay.source {source}: use a .txt or .jsonl file, or replay.source=self")
         if not path.is_file():
-            raise RecipeError(f"replay.source {source}: no such file; give a .txt or .jsonl file, or replay.source=self")
+            raise RecipeError(
+                f"replay.source {source}: no such file; give a .txt or .jsonl file, or replay.source=self"
+            )
 
 
 # Each data.format and the columns its rows have (data.fields renames them from the files' own)
@@ -400,15 +444,18 @@ def _check_data(data: DataConfig) -> None:
     columns = DATA_FORMATS[data.format]
     for key, value in data.fields.items():
         if key not in columns:
-            raise RecipeError(f"recipe key 'data.fields.{key}': data.format={data.format} has the fields "
-                              f"{', '.join(columns)}")
+            raise RecipeError(
+                f"recipe key 'data.fields.{key}': data.format={data.format} has the fields {', '.join(columns)}"
+            )
         if not isinstance(value, str) or not value:
             raise RecipeError(f"recipe key 'data.fields.{key}' must be a column name, got {value!r}")
     if data.chat_loss not in ("assistant", "all"):
         raise RecipeError(f"recipe key 'data.chat_loss' must be assistant or all, got {data.chat_loss!r}")
     if data.chunk_overlap >= data.max_length - 2:
-        raise RecipeError(f"data.chunk_overlap={data.chunk_overlap} must be less than data.max_length - 2 "
-                          f"({data.max_length - 2}): a chunk must bring a new token")
+        raise RecipeError(
+            f"data.chunk_overlap={data.chunk_overlap} must be less than data.max_length - 2 "
+            f"({data.max_length - 2}): a chunk must bring a new token"
+        )
 
 
 def check_ranges(values: dict[str, Any], names: dict[str, str] | None = None) -> None:

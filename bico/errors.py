@@ -7,6 +7,7 @@ the errors it raises (``RecipeError`` in :mod:`bico.config`, ``DataError`` in :m
 ...); the ones raised by several modules live here. Imports nothing (no torch): the CLI needs it
 before anything heavy loads.
 """
+
 from __future__ import annotations
 
 

@@ -25,6 +25,7 @@ of an epoch and a resumed run cannot shift them. Called on its own, the collator
 preparation (bico tokenizes the rows) and trains with bico's objective and loss; TRL's model
 loading from a name, peft_config, callbacks, model card and logging stay TRL's.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,13 +52,24 @@ class BicoDataCollator:
     those of the run to reproduce (``train.seed``, ``train.grad_accum``); ``total_steps`` is passed to
     ``objective.set_progress`` when used on its own (BicoTrainer passes Trainer's ``max_steps``)."""
 
-    def __init__(self, objective, tokenizer, *, pack: bool = False, max_length: int | None = None, seed: int = 0,
-                 grad_accum: int = 1, total_steps: int | None = None):
+    def __init__(
+        self,
+        objective,
+        tokenizer,
+        *,
+        pack: bool = False,
+        max_length: int | None = None,
+        seed: int = 0,
+        grad_accum: int = 1,
+        total_steps: int | None = None,
+    ):
         if isinstance(objective, str):
             objective = build_objective(objective, tokenizer)
         if not isinstance(objective, Objective):
-            raise TypeError(f"BicoDataCollator: objective must be a bico Objective or a registered name, "
-                            f"got {type(objective).__name__}")
+            raise TypeError(
+                f"BicoDataCollator: objective must be a bico Objective or a registered name, "
+                f"got {type(objective).__name__}"
+            )
         if int(grad_accum) < 1:
             raise ValueError(f"BicoDataCollator: grad_accum must be >= 1, got {grad_accum}")
         if pack and max_length is None:
@@ -94,8 +106,10 @@ class BicoDataCollator:
     def __call__(self, rows) -> dict:
         if torch.utils.data.get_worker_info() is not None:
             # Each worker would count its own calls: batches would repeat seeds and miss steps.
-            raise RuntimeError("BicoDataCollator cannot count steps inside DataLoader workers: set num_workers=0 "
-                               "(dataloader_num_workers=0), or use BicoTrainer, which collates outside the workers")
+            raise RuntimeError(
+                "BicoDataCollator cannot count steps inside DataLoader workers: set num_workers=0 "
+                "(dataloader_num_workers=0), or use BicoTrainer, which collates outside the workers"
+            )
         step, k = divmod(self.calls, self.grad_accum)
         self.calls += 1
         if k == 0:
@@ -122,7 +136,9 @@ class BicoTrainer(Trainer):
 
     def __init__(self, model=None, args=None, data_collator=None, **kwargs):
         if not isinstance(data_collator, BicoDataCollator):
-            raise TypeError(f"BicoTrainer needs data_collator=BicoDataCollator(...), got {type(data_collator).__name__}")
+            raise TypeError(
+                f"BicoTrainer needs data_collator=BicoDataCollator(...), got {type(data_collator).__name__}"
+            )
         if model is not None:
             require_bico(model)  # once, early: a model on another attention would silently train causally
         self.bico_collator = data_collator
@@ -198,25 +214,33 @@ def _sft_trainer_class():
         skipped (``dataset_kwargs={"skip_prepare_dataset": True}``), and the SFTConfig options it
         would apply (:data:`SFT_OPTIONS_REPLACED`) must keep their defaults."""
 
-        def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                     **kwargs):
+        def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None, **kwargs):
             if kwargs.get("formatting_func") is not None or kwargs.get("compute_loss_func") is not None:
-                raise ValueError("BicoSFTTrainer: formatting_func and compute_loss_func are not used: rows are "
-                                 "prompt/completion pairs and the loss is the bico objective's")
+                raise ValueError(
+                    "BicoSFTTrainer: formatting_func and compute_loss_func are not used: rows are "
+                    "prompt/completion pairs and the loss is the bico objective's"
+                )
             if args is None:
                 args = SFTConfig()
             elif not isinstance(args, SFTConfig):  # as SFTTrainer converts TrainingArguments
                 args = SFTConfig(**{**args.to_dict(), "hub_token": args.hub_token})
             for name, (default, instead) in SFT_OPTIONS_REPLACED.items():
                 if getattr(args, name) != default:
-                    raise ValueError(f"BicoSFTTrainer: SFTConfig.{name}={getattr(args, name)!r} is not used "
-                                     f"({instead}); leave it at {default!r}")
+                    raise ValueError(
+                        f"BicoSFTTrainer: SFTConfig.{name}={getattr(args, name)!r} is not used "
+                        f"({instead}); leave it at {default!r}"
+                    )
             args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
             if isinstance(data_collator, BicoDataCollator):
                 kwargs.setdefault("processing_class", data_collator.tokenizer)  # TRL would load one by model name
-            super().__init__(model=model, args=args, data_collator=data_collator,
-                             train_dataset=_as_dataset(train_dataset, Dataset),
-                             eval_dataset=_as_dataset(eval_dataset, Dataset), **kwargs)
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=_as_dataset(train_dataset, Dataset),
+                eval_dataset=_as_dataset(eval_dataset, Dataset),
+                **kwargs,
+            )
 
     BicoSFTTrainer.__module__ = __name__
     return BicoSFTTrainer

@@ -5,6 +5,7 @@ a dot and the target's name (``.eval.json.x1y2``, ``.model-x1y2``), so leftovers
 process are recognisable. Files get the permissions of a plain ``open()`` (0666 minus the
 umask) and folders those of ``mkdir`` (0777 minus the umask), not ``mkstemp``'s 0600/0700.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Recorded in the JSON of ``bico demo``, ``bico ablate`` and the benchmarks. Results are bit-for-bit
 repeatable only on the same CPU model with the same versions; elsewhere float rounding differs.
 """
+
 from __future__ import annotations
 
 import platform
@@ -52,6 +53,10 @@ def library_versions() -> dict:
 def machine_info() -> dict:
     import torch
 
-    return {"cpu": cpu_model(), "cpu_bf16": cpu_bf16_flags(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "versions": library_versions()}
+    return {
+        "cpu": cpu_model(),
+        "cpu_bf16": cpu_bf16_flags(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "versions": library_versions(),
+    }

@@ -20,6 +20,7 @@ cached on the object (:meth:`IntervalMask.blocks`), so every layer of a forward 
 share it. For debugging: :meth:`~IntervalMask.to_string` (an ASCII picture), :meth:`~IntervalMask.sparsity`
 and :meth:`~IntervalMask.visible_pairs`, and a ``repr`` with the cached tile classification.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -34,8 +35,9 @@ class IntervalMask:
     """``lo``, ``hi``: int32 ``[B, T]``; ``rope``: one of :data:`ROPE_MODES`;
     ``block_position_ids``: int64 ``[B, T]``, only (and always) with ``rope="2d"``."""
 
-    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, rope: str = "standard",
-                 block_position_ids: torch.Tensor | None = None):
+    def __init__(
+        self, lo: torch.Tensor, hi: torch.Tensor, rope: str = "standard", block_position_ids: torch.Tensor | None = None
+    ):
         if lo.dim() == 1:
             lo, hi = lo[None], hi[None]
         if lo.dim() != 2 or lo.shape != hi.shape:
@@ -48,13 +50,15 @@ class IntervalMask:
             if block_position_ids.dim() == 1:
                 block_position_ids = block_position_ids[None]
             if block_position_ids.shape != lo.shape:
-                raise ValueError(f"block_position_ids {tuple(block_position_ids.shape)} do not match lo {tuple(lo.shape)}")
+                raise ValueError(
+                    f"block_position_ids {tuple(block_position_ids.shape)} do not match lo {tuple(lo.shape)}"
+                )
             block_position_ids = block_position_ids.to(device=lo.device, dtype=torch.long)
         self.lo, self.hi = lo.to(INDEX_DTYPE), hi.to(device=lo.device, dtype=INDEX_DTYPE)
         self.rope = rope
         self.block_position_ids = block_position_ids
-        self._blocks: dict = {}   # (block_m, block_n) -> the kernel's tile classification
-        self._copies: dict = {}   # device -> this mask on that device (so its caches are shared)
+        self._blocks: dict = {}  # (block_m, block_n) -> the kernel's tile classification
+        self._copies: dict = {}  # device -> this mask on that device (so its caches are shared)
         self.rope_cache: dict = {}  # the attention's RoPE tables for this mask (see bico.attention)
 
     # --- constructors (one sequence) ---------------------------------------------------------
@@ -78,8 +82,9 @@ class IntervalMask:
         return cls(lo, _full(length, length), rope, _zeros_if_2d(rope, length))
 
     @classmethod
-    def isolated_blocks(cls, length: int, prefix_length: int, blocks: Sequence[tuple[int, int]],
-                        rope: str = "standard") -> IntervalMask:
+    def isolated_blocks(
+        cls, length: int, prefix_length: int, blocks: Sequence[tuple[int, int]], rope: str = "standard"
+    ) -> IntervalMask:
         """:meth:`prefix_lm`, except that each block ``[start, end)`` after the prefix is seen by its
         own later rows only (GLM's ``isolated_spans``: a span sees Part A and itself)."""
         if not 0 <= prefix_length <= length:
@@ -109,8 +114,9 @@ class IntervalMask:
                 lo += [start] * n
                 hi += [total] * n  # clean_k
                 start += n
-        return cls(torch.tensor(lo, dtype=INDEX_DTYPE), torch.tensor(hi, dtype=INDEX_DTYPE), rope,
-                   _zeros_if_2d(rope, total))
+        return cls(
+            torch.tensor(lo, dtype=INDEX_DTYPE), torch.tensor(hi, dtype=INDEX_DTYPE), rope, _zeros_if_2d(rope, total)
+        )
 
     @classmethod
     def bico(cls, length: int, hidden: torch.Tensor, rope: str = "standard") -> IntervalMask:
@@ -155,8 +161,9 @@ class IntervalMask:
     def hide(self, hidden: torch.Tensor) -> IntervalMask:
         """Hide the keys where ``hidden`` ([T] or [B, T] bool) is True from every query."""
         hidden = hidden.to(device=self.lo.device, dtype=torch.bool).expand_as(self.lo)
-        return IntervalMask(self.lo.masked_fill(hidden, 0), self.hi.masked_fill(hidden, 0), self.rope,
-                            self.block_position_ids)
+        return IntervalMask(
+            self.lo.masked_fill(hidden, 0), self.hi.masked_fill(hidden, 0), self.rope, self.block_position_ids
+        )
 
     def pad(self, length: int, side: str = "right") -> IntervalMask:
         """Pad to ``length`` with hidden keys on ``side``."""
@@ -201,8 +208,8 @@ class IntervalMask:
 
     def __getitem__(self, row: int) -> IntervalMask:
         """Batch row ``row`` as a mask of its own (B = 1)."""
-        bp = None if self.block_position_ids is None else self.block_position_ids[row:row + 1]
-        return IntervalMask(self.lo[row:row + 1], self.hi[row:row + 1], self.rope, bp)
+        bp = None if self.block_position_ids is None else self.block_position_ids[row : row + 1]
+        return IntervalMask(self.lo[row : row + 1], self.hi[row : row + 1], self.rope, bp)
 
     def dense(self) -> torch.Tensor:
         """Bool ``[B, T, T]`` indexed (batch, query, key); True = may attend."""
@@ -223,10 +230,17 @@ class IntervalMask:
         if not isinstance(other, IntervalMask):
             return NotImplemented
         same_bp = (self.block_position_ids is None and other.block_position_ids is None) or (
-            self.block_position_ids is not None and other.block_position_ids is not None
-            and torch.equal(self.block_position_ids, other.block_position_ids))
-        return (self.rope == other.rope and self.lo.shape == other.lo.shape and torch.equal(self.lo, other.lo)
-                and torch.equal(self.hi, other.hi) and same_bp)
+            self.block_position_ids is not None
+            and other.block_position_ids is not None
+            and torch.equal(self.block_position_ids, other.block_position_ids)
+        )
+        return (
+            self.rope == other.rope
+            and self.lo.shape == other.lo.shape
+            and torch.equal(self.lo, other.lo)
+            and torch.equal(self.hi, other.hi)
+            and same_bp
+        )
 
     __hash__ = None  # mutable tensors inside: not hashable
 
@@ -241,7 +255,7 @@ class IntervalMask:
         Padding is part of the grid: a padded key is hidden from every row and a padded query row sees
         no key, so their pairs count as not visible, exactly as in ``1 - mask.dense().float().mean()``
         (the kernel's work covers the padded grid too). An empty mask (T = 0) has sparsity 0.0."""
-        total = self.batch_size * self.seq_len ** 2
+        total = self.batch_size * self.seq_len**2
         return 1.0 - self.visible_pairs() / total if total else 0.0
 
     def to_string(self, batch: int = 0, max_size: int = 64) -> str:
@@ -256,15 +270,19 @@ class IntervalMask:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         T = self.seq_len
         pairs = int(self._visible_per_row()[batch])
-        header = (f"IntervalMask B={self.batch_size} T={T} rope={self.rope!r}, batch row {batch}: "
-                  f"{pairs} of {T * T} (query, key) pairs visible, sparsity {1 - pairs / (T * T) if T else 0.0:.1%}")
+        header = (
+            f"IntervalMask B={self.batch_size} T={T} rope={self.rope!r}, batch row {batch}: "
+            f"{pairs} of {T * T} (query, key) pairs visible, sparsity {1 - pairs / (T * T) if T else 0.0:.1%}"
+        )
         tile = -(-T // max_size) if T else 1
         n = -(-T // tile)
         if tile == 1:
             legend = f"rows = queries 0..{T - 1}, columns = keys 0..{T - 1}: '#' visible, '.' hidden"
         else:
-            legend = (f"rows = queries, columns = keys, {tile}x{tile} pairs per character: "
-                      "'#' all visible, '+' some, '.' none")
+            legend = (
+                f"rows = queries, columns = keys, {tile}x{tile} pairs per character: "
+                "'#' all visible, '+' some, '.' none"
+            )
         if not T:
             return f"{header}\n{legend}"
         lo, hi = self.lo[batch].long().cpu(), self.hi[batch].long().cpu()
@@ -275,8 +293,10 @@ class IntervalMask:
         seen = torch.nn.functional.pad(seen, (0, n * tile - T)).view(n, n, tile).sum(-1)  # [row tile, key tile]
         widths = (r1 - r0).flatten()
         size = widths[:, None] * widths[None, :]  # pairs in each tile (the last ones may be smaller)
-        chars = [["." if c == 0 else "#" if c == full else "+" for c, full in zip(row, sizes)]
-                 for row, sizes in zip(seen.tolist(), size.tolist())]
+        chars = [
+            ["." if c == 0 else "#" if c == full else "+" for c, full in zip(row, sizes)]
+            for row, sizes in zip(seen.tolist(), size.tolist())
+        ]
         return "\n".join([header, legend, *("".join(line) for line in chars)])
 
     def _visible_per_row(self) -> torch.Tensor:
@@ -286,8 +306,10 @@ class IntervalMask:
 
     def __repr__(self) -> str:
         tiles = "".join(f", tiles {m}x{n}: {_tile_summary(c.cls)}" for (m, n), c in self._blocks.items())
-        return (f"IntervalMask(B={self.batch_size}, T={self.seq_len}, rope={self.rope!r}, device={self.device}, "
-                f"sparsity={self.sparsity():.3f}{tiles})")
+        return (
+            f"IntervalMask(B={self.batch_size}, T={self.seq_len}, rope={self.rope!r}, device={self.device}, "
+            f"sparsity={self.sparsity():.3f}{tiles})"
+        )
 
     def __getstate__(self):  # pickling (DataLoader workers): tensors only, caches are rebuilt
         return {"lo": self.lo, "hi": self.hi, "rope": self.rope, "block_position_ids": self.block_position_ids}
@@ -316,6 +338,7 @@ def _zeros_if_2d(rope: str, length: int) -> torch.Tensor | None:
 def _common_rope(masks: Sequence[IntervalMask], verb: str) -> str:
     modes = {m.rope for m in masks}
     if len(modes) > 1:
-        raise ValueError(f"a batch {verb} masks with different RoPE modes {sorted(modes)}; "
-                         "objectives decide RoPE per batch")
+        raise ValueError(
+            f"a batch {verb} masks with different RoPE modes {sorted(modes)}; objectives decide RoPE per batch"
+        )
     return modes.pop()

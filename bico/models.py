@@ -11,6 +11,7 @@ Presets:
 
 Anything else is a local folder that ``AutoModelForCausalLM.from_pretrained`` reads.
 """
+
 from __future__ import annotations
 
 import copy
@@ -98,8 +99,10 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(smollm2_folder())
     folder = _local_folder(name)
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
-                         "save the tokenizer into it (tokenizer.save_pretrained)")
+        raise ModelError(
+            f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer into it (tokenizer.save_pretrained)"
+        )
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError) as err:
@@ -143,10 +146,12 @@ def _check_fits_in_memory(config: LlamaConfig, dtype: torch.dtype) -> None:
         weights = sum(p.numel() for p in LlamaForCausalLM(copy.deepcopy(config)).parameters()) * dtype.itemsize
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
     if memory and weights > memory:
-        raise ModelError(f"tiny-random with model.hidden_size={config.hidden_size}, model.layers="
-                         f"{config.num_hidden_layers}, model.intermediate_size={config.intermediate_size} has "
-                         f"{weights / 2**30:,.0f} GiB of weights, more than this machine's {memory / 2**30:,.0f} GiB "
-                         "of memory; lower those sizes")
+        raise ModelError(
+            f"tiny-random with model.hidden_size={config.hidden_size}, model.layers="
+            f"{config.num_hidden_layers}, model.intermediate_size={config.intermediate_size} has "
+            f"{weights / 2**30:,.0f} GiB of weights, more than this machine's {memory / 2**30:,.0f} GiB "
+            "of memory; lower those sizes"
+        )
 
 
 def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
@@ -175,7 +180,9 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
         vocab_size = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("vocab_size")
         _check_vocabulary(folder, len(tokenizer), vocab_size)  # before the weights load: at once
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=cfg.attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, attn_implementation=cfg.attn_implementation
+            )
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ModelError(f"cannot load model folder {folder}: {one_line(err)}") from None
         _check_vocabulary(folder, len(tokenizer), model.get_input_embeddings().weight.shape[0])
@@ -183,9 +190,11 @@ def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:  # ids past the table: an IndexError at the first batch
-        raise ModelError(f"model {cfg.name}: its tokenizer has {len(tokenizer)} tokens but the model's embedding "
-                         f"table has {rows} rows; the tokenizer files come from another model: put the model's own "
-                         "tokenizer files in the folder")
+        raise ModelError(
+            f"model {cfg.name}: its tokenizer has {len(tokenizer)} tokens but the model's embedding "
+            f"table has {rows} rows; the tokenizer files come from another model: put the model's own "
+            "tokenizer files in the folder"
+        )
     return model, tokenizer
 
 
@@ -194,9 +203,11 @@ def _check_vocabulary(folder, tokens: int, rows) -> None:
     the embeddings to fit (which only an objective's own added tokens may do) would train on ids
     the model never learned."""
     if isinstance(rows, int) and tokens > rows:
-        raise ModelError(f"model folder {folder}: its tokenizer has {tokens} tokens but the model's embeddings have "
-                         f"{rows} rows, so the tokenizer files are not this model's; put the model's own tokenizer "
-                         "files in the folder")
+        raise ModelError(
+            f"model folder {folder}: its tokenizer has {tokens} tokens but the model's embeddings have "
+            f"{rows} rows, so the tokenizer files are not this model's; put the model's own tokenizer "
+            "files in the folder"
+        )
 
 
 def fit_embeddings(model, tokenizer) -> list[int]:
@@ -222,8 +233,13 @@ def apply_finetuning(model, cfg: FinetuneConfig, new_token_ids: list[int] | None
         # A newly added mask token must be trainable or it stays a random vector under LoRA.
         extra["trainable_token_indices"] = {"embed_tokens": list(new_token_ids)}
     lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-        target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM", **extra,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        bias="none",
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+        **extra,
     )
     return get_peft_model(model, lora)
 
@@ -258,8 +274,9 @@ def model_identity(cfg: ModelConfig) -> dict:
     identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "attn_implementation"}
     folder = Path(cfg.name)
     if folder.is_dir():
-        identity["files"] = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
-                                   if p.is_file())
+        identity["files"] = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()
+        )
     return identity
 
 

@@ -3,6 +3,7 @@
 One module for every default location, so that the data layer, the model loader and evaluation
 agree on them (and none imports another just for a path).
 """
+
 from __future__ import annotations
 
 import os

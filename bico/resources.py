@@ -6,6 +6,7 @@ installed wheel, ``bico/recipes/``. Neither has an ``__init__.py``: a root folde
 Paths such as ``recipes/demo/tiny.yaml`` that users type (and the docs show) are tried as given
 first, then inside the package, so they work from any directory once bico is installed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,10 @@ def recipes_dir() -> Path:
     for candidate in (package / "recipes", package.parent / "recipes"):
         if candidate.joinpath(*_MARKER).is_file():
             return candidate
-    raise RuntimeError(f"bico's recipes folder is missing (looked in {package / 'recipes'} and "
-                       f"{package.parent / 'recipes'}): reinstall bico")
+    raise RuntimeError(
+        f"bico's recipes folder is missing (looked in {package / 'recipes'} and "
+        f"{package.parent / 'recipes'}): reinstall bico"
+    )
 
 
 def shipped(*parts: str) -> Path:

@@ -19,6 +19,7 @@ and SIGINT (Ctrl-C).
 
 Only the main thread can handle signals; elsewhere nothing here changes what they do.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,8 +55,10 @@ class Stopped(BaseException):
         self.hint = "resume with the same command and train.resume=true"  # how to go on (bico ablate: its own)
 
     def __str__(self) -> str:
-        return (f"stopped by {signal.Signals(self.signum).name} after step {self.step} of {self.total}; "
-                f"checkpoint {self.checkpoint}; {self.hint}")
+        return (
+            f"stopped by {signal.Signals(self.signum).name} after step {self.step} of {self.total}; "
+            f"checkpoint {self.checkpoint}; {self.hint}"
+        )
 
 
 def _main_thread() -> bool:

@@ -8,6 +8,7 @@ tens of times faster while keeping every other part of the pipeline identical.
 Words keep their leading space (``▁word``) so decoding restores the text exactly, and the
 prompt/completion boundary tokenizes the same way as the whole text.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,5 +45,9 @@ def build_word_tokenizer(data_dir: str | Path):
     core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", mask_token="<mask>",
+        tokenizer_object=core,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        mask_token="<mask>",
     )

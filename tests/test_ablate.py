@@ -1,4 +1,5 @@
 """``bico ablate``: the shipped CPU grid end to end (shrunk), crash-safe reruns, statistics."""
+
 import csv
 import json
 import math
@@ -7,16 +8,23 @@ from types import SimpleNamespace
 
 import pytest
 
+from bico.config import RecipeError
 from bico.evaluation import stats
 from bico.tools import ablate, ablate_report
-from bico.config import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SPEC = ROOT / "recipes" / "ablations" / "reversal_objectives_tiny.yaml"
 # The shipped tiny grid, made seconds-long: a smaller model, fewer facts, two epochs.
-SHRINK = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
-          "train.epochs=2", "eval.max_new_tokens=8",
-          "generate_data={facts_per_subset: 2, train_paraphrases: 4, test_paraphrases: 2, seed: 0}"]
+SHRINK = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.epochs=2",
+    "eval.max_new_tokens=8",
+    "generate_data={facts_per_subset: 2, train_paraphrases: 4, test_paraphrases: 2, seed: 0}",
+]
 
 
 def test_mean_and_t_interval():
@@ -29,8 +37,17 @@ def test_mean_and_t_interval():
 def test_markdown_one_seed_and_several_seeds():
     def result(group, seed, em):
         metrics = {"exact_match": em, "substring_match": em, "logprob_win_rate": 0.5, "mean_logprob": -1.0, "n": 10}
-        return {"group": group, "objective": group, "options": {}, "seed": seed, "tokens": 100, "wall_s": 1.0,
-                "train_s": 1.0, "splits": {"p2d_prompts_test": metrics, "p2d_reverse_prompts_test": metrics}}
+        return {
+            "group": group,
+            "objective": group,
+            "options": {},
+            "seed": seed,
+            "tokens": 100,
+            "wall_s": 1.0,
+            "train_s": 1.0,
+            "splits": {"p2d_prompts_test": metrics, "p2d_reverse_prompts_test": metrics},
+        }
+
     cells = [SimpleNamespace(group="a")]  # aggregate() reads only the group of each cell
     one = ablate_report.markdown(ablate_report.aggregate([result("a", 0, 0.25)], cells))
     assert one.startswith("Exact match, one seed (no interval).") and "| a | 0.250 | 0.250 | 0.250 |" in one
@@ -46,13 +63,26 @@ def test_loss_curves_one_panel_per_objective(tmp_path):
         for seed in (0, 1):
             folder = tmp_path / f"{group}-{seed}"
             folder.mkdir()
-            (folder / "metrics.jsonl").write_text("".join(
-                json.dumps({"step": k, "loss": 5.0 - k / 10 + seed, "mode": modes[k % len(modes)]}) + "\n"
-                for k in range(1, 21)))
-            cells.append(SimpleNamespace(group=group, seed=seed, recipe=SimpleNamespace(
-                train=SimpleNamespace(output_dir=str(folder)))))
-    cells.append(SimpleNamespace(group="lost", seed=0, recipe=SimpleNamespace(  # no metrics: no panel
-        train=SimpleNamespace(output_dir=str(tmp_path / "missing")))))
+            (folder / "metrics.jsonl").write_text(
+                "".join(
+                    json.dumps({"step": k, "loss": 5.0 - k / 10 + seed, "mode": modes[k % len(modes)]}) + "\n"
+                    for k in range(1, 21)
+                )
+            )
+            cells.append(
+                SimpleNamespace(
+                    group=group, seed=seed, recipe=SimpleNamespace(train=SimpleNamespace(output_dir=str(folder)))
+                )
+            )
+    cells.append(
+        SimpleNamespace(
+            group="lost",
+            seed=0,
+            recipe=SimpleNamespace(  # no metrics: no panel
+                train=SimpleNamespace(output_dir=str(tmp_path / "missing"))
+            ),
+        )
+    )
     paths = plot_loss_curves(cells, tmp_path)
     assert paths["loss_png"].read_bytes()[:4] == b"\x89PNG"
     assert plot_loss_curves(cells[-1:], tmp_path / "none") == {}
@@ -73,19 +103,32 @@ def test_spec_errors(tmp_path):
     bad.write_text(f"base: {TINY_SPEC.parent.parent / 'demo' / 'tiny.yaml'}\nobjectives: [{{name: nope}}]\n")
     with pytest.raises(RecipeError, match="unknown objective 'nope'; available: .*bico"):
         ablate.build_cells(ablate.load_spec(bad))
-    bad.write_text(f"base: {TINY_SPEC.parent.parent / 'demo' / 'tiny.yaml'}\n"
-                   "objectives: [{name: bico, options: {mask_rate: 0.2}}]\n")
+    bad.write_text(
+        f"base: {TINY_SPEC.parent.parent / 'demo' / 'tiny.yaml'}\n"
+        "objectives: [{name: bico, options: {mask_rate: 0.2}}]\n"
+    )
     with pytest.raises(RecipeError, match="no option.s. mask_rate; its options: .*mask_ratio"):
         ablate.build_cells(ablate.load_spec(bad))
 
 
 def test_grid_sweep_and_overrides(tmp_path):
-    spec = ablate.load_spec(TINY_SPEC, ["seeds=[3]", "train.lr=5e-4", f"output_dir={tmp_path}",
-                                        "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
-                                        "objectives=[{label: b, name: bico}, {label: m, name: mntp}]"])
+    spec = ablate.load_spec(
+        TINY_SPEC,
+        [
+            "seeds=[3]",
+            "train.lr=5e-4",
+            f"output_dir={tmp_path}",
+            "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
+            "objectives=[{label: b, name: bico}, {label: m, name: mntp}]",
+        ],
+    )
     cells = ablate.build_cells(spec)
-    assert [c.key for c in cells] == ["b_mask_ratio=0.1-seed3", "b_mask_ratio=0.3-seed3",
-                                      "m_mask_ratio=0.1-seed3", "m_mask_ratio=0.3-seed3"]
+    assert [c.key for c in cells] == [
+        "b_mask_ratio=0.1-seed3",
+        "b_mask_ratio=0.3-seed3",
+        "m_mask_ratio=0.1-seed3",
+        "m_mask_ratio=0.3-seed3",
+    ]
     for cell in cells:
         assert cell.recipe.train.lr == 5e-4 and cell.recipe.train.seed == 3 and cell.recipe.model.init_seed == 3
         assert cell.recipe.objective.options["mask_ratio"] in (0.1, 0.3)
@@ -93,10 +136,17 @@ def test_grid_sweep_and_overrides(tmp_path):
         assert Path(cell.recipe.train.output_dir).parent.name == cell.key
     assert ablate.fingerprint(cells[0], spec) != ablate.fingerprint(cells[1], spec)
     # watching a grid in TensorBoard does not make its finished cells stale
-    watched = ablate.load_spec(TINY_SPEC, ["seeds=[3]", "train.lr=5e-4", f"output_dir={tmp_path}",
-                                           "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
-                                           "objectives=[{label: b, name: bico}, {label: m, name: mntp}]",
-                                           "train.report_to=[tensorboard]"])
+    watched = ablate.load_spec(
+        TINY_SPEC,
+        [
+            "seeds=[3]",
+            "train.lr=5e-4",
+            f"output_dir={tmp_path}",
+            "sweep={objective.options.mask_ratio: [0.1, 0.3]}",
+            "objectives=[{label: b, name: bico}, {label: m, name: mntp}]",
+            "train.report_to=[tensorboard]",
+        ],
+    )
     assert ablate.fingerprint(ablate.build_cells(watched)[0], watched) == ablate.fingerprint(cells[0], spec)
 
 
@@ -117,13 +167,22 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     # the base model, then every objective x (2 splits + the reverse mean), each over both seeds,
     # with finite t intervals and the pooled Wilson interval around the pooled proportion
     assert [(r["group"], r["split"]) for r in rows] == [
-        (g, s) for g in [ablate_report.BASE] + labels for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")]
+        (g, s)
+        for g in [ablate_report.BASE] + labels
+        for s in ("p2d_prompts_test", "p2d_reverse_prompts_test", "reverse (mean)")
+    ]
     for r in rows:
         trained = r["group"] != ablate_report.BASE
         assert r["seeds"] == "2" and (int(r["train_tokens"]) > 0) == trained and (float(r["wall_s"]) > 0) == trained
         for metric in ablate_report.METRICS:
             assert 0 <= float(r[f"{metric}_mean"]) <= 1 and math.isfinite(float(r[f"{metric}_ci95"]))
-            assert 0 <= float(r[f"{metric}_pooled_low"]) <= float(r[f"{metric}_mean"]) <= float(r[f"{metric}_pooled_high"]) <= 1
+            assert (
+                0
+                <= float(r[f"{metric}_pooled_low"])
+                <= float(r[f"{metric}_mean"])
+                <= float(r[f"{metric}_pooled_high"])
+                <= 1
+            )
     table = (out / "results.md").read_text()
     assert all(f"| {label} |" in table for label in labels + [ablate_report.BASE])
     for png in ("em_by_split.png", "reverse_vs_tokens.png", "loss_curves.png"):
@@ -150,7 +209,8 @@ def test_tiny_grid_end_to_end_then_rerun_skips_finished_cells(tmp_path, monkeypa
     assert again["failed"] == {} and len(again["results"]) == 2 * len(labels)
     # CPU training is deterministic: the rerun cells reproduce their first results
     assert _rows(out / "results.csv") == rows or all(
-        a["exact_match_mean"] == b["exact_match_mean"] for a, b in zip(_rows(out / "results.csv"), rows))
+        a["exact_match_mean"] == b["exact_match_mean"] for a, b in zip(_rows(out / "results.csv"), rows)
+    )
 
 
 def test_parallel_workers_and_cli(tmp_path, capsys):
@@ -169,8 +229,10 @@ def test_parallel_workers_and_cli(tmp_path, capsys):
     spec = ablate.load_spec(TINY_SPEC, SHRINK + ["objectives=[ntp]", "seeds=[0]", f"output_dir={tmp_path / 'serial'}"])
     serial = ablate.run_ablation(spec, progress=False)["results"][0]
     assert serial["final_loss"] == pytest.approx(parallel["ntp-seed0"]["final_loss"], rel=1e-4)
-    assert serial["splits"]["p2d_prompts_test"]["exact_match"] == \
-        parallel["ntp-seed0"]["splits"]["p2d_prompts_test"]["exact_match"]
+    assert (
+        serial["splits"]["p2d_prompts_test"]["exact_match"]
+        == parallel["ntp-seed0"]["splits"]["p2d_prompts_test"]["exact_match"]
+    )
 
 
 def _spec(tmp_path, body: str) -> Path:
@@ -180,8 +242,13 @@ def _spec(tmp_path, body: str) -> Path:
 
 
 def test_cell_folders_are_distinct_for_labels_the_slug_would_merge(tmp_path):
-    spec = ablate.load_spec(_spec(tmp_path, "objectives: [{label: a b, name: ntp}, {label: a_b, name: ntp}, "
-                                            "{label: glm-2d, name: glm}]\nseeds: [0, 1]\n"))
+    spec = ablate.load_spec(
+        _spec(
+            tmp_path,
+            "objectives: [{label: a b, name: ntp}, {label: a_b, name: ntp}, "
+            "{label: glm-2d, name: glm}]\nseeds: [0, 1]\n",
+        )
+    )
     keys = [c.key for c in ablate.build_cells(spec)]
     assert len(set(keys)) == len(keys) == 6
     assert "a_b-seed0" in keys and "glm-2d-seed1" in keys  # a name that is a folder name already stays as it was
@@ -189,14 +256,17 @@ def test_cell_folders_are_distinct_for_labels_the_slug_would_merge(tmp_path):
     assert [c.key for c in ablate.build_cells(swept)] == ["ntp_lr=0.001-seed0", "ntp_lr=0.01-seed0"]
 
 
-@pytest.mark.parametrize("body, words", [
-    ("seeds: [0, 0]", "seeds lists 0 twice"),
-    ("seeds: []", "'seeds' must be a non-empty list"),
-    ("seeds: [a]", "'seeds' must be a list of whole numbers"),
-    ("sweep: {train.lr: []}", "sweep 'train.lr' must be a non-empty list"),
-    ("sweep: {train.lr: 0.1}", "'sweep' must be a mapping of recipe keys to lists"),
-    ("sweep: {train.lr: [0.1, 0.1]}", "sweep 'train.lr' lists 0.1 twice"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("seeds: [0, 0]", "seeds lists 0 twice"),
+        ("seeds: []", "'seeds' must be a non-empty list"),
+        ("seeds: [a]", "'seeds' must be a list of whole numbers"),
+        ("sweep: {train.lr: []}", "sweep 'train.lr' must be a non-empty list"),
+        ("sweep: {train.lr: 0.1}", "'sweep' must be a mapping of recipe keys to lists"),
+        ("sweep: {train.lr: [0.1, 0.1]}", "sweep 'train.lr' lists 0.1 twice"),
+    ],
+)
 def test_a_grid_with_no_cell_or_a_cell_twice_is_refused(tmp_path, body, words):
     with pytest.raises(RecipeError, match=words):
         ablate.load_spec(_spec(tmp_path, f"objectives: [ntp]\n{body}\n"))

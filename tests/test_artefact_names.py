@@ -1,20 +1,28 @@
 """Artefacts are named by what they are, not by when: no recipe, result folder or test file called
 ``*_new``, ``*-v2``, ``*_old`` or ``stage1``; superseded results live in ``benchmarks/results/archive/``
 with a README naming what superseded them; and every recipe or result path the docs cite exists."""
+
 import re
 
 from helpers import ROOT
 
 BY_WHEN = re.compile(r"([_-](new|old|v\d+)$)|stage\d")
-DOCS = ["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
-        *(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks").glob("NOTES*.md")),
-        *(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks" / "results").glob("*/README.md")),
-        *(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").glob("*/*.yaml"))]
+DOCS = [
+    "README.md",
+    *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+    *(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks").glob("NOTES*.md")),
+    *(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks" / "results").glob("*/README.md")),
+    *(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").glob("*/*.yaml")),
+]
 
 
 def test_no_artefact_is_named_by_when_it_was_made():
-    named = [*(ROOT / "recipes").glob("*/*"), *(ROOT / "benchmarks" / "results").iterdir(),
-             *(ROOT / "benchmarks" / "results" / "archive").iterdir(), *(ROOT / "tests").rglob("test_*.py")]
+    named = [
+        *(ROOT / "recipes").glob("*/*"),
+        *(ROOT / "benchmarks" / "results").iterdir(),
+        *(ROOT / "benchmarks" / "results" / "archive").iterdir(),
+        *(ROOT / "tests").rglob("test_*.py"),
+    ]
     assert named
     assert not [p.relative_to(ROOT).as_posix() for p in named if BY_WHEN.search(p.name.split(".")[0])]
 
@@ -33,8 +41,14 @@ def test_every_recipe_and_result_path_the_docs_cite_exists():
     for doc in DOCS:
         text = (ROOT / doc).read_text()
         base = (ROOT / doc).parent
-        cited |= {(ROOT / m).as_posix() for m in re.findall(r"(?<![\w/.-])((?:benchmarks/results|recipes/ablations)/[\w.+-]+)(?![\w.+<-])", text)}
-        cited |= {(base / m).resolve().as_posix() for m in re.findall(r"\]\(((?:\.\./)*(?:benchmarks/)?results/[\w.+-]+)", text)}
+        cited |= {
+            (ROOT / m).as_posix()
+            for m in re.findall(r"(?<![\w/.-])((?:benchmarks/results|recipes/ablations)/[\w.+-]+)(?![\w.+<-])", text)
+        }
+        cited |= {
+            (base / m).resolve().as_posix()
+            for m in re.findall(r"\]\(((?:\.\./)*(?:benchmarks/)?results/[\w.+-]+)", text)
+        }
     assert len(cited) > 10
     missing = sorted(c for c in cited if not (ROOT / c).exists())
     assert not missing, f"cited but missing: {missing}"

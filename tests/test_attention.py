@@ -1,6 +1,7 @@
 """The "bico" attention: exact SDPA equivalence without a mask, bidirectionality with one
 (every code path, batch size 1, padding), no leaks between packed documents, mirrored RoPE
 against a direct float64 construction; bico.apply / revert and the architecture check."""
+
 import math
 
 import pytest
@@ -16,8 +17,9 @@ from helpers import make_llama, twin_models
 
 def reference_interval_attention(q, k, v, lo, hi, *, scale, mirror_rope=None):
     """The reference as the bico attention calls it on CPU (SDPA branch without the mirror)."""
-    return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope,
-                                      use_sdpa=mirror_rope is None)
+    return reference_masked_attention(
+        q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope, use_sdpa=mirror_rope is None
+    )
 
 
 def model_rope_tables(model, pos):
@@ -148,7 +150,7 @@ def test_mirrored_rope_matches_direct_float64_construction():
     q, k = apply_rotary_pos_emb(raw_q, raw_k, cos, sin)
     mask = IntervalMask.stack([IntervalMask.bico(t, torch.rand(t) < 0.3) for _ in range(b)])
     lo, hi = mask.lo, mask.hi
-    got = reference_interval_attention(q, k, v, lo, hi, scale=d ** -0.5, mirror_rope=(cos, sin))
+    got = reference_interval_attention(q, k, v, lo, hi, scale=d**-0.5, mirror_rope=(cos, sin))
 
     allowed = mask.dense()
     expected = torch.zeros_like(got)
@@ -165,12 +167,12 @@ def test_mirrored_rope_matches_direct_float64_construction():
                         s = (rot[i] @ raw_q[bi, h, i]) @ (rot[j] @ raw_k[bi, kv, j])
                     else:  # mirrored: (R_{-i} q)·(R_{-j} k), the offset's sign flipped
                         s = (rot[i].T @ raw_q[bi, h, i]) @ (rot[j].T @ raw_k[bi, kv, j])
-                    scores[i, j] = s * d ** -0.5
+                    scores[i, j] = s * d**-0.5
             probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
             expected[bi, h] = probs @ v[bi, kv]
     assert torch.allclose(got, expected, atol=1e-10)
     # The mirrored scores really differ from plain RoPE on keys after the query.
-    plain = reference_interval_attention(q, k, v, lo, hi, scale=d ** -0.5)
+    plain = reference_interval_attention(q, k, v, lo, hi, scale=d**-0.5)
     assert (plain - got).abs().max() > 1e-3
 
 
@@ -180,7 +182,7 @@ def test_rows_without_keys_output_zero_and_no_nan():
     v = torch.randn(1, 2, 5, 8, requires_grad=True)
     lo = torch.tensor([[2, 2, 0, 0, 0]], dtype=torch.int32)  # rows 0, 1 see nothing
     hi = torch.tensor([[5, 5, 0, 0, 0]], dtype=torch.int32)
-    out = reference_interval_attention(q, k, v, lo, hi, scale=8 ** -0.5)
+    out = reference_interval_attention(q, k, v, lo, hi, scale=8**-0.5)
     assert torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
@@ -248,9 +250,16 @@ def _tiny(model_type: str, attn: str = "sdpa"):
     """A tiny random model of another Llama-family architecture."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(model_type, vocab_size=128, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=256)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
 
@@ -263,8 +272,10 @@ def test_apply_switches_a_loaded_model_and_revert_restores_it(model_type):
     with torch.no_grad():
         # Without a mask: stock SDPA, logits and greedy tokens.
         assert torch.allclose(model(ids).logits, stock(ids).logits, atol=1e-5, rtol=0)
-        assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
-                           stock.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
+        assert torch.equal(
+            model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+            stock.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0),
+        )
         # With one: bidirectional attention takes effect, mirrored RoPE too.
         full = IntervalMask.stack([IntervalMask.bidirectional(9)] * 2)
         bidir = model(ids, bico_mask=full).logits

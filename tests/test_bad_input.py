@@ -5,6 +5,7 @@ asserts: exit 2, stderr is exactly one ``bico: error: ...`` line containing the 
 and the output dir either does not exist afterwards or (when the case made it first) holds
 exactly what it held before. A few cases also run as real processes (``python -m bico``).
 """
+
 import json
 import os
 import subprocess
@@ -17,8 +18,17 @@ from bico.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "recipes" / "demo" / "tiny.yaml")
-SMALL = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
-         "train.progress=false", "train.max_steps=2", "eval.limit=2", "eval.max_new_tokens=4"]
+SMALL = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.progress=false",
+    "train.max_steps=2",
+    "eval.limit=2",
+    "eval.max_new_tokens=4",
+]
 
 
 def _write(path: Path, data) -> Path:
@@ -61,6 +71,7 @@ def _mismatched_tokenizer(tmp) -> list[str]:
 
 def _files(tmp, name: str, content, *extra: str) -> list[str]:
     return [f"data.files=[{_write(tmp / 'in' / name, content)}]", f"data.cache_dir={tmp / 'cache'}", *extra]
+
 
 # (id, extra arguments or a function (tmp, reversal_dir, out) -> arguments, words the error line contains)
 CASES = [
@@ -110,71 +121,163 @@ CASES = [
     ("not key=value", ["train.lr"], ["not key=value"]),
     ("tokenizer=words on a folder", ["model.tokenizer=words", "model.name=smollm2-135m"], ["model.tokenizer=words"]),
     ("model folder missing", lambda tmp, data, out: [f"model.name={tmp / 'nomodel'}"], ["neither a preset"]),
-    ("model config.json broken", lambda tmp, data, out: _model_folder(tmp, config='{"model_type": "llama", ',
-                                                                        tokenizer=True), ["config.json", "not valid JSON"]),
-    ("model without tokenizer", lambda tmp, data, out: _model_folder(tmp, config='{"model_type": "llama"}',
-                                                                       tokenizer=False), ["no tokenizer files"]),
+    (
+        "model config.json broken",
+        lambda tmp, data, out: _model_folder(tmp, config='{"model_type": "llama", ', tokenizer=True),
+        ["config.json", "not valid JSON"],
+    ),
+    (
+        "model without tokenizer",
+        lambda tmp, data, out: _model_folder(tmp, config='{"model_type": "llama"}', tokenizer=False),
+        ["no tokenizer files"],
+    ),
     ("data dir missing", lambda tmp, data, out: [f"data.dir={tmp / 'nowhere'}"], ["does not exist"]),
-    ("data not UTF-8", lambda tmp, data, out: _bad_data(tmp, data, GOOD_ROW.encode() + b'{"prompt": "\xff"}\n'),
-     ["p2d_prompts_train.jsonl, line 2", "not UTF-8"]),
-    ("data malformed JSON", lambda tmp, data, out: _bad_data(tmp, data, (GOOD_ROW + "{oops\n").encode()),
-     ["p2d_prompts_train.jsonl, line 2", "malformed JSON"]),
-    ("data missing field", lambda tmp, data, out: _bad_data(tmp, data, (GOOD_ROW + '{"prompt": "c"}\n').encode()),
-     ["line 2", "completion"]),
+    (
+        "data not UTF-8",
+        lambda tmp, data, out: _bad_data(tmp, data, GOOD_ROW.encode() + b'{"prompt": "\xff"}\n'),
+        ["p2d_prompts_train.jsonl, line 2", "not UTF-8"],
+    ),
+    (
+        "data malformed JSON",
+        lambda tmp, data, out: _bad_data(tmp, data, (GOOD_ROW + "{oops\n").encode()),
+        ["p2d_prompts_train.jsonl, line 2", "malformed JSON"],
+    ),
+    (
+        "data missing field",
+        lambda tmp, data, out: _bad_data(tmp, data, (GOOD_ROW + '{"prompt": "c"}\n').encode()),
+        ["line 2", "completion"],
+    ),
     ("data empty", lambda tmp, data, out: _bad_data(tmp, data, b""), ["empty file"]),
-    ("data train file is a folder", lambda tmp, data, out: [f"data.dir={data}", "data.train_files=[.]"],
-     ["is a directory"]),
+    (
+        "data train file is a folder",
+        lambda tmp, data, out: [f"data.dir={data}", "data.train_files=[.]"],
+        ["is a directory"],
+    ),
     ("row too long", ["data.max_length=8"], ["p2d_prompts_train.jsonl, line 1", "data.max_length=8"]),
     # data.files (read through `datasets`): the file and its row or line, one line
     ("data.format unknown", ["data.format=tsv"], ["data.format", "prompt_completion, text, chat"]),
     ("text format without files", ["data.format=text"], ["data.format=text", "data.files"]),
-    ("data.fields unknown", lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW, "data.fields.body=x"),
-     ["data.fields.body", "prompt, completion"]),
+    (
+        "data.fields unknown",
+        lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW, "data.fields.body=x"),
+        ["data.fields.body", "prompt, completion"],
+    ),
     ("chunk_overlap too big", ["data.chunk_overlap=62"], ["data.chunk_overlap", "data.max_length"]),
     ("chat_loss unknown", ["data.chat_loss=user"], ["data.chat_loss"]),
-    ("data file missing", lambda tmp, data, out: [f"data.files=[{tmp / 'gone.csv'}]"], ["data file not found", "gone.csv"]),
+    (
+        "data file missing",
+        lambda tmp, data, out: [f"data.files=[{tmp / 'gone.csv'}]"],
+        ["data file not found", "gone.csv"],
+    ),
     ("data file type", lambda tmp, data, out: _files(tmp, "a.xml", "<a/>"), ["a.xml", "unsupported file type .xml"]),
-    ("folder not saved by datasets", lambda tmp, data, out: [f"data.files=[{data}]"], ["is a directory", "save_to_disk"]),
-    ("csv column missing", lambda tmp, data, out: _files(tmp, "a.csv", "question,completion\nq,a\n"),
-     ["a.csv", "no column 'prompt'", "data.fields.prompt"]),
-    ("csv value missing", lambda tmp, data, out: _files(tmp, "a.csv", "prompt,completion\nq,a\nq2,\n"),
-     ["a.csv, row 2", "'completion' is missing"]),
-    ("jsonl via data.files: malformed", lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW + "\n{oops\n"),
-     ["a.jsonl, line 3", "malformed JSON"]),
-    ("renamed field missing", lambda tmp, data, out: _files(tmp, "a.jsonl", '{"q": "Q", "completion": "A"}\n'
-                                                            '{"completion": "B"}\n', "data.fields.prompt=q"),
-     ["a.jsonl, line 2", "missing field 'q'"]),
+    (
+        "folder not saved by datasets",
+        lambda tmp, data, out: [f"data.files=[{data}]"],
+        ["is a directory", "save_to_disk"],
+    ),
+    (
+        "csv column missing",
+        lambda tmp, data, out: _files(tmp, "a.csv", "question,completion\nq,a\n"),
+        ["a.csv", "no column 'prompt'", "data.fields.prompt"],
+    ),
+    (
+        "csv value missing",
+        lambda tmp, data, out: _files(tmp, "a.csv", "prompt,completion\nq,a\nq2,\n"),
+        ["a.csv, row 2", "'completion' is missing"],
+    ),
+    (
+        "jsonl via data.files: malformed",
+        lambda tmp, data, out: _files(tmp, "a.jsonl", GOOD_ROW + "\n{oops\n"),
+        ["a.jsonl, line 3", "malformed JSON"],
+    ),
+    (
+        "renamed field missing",
+        lambda tmp, data, out: _files(
+            tmp, "a.jsonl", '{"q": "Q", "completion": "A"}\n{"completion": "B"}\n', "data.fields.prompt=q"
+        ),
+        ["a.jsonl, line 2", "missing field 'q'"],
+    ),
     (".txt as prompt_completion", lambda tmp, data, out: _files(tmp, "a.txt", "words"), ["a.txt", "data.format=text"]),
-    ("text not UTF-8", lambda tmp, data, out: _files(tmp, "a.txt", b"ok \xff", "data.format=text"), ["a.txt", "not UTF-8"]),
-    ("chat messages malformed", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
-                                                              '"content": "hi"}]}\n{"messages": "hi"}\n', "data.format=chat"),
-     ["c.jsonl, line 2", "'messages'"]),
-    ("chat without assistant", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
-                                                             '"content": "hi"}]}\n', "data.format=chat"),
-     ["c.jsonl, line 1", "no assistant message", "data.chat_loss=all"]),
-    ("chat turn, empty content", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "user", '
-                                                               '"content": "hi"}, {"role": "assistant", "content": '
-                                                               '""}]}\n', "data.format=chat"),
-     ["c.jsonl, line 1", "message 2 has an empty 'content'"]),
-    ("chat turn, empty role", lambda tmp, data, out: _files(tmp, "c.jsonl", '{"messages": [{"role": "", "content": '
-                                                            '"hi"}, {"role": "assistant", "content": "ok"}]}\n',
-                                                            "data.format=chat"),
-     ["c.jsonl, line 1", "message 1 has an empty 'role'"]),
-    ("tokenizer not the model's", lambda tmp, data, out: _mismatched_tokenizer(tmp),
-     ["mismatched", "tokenizer has 49152 tokens", "embeddings have 100 rows"]),
-    ("chat row too long", lambda tmp, data, out: _files(tmp, "c.jsonl", json.dumps({"messages": [
-        {"role": "user", "content": "hi " * 40}, {"role": "assistant", "content": "ok"}]}) + "\n", "data.format=chat"),
-     ["c.jsonl, line 1", "data.max_length=64"]),
-    ("output_dir is a file", lambda tmp, data, out: [f"train.output_dir={_write(tmp / 'afile', 'x')}"],
-     ["train.output_dir", "is a file"]),
+    (
+        "text not UTF-8",
+        lambda tmp, data, out: _files(tmp, "a.txt", b"ok \xff", "data.format=text"),
+        ["a.txt", "not UTF-8"],
+    ),
+    (
+        "chat messages malformed",
+        lambda tmp, data, out: _files(
+            tmp,
+            "c.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": "hi"}\n',
+            "data.format=chat",
+        ),
+        ["c.jsonl, line 2", "'messages'"],
+    ),
+    (
+        "chat without assistant",
+        lambda tmp, data, out: _files(
+            tmp, "c.jsonl", '{"messages": [{"role": "user", "content": "hi"}]}\n', "data.format=chat"
+        ),
+        ["c.jsonl, line 1", "no assistant message", "data.chat_loss=all"],
+    ),
+    (
+        "chat turn, empty content",
+        lambda tmp, data, out: _files(
+            tmp,
+            "c.jsonl",
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}\n',
+            "data.format=chat",
+        ),
+        ["c.jsonl, line 1", "message 2 has an empty 'content'"],
+    ),
+    (
+        "chat turn, empty role",
+        lambda tmp, data, out: _files(
+            tmp,
+            "c.jsonl",
+            '{"messages": [{"role": "", "content": "hi"}, {"role": "assistant", "content": "ok"}]}\n',
+            "data.format=chat",
+        ),
+        ["c.jsonl, line 1", "message 1 has an empty 'role'"],
+    ),
+    (
+        "tokenizer not the model's",
+        lambda tmp, data, out: _mismatched_tokenizer(tmp),
+        ["mismatched", "tokenizer has 49152 tokens", "embeddings have 100 rows"],
+    ),
+    (
+        "chat row too long",
+        lambda tmp, data, out: _files(
+            tmp,
+            "c.jsonl",
+            json.dumps({"messages": [{"role": "user", "content": "hi " * 40}, {"role": "assistant", "content": "ok"}]})
+            + "\n",
+            "data.format=chat",
+        ),
+        ["c.jsonl, line 1", "data.max_length=64"],
+    ),
+    (
+        "output_dir is a file",
+        lambda tmp, data, out: [f"train.output_dir={_write(tmp / 'afile', 'x')}"],
+        ["train.output_dir", "is a file"],
+    ),
     ("output_dir not writable", ["train.output_dir=/proc/bico-test/run"], ["train.output_dir", "/proc/bico-test/run"]),
     ("resume, no run", ["train.resume=true"], ["train.resume=true", "does not exist"]),
-    ("resume, no checkpoint", lambda tmp, data, out: [f"train.output_dir={_write(out / 'recipe.json', '{}').parent}",
-                                                      "train.resume=true"], ["no checkpoint"]),
-    ("output_dir holds other files", lambda tmp, data, out: [f"train.output_dir={_write(out / 'notes.txt', 'x').parent}"],
-     ["not a bico run folder", "notes.txt"]),
-    ("overwrite keeps other files", lambda tmp, data, out: [f"train.output_dir={_write(out / 'notes.txt', 'x').parent}",
-                                                           "train.overwrite=true"], ["not a bico run folder"]),
+    (
+        "resume, no checkpoint",
+        lambda tmp, data, out: [f"train.output_dir={_write(out / 'recipe.json', '{}').parent}", "train.resume=true"],
+        ["no checkpoint"],
+    ),
+    (
+        "output_dir holds other files",
+        lambda tmp, data, out: [f"train.output_dir={_write(out / 'notes.txt', 'x').parent}"],
+        ["not a bico run folder", "notes.txt"],
+    ),
+    (
+        "overwrite keeps other files",
+        lambda tmp, data, out: [f"train.output_dir={_write(out / 'notes.txt', 'x').parent}", "train.overwrite=true"],
+        ["not a bico run folder"],
+    ),
 ]
 
 
@@ -202,11 +305,18 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, reversa
 
 
 def test_empty_and_unusable_recipe_files(tmp_path, capsys):
-    for name, text, words in [("empty.yaml", "", "is empty"), ("comment.yaml", "# nothing\n", "is empty"),
-                              ("list.yaml", "- a\n", "mapping of sections"), ("bad.yaml", "a: [\n", "not valid YAML"),
-                              ("binary.yaml", b"\xff\xfe", "UTF-8"),
-                              ("twice.yaml", "train:\n  lr: 0.1\neval:\n  limit: 2\ntrain:\n  seed: 3\n",
-                               "line 5: the key 'train' appears twice")]:
+    for name, text, words in [
+        ("empty.yaml", "", "is empty"),
+        ("comment.yaml", "# nothing\n", "is empty"),
+        ("list.yaml", "- a\n", "mapping of sections"),
+        ("bad.yaml", "a: [\n", "not valid YAML"),
+        ("binary.yaml", b"\xff\xfe", "UTF-8"),
+        (
+            "twice.yaml",
+            "train:\n  lr: 0.1\neval:\n  limit: 2\ntrain:\n  seed: 3\n",
+            "line 5: the key 'train' appears twice",
+        ),
+    ]:
         path = _write(tmp_path / name, text)
         code = main(["train", str(path), f"train.output_dir={tmp_path / 'out'}"])
         err = capsys.readouterr().err.strip().splitlines()
@@ -220,9 +330,13 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     """The whole command (imports included) as a user runs it; a bad recipe fails before torch loads."""
     empty = _write(tmp_path / "empty.yaml", "")
     for argv in [["train", TINY, "train.batch_size=0"], ["train", str(empty)], ["train", TINY, "train.epochs=-1"]]:
-        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bico", *argv,
-                               f"train.output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=tmp_path,
-                              timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "bico", *argv, f"train.output_dir={tmp_path / 'out'}"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=600,
+        )
         errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
         assert done.returncode == 2 and len(errors) == 1 and errors[0].startswith("bico: error: "), done.stderr
         assert "torch" not in _imported(done.stderr)
@@ -249,8 +363,9 @@ def _imported(importtime_log: str) -> set[str]:
 
 
 def test_help_imports_no_torch():
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bico", "--help"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bico", "--help"], capture_output=True, text=True, timeout=600
+    )
     modules = _imported(done.stderr)
     assert done.returncode == 0 and "usage: bico" in done.stdout
     assert "bico.cli" in modules and not {"torch", "transformers", "deepspeed"} & modules
@@ -265,11 +380,13 @@ def test_ctrl_c_inside_exec_still_exits_130(tmp_path):
         "from bico import cli\n"
         "args = argparse.Namespace(verbose=False, handler=lambda a: exec('raise KeyboardInterrupt'))\n"
         "cli.build_parser = lambda: argparse.Namespace(parse_args=lambda argv: args)\n"
-        "sys.exit(cli.main([]))\n")
+        "sys.exit(cli.main([]))\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     env.pop("BICO_DEBUG", None)
-    done = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "interrupt_probe"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert (done.returncode, done.stderr.strip()) == (130, "bico: interrupted")
 
 
@@ -280,8 +397,20 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
 
     for delay in (1.0, 2.0):  # while torch loads (about 3 s on the 2-core CI machine), or the model
         out = tmp_path / f"out{delay}"
-        proc = subprocess.Popen([sys.executable, "-m", "bico", "train", TINY, f"data.dir={reversal_dir}",
-                                 f"train.output_dir={out}", *SMALL], stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bico",
+                "train",
+                TINY,
+                f"data.dir={reversal_dir}",
+                f"train.output_dir={out}",
+                *SMALL,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=600)
@@ -290,8 +419,11 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
         # Nothing left behind, unless (a fast machine) training had begun: then it stops with a checkpoint.
         training = out.exists()
         assert not training or (out / "recipe.json").is_file()
-        assert proc.returncode == 130 and (err.strip() == "bico: interrupted" or training and
-                                           err.strip().startswith("bico: stopped by SIGINT after step")), err
+        assert proc.returncode == 130 and (
+            err.strip() == "bico: interrupted"
+            or training
+            and err.strip().startswith("bico: stopped by SIGINT after step")
+        ), err
 
 
 class _RunsCode:
@@ -308,8 +440,16 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
     import torch
 
     out, marker = tmp_path / "out", tmp_path / "marker"
-    args = ["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL, "train.save_every=1",
-            "train.save_model=false", "eval.enabled=false"]
+    args = [
+        "train",
+        TINY,
+        f"data.dir={reversal_dir}",
+        f"train.output_dir={out}",
+        *SMALL,
+        "train.save_every=1",
+        "train.save_model=false",
+        "eval.enabled=false",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     newest = sorted((out / "checkpoints").glob("step-*"))[-1]
@@ -326,8 +466,17 @@ def test_resume_refuses_a_checkpoint_whose_pickle_runs_code(tmp_path, reversal_d
 
 def _resume_args(tmp, reversal_dir, *extra):
     out = tmp / "out"
-    return out, ["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL, "train.save_every=1",
-                 "train.save_model=false", "eval.enabled=false", *extra]
+    return out, [
+        "train",
+        TINY,
+        f"data.dir={reversal_dir}",
+        f"train.output_dir={out}",
+        *SMALL,
+        "train.save_every=1",
+        "train.save_model=false",
+        "eval.enabled=false",
+        *extra,
+    ]
 
 
 def _one_error_line(capsys) -> str:
@@ -366,7 +515,7 @@ def _damage(state: Path, how: str) -> None:
     data = state.read_bytes()
     middle = len(data) // 2
     if how in ("zeroed", "0x7f"):  # tensor bytes, the file's size unchanged
-        state.write_bytes(data[:middle] + (b"\0" if how == "zeroed" else b"\x7f") * 64 + data[middle + 64:])
+        state.write_bytes(data[:middle] + (b"\0" if how == "zeroed" else b"\x7f") * 64 + data[middle + 64 :])
     elif how == "truncated":
         state.write_bytes(data[:middle])
     elif how == "{}":
@@ -376,8 +525,9 @@ def _damage(state: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["zeroed", "0x7f", "truncated", "{}", "foreign"])
-def test_resume_falls_back_to_the_newest_intact_checkpoint(three_checkpointed_steps, tmp_path, reversal_dir, how,
-                                                           caplog, capsys):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(
+    three_checkpointed_steps, tmp_path, reversal_dir, how, caplog, capsys
+):
     import logging
     import shutil
 
@@ -420,8 +570,18 @@ def test_resume_with_no_intact_checkpoint_names_the_file(three_checkpointed_step
 def test_data_reversal_does_not_replace_files_without_force(tmp_path, capsys):
     mine = _write(tmp_path / "all_prompts_train.jsonl", GOOD_ROW)
     other = _write(tmp_path / "notes.txt", "mine")
-    args = ["data", "reversal", "--out", str(tmp_path), "--facts", "2", "--train-paraphrases", "2",
-            "--test-paraphrases", "2"]
+    args = [
+        "data",
+        "reversal",
+        "--out",
+        str(tmp_path),
+        "--facts",
+        "2",
+        "--train-paraphrases",
+        "2",
+        "--test-paraphrases",
+        "2",
+    ]
     assert main(args) == 2
     line = _one_error_line(capsys)
     assert "all_prompts_train.jsonl" in line and "--force" in line
@@ -438,8 +598,19 @@ def test_tilde_in_a_path_key_is_the_home_folder(tmp_path, reversal_dir, monkeypa
     home = tmp_path / "home"
     r = load_recipe(None, ["data.files=[~/a.jsonl]", "data.dir=~/d", "data.cache_dir=~/c", "eval.splits=[~/s.jsonl]"])
     assert (r.data.files, r.data.dir, r.data.cache_dir, r.eval.splits) == (
-        [str(home / "a.jsonl")], str(home / "d"), str(home / "c"), [str(home / "s.jsonl")])
-    args = ["train", TINY, f"data.dir={reversal_dir}", "train.output_dir=~/run", *SMALL, "train.save_model=false",
-            "eval.enabled=false"]
+        [str(home / "a.jsonl")],
+        str(home / "d"),
+        str(home / "c"),
+        [str(home / "s.jsonl")],
+    )
+    args = [
+        "train",
+        TINY,
+        f"data.dir={reversal_dir}",
+        "train.output_dir=~/run",
+        *SMALL,
+        "train.save_model=false",
+        "eval.enabled=false",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     assert (home / "run" / "train_summary.json").is_file() and not (tmp_path / "cwd" / "~").exists()

@@ -19,6 +19,7 @@ least 2 of the 30 reversed questions that NTP never answers) and the likelihood 
 the claim, with margins below the smallest gap seen. The two arms train in two processes (one
 thread each, the measured setting) when the machine has two cores, halving the wall time.
 """
+
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -35,17 +36,37 @@ SPLITS = ["p2d_prompts_test", "p2d_reverse_prompts_test"]
 
 
 def run(objective, data_dir, out_dir, seed=0):
-    recipe = load_recipe(None, [
-        "model.name=tiny-random", "model.tokenizer=words", "model.layers=2", "model.hidden_size=128",
-        "model.heads=4", "model.kv_heads=2", "model.intermediate_size=256", f"model.init_seed={seed}",
-        "finetune.method=full", f"objective.name={objective}", f"data.dir={data_dir}", "data.max_length=64",
-        "data.train_files=[p2d_prompts_train.jsonl,both_prompts_train.jsonl]",
-        "train.epochs=60", "train.batch_size=16", "train.lr=1e-3", "train.warmup_steps=10", f"train.seed={seed}",
-        "train.progress=false", "train.save_model=false", "train.log_every=1000", f"train.output_dir={out_dir}",
-    ])
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=tiny-random",
+            "model.tokenizer=words",
+            "model.layers=2",
+            "model.hidden_size=128",
+            "model.heads=4",
+            "model.kv_heads=2",
+            "model.intermediate_size=256",
+            f"model.init_seed={seed}",
+            "finetune.method=full",
+            f"objective.name={objective}",
+            f"data.dir={data_dir}",
+            "data.max_length=64",
+            "data.train_files=[p2d_prompts_train.jsonl,both_prompts_train.jsonl]",
+            "train.epochs=60",
+            "train.batch_size=16",
+            "train.lr=1e-3",
+            "train.warmup_steps=10",
+            f"train.seed={seed}",
+            "train.progress=false",
+            "train.save_model=false",
+            "train.log_every=1000",
+            f"train.output_dir={out_dir}",
+        ],
+    )
     result = train(recipe)
-    scores = evaluate(result.model, result.tokenizer, data_dir, SPLITS, max_new_tokens=24, batch_size=64,
-                      progress=False)["splits"]
+    scores = evaluate(
+        result.model, result.tokenizer, data_dir, SPLITS, max_new_tokens=24, batch_size=64, progress=False
+    )["splits"]
     return {
         "forward": scores["p2d_prompts_test"]["exact_match"],
         "reverse": scores["p2d_reverse_prompts_test"]["exact_match"],

@@ -1,14 +1,15 @@
 """``bico bench`` on CPU at tiny sizes: JSON fields, skipped CUDA-only providers, PNG, pair counts, errors."""
+
 import contextlib
 import io
 import json
 
 import pytest
 
-from bico.masks import INDEX_DTYPE, IntervalMask
-from bico_kernels import dense_visibility
-from bico.tools.bench import CASES, MODES, PROVIDERS, build_case
 from bico.cli import main
+from bico.masks import INDEX_DTYPE, IntervalMask
+from bico.tools.bench import CASES, MODES, PROVIDERS, build_case
+from bico_kernels import dense_visibility
 
 TINY = ["--seqlens", "32,48", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--no-progress"]
 CUDA_ONLY = [p for p in PROVIDERS if p != "sdpa-dense"]
@@ -69,11 +70,25 @@ def test_visible_pairs_match_the_dense_mask(case):
 
 
 # (B, T) -> visible pairs of each case, as bench counted them before the count moved to IntervalMask.
-PAIRS_BEFORE = {(2, 48): {"causal": 2352, "bidirectional": 4608, "bico": 4080, "prefix_lm": 2904, "packed": 1053, "glm": 2985},
-                (3, 257): {"causal": 99459, "bidirectional": 198147, "bico": 170391, "prefix_lm": 123843, "packed": 34749,
-                           "glm": 129044},
-                (1, 4096): {"causal": 8390656, "bidirectional": 16777216, "bico": 14266368, "prefix_lm": 10486784,
-                            "packed": 4134355, "glm": 10382934}}
+PAIRS_BEFORE = {
+    (2, 48): {"causal": 2352, "bidirectional": 4608, "bico": 4080, "prefix_lm": 2904, "packed": 1053, "glm": 2985},
+    (3, 257): {
+        "causal": 99459,
+        "bidirectional": 198147,
+        "bico": 170391,
+        "prefix_lm": 123843,
+        "packed": 34749,
+        "glm": 129044,
+    },
+    (1, 4096): {
+        "causal": 8390656,
+        "bidirectional": 16777216,
+        "bico": 14266368,
+        "prefix_lm": 10486784,
+        "packed": 4134355,
+        "glm": 10382934,
+    },
+}
 
 
 def test_pair_counts_behind_tflops_are_unchanged(bench):
@@ -94,12 +109,15 @@ def test_json_path_and_subset(tmp_path):
     assert result["skipped"] == [] and path.with_suffix(".png").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--cases", "causal,nope"], "unknown case 'nope'"),
-    (["--providers", "cudnn"], "unknown provider 'cudnn'"),
-    (["--heads", "4", "--kv-heads", "3"], "not a multiple of --kv-heads 3"),
-    (["--seqlens", "32,x"], "comma-separated integers"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cases", "causal,nope"], "unknown case 'nope'"),
+        (["--providers", "cudnn"], "unknown provider 'cudnn'"),
+        (["--heads", "4", "--kv-heads", "3"], "not a multiple of --kv-heads 3"),
+        (["--seqlens", "32,x"], "comma-separated integers"),
+    ],
+)
 def test_bad_arguments_are_one_line_errors(extra, message, capsys, tmp_path):
     assert main(["bench", *TINY, "--out", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,5 +1,6 @@
 """The celebrity benchmark on a tiny model: both directions, Wilson intervals, report files, errors;
 and the Wilson interval itself against known values."""
+
 import json
 import math
 
@@ -40,8 +41,8 @@ def test_questions_follow_the_released_prompt(tmp_path):
 
 
 def test_evaluate_and_report(tmp_path):
-    from helpers import make_llama
     from bico.models import load_tokenizer
+    from helpers import make_llama
 
     tok = load_tokenizer("tiny-random")
     model = make_llama(vocab=len(tok), hidden=32, heads=2, kv_heads=1, layers=1)
@@ -50,7 +51,9 @@ def test_evaluate_and_report(tmp_path):
     result = evaluate_celebrity(model, tok, load_pairs(path), max_new_tokens=3, batch_size=4, progress=False)
     assert set(result["directions"]) == {"forward (child -> parent)", "reverse (parent -> child)"}
     for d in result["directions"].values():
-        assert d["n"] == 5 and 0 <= d["exact_match"]["ci95"][0] <= d["exact_match"]["value"] <= d["exact_match"]["ci95"][1]
+        assert (
+            d["n"] == 5 and 0 <= d["exact_match"]["ci95"][0] <= d["exact_match"]["value"] <= d["exact_match"]["ci95"][1]
+        )
         assert math.isfinite(d["mean_logprob"])
     files = write_report(result, tmp_path / "out", "tiny")
     saved = json.loads(files["json"].read_text())
@@ -75,8 +78,26 @@ def test_cli_celebrity_suite(tmp_path, capsys):
 
     path = tmp_path / "pairs.csv"
     path.write_text(PAIRS)
-    assert main(["eval", "--suite", "celebrity", "--model", "tiny-random", "--pairs", str(path), "--out",
-                 str(tmp_path / "out"), "--limit", "3", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--suite",
+                "celebrity",
+                "--model",
+                "tiny-random",
+                "--pairs",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--limit",
+                "3",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "| forward (child -> parent) | 3 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "celebrity.json").read_text())["n_pairs"] == 3
     assert main(["eval", "--suite", "celebrity", "--model", "tiny-random", "--pairs", str(tmp_path / "x.csv")]) == 2

@@ -1,4 +1,5 @@
 """The command line: one-line errors with exit status 2, and the commands end to end."""
+
 import json
 from pathlib import Path
 
@@ -9,8 +10,16 @@ from bico.config import RecipeError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "recipes" / "demo" / "tiny.yaml")
-SMALL = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
-         "train.progress=false", "train.max_steps=2", "eval.limit=4"]
+SMALL = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.progress=false",
+    "train.max_steps=2",
+    "eval.limit=4",
+]
 
 
 def run(capsys, *argv):
@@ -33,11 +42,26 @@ def test_unknown_recipe_key(capsys, reversal_dir):
 
 
 def test_unknown_objective_and_option(capsys, reversal_dir, tmp_path):
-    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", "objective.name=mystery",
-                       f"train.output_dir={tmp_path}", *SMALL)
+    code, _, err = run(
+        capsys,
+        "train",
+        TINY,
+        f"data.dir={reversal_dir}",
+        "objective.name=mystery",
+        f"train.output_dir={tmp_path}",
+        *SMALL,
+    )
     one_line_error(code, err, "unknown objective 'mystery'")
-    code, _, err = run(capsys, "train", TINY, f"data.dir={reversal_dir}", "objective.name=bico",
-                       "objective.options.ratio=0.2", f"train.output_dir={tmp_path}", *SMALL)
+    code, _, err = run(
+        capsys,
+        "train",
+        TINY,
+        f"data.dir={reversal_dir}",
+        "objective.name=bico",
+        "objective.options.ratio=0.2",
+        f"train.output_dir={tmp_path}",
+        *SMALL,
+    )
     one_line_error(code, err, "has no option(s) ratio")
 
 
@@ -85,9 +109,22 @@ def test_train_then_eval_end_to_end(capsys, reversal_dir, tmp_path):
     for metrics in report["splits"].values():
         assert {"n", "exact_match", "substring_match", "mean_logprob", "logprob_win_rate"} <= set(metrics)
     assert (tmp_path / "eval.png").stat().st_size > 1000
-    code, out, _ = run(capsys, "eval", "--model", str(tmp_path / "model"), "--data", str(reversal_dir),
-                       "--splits", "p2d_reverse_prompts_test", "--limit", "4", "--max-new-tokens", "8",
-                       "--out", str(tmp_path / "ev"))
+    code, out, _ = run(
+        capsys,
+        "eval",
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(reversal_dir),
+        "--splits",
+        "p2d_reverse_prompts_test",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "ev"),
+    )
     again = json.loads((tmp_path / "ev" / "eval.json").read_text())["splits"]["p2d_reverse_prompts_test"]
     # The saved model evaluates exactly like the in-memory one.
     assert again == report["splits"]["p2d_reverse_prompts_test"]
@@ -103,8 +140,19 @@ def test_demo_quick(capsys, tmp_path):
 
 
 def test_data_commands(capsys, tmp_path):
-    code, out, _ = run(capsys, "data", "reversal", "--out", str(tmp_path), "--facts", "2",
-                       "--train-paraphrases", "3", "--test-paraphrases", "2")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "reversal",
+        "--out",
+        str(tmp_path),
+        "--facts",
+        "2",
+        "--train-paraphrases",
+        "3",
+        "--test-paraphrases",
+        "2",
+    )
     assert code == 0 and (tmp_path / "p2d_reverse_prompts_test_randomized.jsonl").is_file()
     code, out, _ = run(capsys, "data", "check", str(tmp_path / "p2d_prompts_train.jsonl"))
     assert code == 0 and "6 rows" in out
@@ -144,13 +192,16 @@ def test_every_error_class_of_bico_is_a_bico_error():
     assert [name for name, cls in found.items() if not issubclass(cls, BicoError)] == []
 
 
-@pytest.mark.parametrize("error, shown", [
-    (RecipeError("recipe key 'train.lr' must be > 0"), "recipe key 'train.lr' must be > 0"),
-    (FileNotFoundError(2, "No such file or directory", "rows.jsonl"), "No such file or directory: 'rows.jsonl'"),
-    (ValueError("inside torch: shapes do not match"), None),  # a bug (or torch's), not the user's: traceback
-    (OSError(28, "No space left on device"), None),  # names no file: says nothing the user can act on
-    (RuntimeError("CUDA error"), None),
-])
+@pytest.mark.parametrize(
+    "error, shown",
+    [
+        (RecipeError("recipe key 'train.lr' must be > 0"), "recipe key 'train.lr' must be > 0"),
+        (FileNotFoundError(2, "No such file or directory", "rows.jsonl"), "No such file or directory: 'rows.jsonl'"),
+        (ValueError("inside torch: shapes do not match"), None),  # a bug (or torch's), not the user's: traceback
+        (OSError(28, "No space left on device"), None),  # names no file: says nothing the user can act on
+        (RuntimeError("CUDA error"), None),
+    ],
+)
 def test_only_bico_errors_and_file_errors_are_one_line(error, shown, monkeypatch, capsys):
     import bico.cli.train
 

@@ -1,4 +1,5 @@
 """Padding hides padded keys; packing keeps documents apart and restarts positions."""
+
 import random
 
 import pytest
@@ -12,7 +13,7 @@ def _samples(tokenizer, n=5, seed=0, objective="ntp"):
     rng = random.Random(seed)
     obj = build_objective(objective, tokenizer)
     out = []
-    for i in range(n):
+    for _ in range(n):
         words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randint(1, 6)))
         ex = Example(words, " end", tokenizer(words).input_ids, tokenizer(" end", add_special_tokens=False).input_ids)
         out.append(obj.encode(ex, rng, obj.start_batch(rng)))

@@ -1,4 +1,5 @@
 """Tests for bico.data: JSONL I/O, the reversal generator, splits, CLI, Berglund files."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bico.cli.data import add_parser, run
 from bico.data import (
     REVERSAL_EVAL_SPLITS,
     DataError,
@@ -21,9 +23,8 @@ from bico.data import (
     make_randomized,
     resolve_data_dir,
 )
-from bico.cli.data import add_parser, run
-from bico.io_utils import atomic_write_jsonl
 from bico.data.reversal import DATA_FILES
+from bico.io_utils import atomic_write_jsonl
 
 BERGLUND = Path("/work/shared/data/reversal_curse/experiment1")
 
@@ -110,9 +111,15 @@ def _expected_counts(F, T, K):
     c = {"all_prompts_train": 4 * F * T, "both_prompts_train": 2 * F * T, "both_prompts_test": 2 * F * K}
     for s in ("p2d_prompts_train", "d2p_prompts_train"):
         c[s] = F * T
-    for s in ("p2d_prompts_test", "d2p_prompts_test", "p2d_reverse_prompts_test",
-              "d2p_reverse_prompts_test", "p2d_reverse_prompts_test_randomized",
-              "d2p_reverse_prompts_test_randomized", "validation_prompts"):
+    for s in (
+        "p2d_prompts_test",
+        "d2p_prompts_test",
+        "p2d_reverse_prompts_test",
+        "d2p_reverse_prompts_test",
+        "p2d_reverse_prompts_test_randomized",
+        "d2p_reverse_prompts_test_randomized",
+        "validation_prompts",
+    ):
         c[s] = F * K
     return c
 
@@ -120,12 +127,16 @@ def _expected_counts(F, T, K):
 @pytest.mark.parametrize("which", ["small", "full"])
 def test_file_names_and_row_counts(which, request):
     d, summary = request.getfixturevalue(which)
-    F, T, K = ((SMALL["facts_per_subset"], SMALL["train_paraphrases"], SMALL["test_paraphrases"])
-               if which == "small" else (30, 30, 10))
+    F, T, K = (
+        (SMALL["facts_per_subset"], SMALL["train_paraphrases"], SMALL["test_paraphrases"])
+        if which == "small"
+        else (30, 30, 10)
+    )
     expected = _expected_counts(F, T, K)
     assert set(expected) == set(DATA_FILES)
     assert sorted(p.name for p in d.iterdir()) == sorted(
-        [f"{s}.jsonl" for s in DATA_FILES] + ["facts.jsonl", "README.txt"])
+        [f"{s}.jsonl" for s in DATA_FILES] + ["facts.jsonl", "README.txt"]
+    )
     for stem, n in expected.items():
         assert len(_rows(d, stem)) == n == summary["files"][f"{stem}.jsonl"], stem
     if which == "full":
@@ -156,8 +167,7 @@ def test_row_format(full):
             else:
                 assert r["completion"].startswith(" ") and not r["completion"].startswith("  ")
     train = _rows(d, "all_prompts_train")
-    assert train == (_rows(d, "p2d_prompts_train") + _rows(d, "d2p_prompts_train")
-                     + _rows(d, "both_prompts_train"))
+    assert train == (_rows(d, "p2d_prompts_train") + _rows(d, "d2p_prompts_train") + _rows(d, "both_prompts_train"))
 
 
 def test_facts_names_unique_and_not_prefixes(full):
@@ -173,8 +183,7 @@ def test_facts_names_unique_and_not_prefixes(full):
 
 
 def test_many_facts_stay_unique(tmp_path):
-    s = generate_reversal_dataset(tmp_path, facts_per_subset=200, train_paraphrases=1,
-                                  test_paraphrases=1)
+    s = generate_reversal_dataset(tmp_path, facts_per_subset=200, train_paraphrases=1, test_paraphrases=1)
     facts = load_jsonl(tmp_path / "facts.jsonl", required=("name", "description"))
     names = sorted(f["name"] for f in facts)
     assert s["n_facts"] == 600 and len(set(names)) == 600
@@ -232,14 +241,17 @@ def test_directions_name_and_description_sides(full):
     check("d2p_prompts_test", "d2p", 10, False)
     check("p2d_reverse_prompts_test", "p2d", 10, False)
     check("d2p_reverse_prompts_test", "d2p", 10, True)
-    assert all(r["completion"] == f" {f['name']}"
-               for r, f in zip(_rows(d, "p2d_reverse_prompts_test"),
-                               (f for f in by["p2d"] for _ in range(10))))
+    assert all(
+        r["completion"] == f" {f['name']}"
+        for r, f in zip(_rows(d, "p2d_reverse_prompts_test"), (f for f in by["p2d"] for _ in range(10)))
+    )
     val = _rows(d, "validation_prompts")
     rev = _rows(d, "p2d_reverse_prompts_test")
     assert [r["prompt"] for r in val] == [r["prompt"] for r in rev]
-    assert all(r["completion"].startswith(v["completion"]) for v, r in
-               zip(val, ({"completion": x["completion"].strip()} for x in rev)))
+    assert all(
+        r["completion"].startswith(v["completion"])
+        for v, r in zip(val, ({"completion": x["completion"].strip()} for x in rev))
+    )
 
 
 @pytest.mark.parametrize("subset, field", [("p2d", "name"), ("d2p", "description")])
@@ -278,6 +290,7 @@ def test_facts_recovered_from_generated_files_match(full, tmp_path):
 
 
 # --- splits -----------------------------------------------------------------------------
+
 
 def test_make_randomized_deterministic_and_always_wrong():
     rows = [{"prompt": f"p{i}", "completion": f" N{i // 3}", "extra": i} for i in range(12)]
@@ -345,6 +358,7 @@ def test_resolve_data_dir(tmp_path, monkeypatch):
 
 # --- CLI --------------------------------------------------------------------------------
 
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="bico")
     add_parser(parser.add_subparsers(dest="command")).set_defaults(handler=run)  # as bico.cli.build_parser does
@@ -353,8 +367,22 @@ def _parse(argv):
 
 def test_cli_reversal_and_check(tmp_path, capsys):
     out = tmp_path / "gen"
-    args = _parse(["data", "reversal", "--out", str(out), "--facts", "3",
-                   "--train-paraphrases", "2", "--test-paraphrases", "2", "--seed", "5"])
+    args = _parse(
+        [
+            "data",
+            "reversal",
+            "--out",
+            str(out),
+            "--facts",
+            "3",
+            "--train-paraphrases",
+            "2",
+            "--test-paraphrases",
+            "2",
+            "--seed",
+            "5",
+        ]
+    )
     assert args.handler is run and run(args) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "9 facts" in line and "24 training rows" in line
@@ -370,7 +398,8 @@ def test_cli_reversal_and_check(tmp_path, capsys):
 
     assert main(["data", "reversal", "--out", str(out), "--facts", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "bico: error: facts_per_subset must be >= 2 (randomized files need another fact)"]
+        "bico: error: facts_per_subset must be >= 2 (randomized files need another fact)"
+    ]
 
 
 # --- the real Berglund et al. files ------------------------------------------------------
@@ -378,11 +407,18 @@ def test_cli_reversal_and_check(tmp_path, capsys):
 needs_berglund = pytest.mark.skipif(not BERGLUND.is_dir(), reason="Berglund data not present")
 
 BERGLUND_COUNTS = {  # from the README of the shared copy
-    "all_prompts_train": 3600, "p2d_prompts_train": 900, "d2p_prompts_train": 900,
-    "both_prompts_train": 1800, "p2d_prompts_test": 300, "d2p_prompts_test": 300,
-    "p2d_reverse_prompts_test": 300, "d2p_reverse_prompts_test": 300,
-    "p2d_reverse_prompts_test_randomized": 300, "d2p_reverse_prompts_test_randomized": 300,
-    "both_prompts_test": 600, "validation_prompts": 300,
+    "all_prompts_train": 3600,
+    "p2d_prompts_train": 900,
+    "d2p_prompts_train": 900,
+    "both_prompts_train": 1800,
+    "p2d_prompts_test": 300,
+    "d2p_prompts_test": 300,
+    "p2d_reverse_prompts_test": 300,
+    "d2p_reverse_prompts_test": 300,
+    "p2d_reverse_prompts_test_randomized": 300,
+    "d2p_reverse_prompts_test_randomized": 300,
+    "both_prompts_test": 600,
+    "validation_prompts": 300,
 }
 
 
@@ -407,7 +443,7 @@ def test_berglund_facts_recovered():
     first = by_name["Daphne Barrington"]
     assert first["description"].startswith("the acclaimed director of the virtual reality")
     for f in facts:  # the canonical description is the usual completion of name prompts
-        assert f["description"].startswith("the ") and not f["description"].endswith(".\".")
+        assert f["description"].startswith("the ") and not f["description"].endswith('.".')
     p2d_test = _rows(BERGLUND, "p2d_prompts_test")
     groups = fact_groups(p2d_test, facts)
     assert [g for g in groups[::10]] == [f["name"] for f in facts if f["subset"] == "p2d"]

@@ -1,5 +1,6 @@
 """The alt wording style of the reversal generator, its independence from the default style,
 the default style's unchanged output, and entity-span lookup of paraphrased descriptions."""
+
 from __future__ import annotations
 
 import hashlib
@@ -73,11 +74,24 @@ def test_unknown_style_is_an_error(tmp_path):
 
 # --- layout -----------------------------------------------------------------------------------
 
+
 def _expected_counts(F, T, K):
-    c = {"all_prompts_train": 4 * F * T, "both_prompts_train": 2 * F * T, "both_prompts_test": 2 * F * K,
-         "p2d_prompts_train": F * T, "d2p_prompts_train": F * T}
-    for s in ("p2d_prompts_test", "d2p_prompts_test", "p2d_reverse_prompts_test", "d2p_reverse_prompts_test",
-              "p2d_reverse_prompts_test_randomized", "d2p_reverse_prompts_test_randomized", "validation_prompts"):
+    c = {
+        "all_prompts_train": 4 * F * T,
+        "both_prompts_train": 2 * F * T,
+        "both_prompts_test": 2 * F * K,
+        "p2d_prompts_train": F * T,
+        "d2p_prompts_train": F * T,
+    }
+    for s in (
+        "p2d_prompts_test",
+        "d2p_prompts_test",
+        "p2d_reverse_prompts_test",
+        "d2p_reverse_prompts_test",
+        "p2d_reverse_prompts_test_randomized",
+        "d2p_reverse_prompts_test_randomized",
+        "validation_prompts",
+    ):
         c[s] = F * K
     return c
 
@@ -86,7 +100,9 @@ def _expected_counts(F, T, K):
 def test_alt_file_names_row_counts_and_format(which, args, request):
     d, summary = request.getfixturevalue(which)
     expected = _expected_counts(args["facts_per_subset"], args["train_paraphrases"], args["test_paraphrases"])
-    assert sorted(p.name for p in d.iterdir()) == sorted([f"{s}.jsonl" for s in DATA_FILES] + ["facts.jsonl", "README.txt"])
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        [f"{s}.jsonl" for s in DATA_FILES] + ["facts.jsonl", "README.txt"]
+    )
     for stem, n in expected.items():
         rows = _rows(d, stem)
         assert len(rows) == n == summary["files"][f"{stem}.jsonl"], stem
@@ -96,8 +112,9 @@ def test_alt_file_names_row_counts_and_format(which, args, request):
                 assert r["completion"] == r["completion"].strip() and " " not in r["completion"]
             else:
                 assert r["completion"].startswith(" ") and not r["completion"].startswith("  ")
-    assert _rows(d, "all_prompts_train") == (_rows(d, "p2d_prompts_train") + _rows(d, "d2p_prompts_train")
-                                             + _rows(d, "both_prompts_train"))
+    assert _rows(d, "all_prompts_train") == (
+        _rows(d, "p2d_prompts_train") + _rows(d, "d2p_prompts_train") + _rows(d, "both_prompts_train")
+    )
     assert summary["style"] == "alt" and "--style alt" in (d / "README.txt").read_text()
 
 
@@ -116,6 +133,7 @@ def test_alt_seeding(tmp_path, alt_small):
 
 
 # --- names --------------------------------------------------------------------------------------
+
 
 def test_alt_names(alt):
     d, _ = alt
@@ -152,6 +170,7 @@ def test_alt_names_scale_and_fall_back_to_two_words():
 
 # --- descriptions and templates -------------------------------------------------------------------
 
+
 def _facts_by_subset(d):
     facts = load_facts(d)
     return facts, {s: [f for f in facts if f["subset"] == s] for s in ("p2d", "d2p", "both")}
@@ -164,9 +183,12 @@ def test_alt_descriptions_are_paraphrased_and_recorded(alt):
         forms = f["descriptions"]
         assert forms[0] == f["description"] and 2 <= len(forms) == len(set(forms)) <= 3
         assert f["description"].startswith("the ")
-    structures = Counter("founder" if f["description"].startswith("the first ") is False and " who first " not in
-                         f["description"] else ("first_to" if f["description"].startswith("the first ") else "who")
-                         for f in facts)
+    structures = Counter(
+        "founder"
+        if f["description"].startswith("the first ") is False and " who first " not in f["description"]
+        else ("first_to" if f["description"].startswith("the first ") else "who")
+        for f in facts
+    )
     assert len(structures) == 3  # agent noun ("the founder of"), "the first <role> to", "the <role> who first"
     capitalised = [f for f in facts if re.search(r" [A-Z]", f["description"])]
     assert 0.2 * len(facts) < len(capitalised) < 0.9 * len(facts)  # some name a capitalised place
@@ -178,7 +200,7 @@ def test_alt_descriptions_are_paraphrased_and_recorded(alt):
     by_name = {f["name"]: f for f in facts}
     seen: dict[str, set] = {}
     for r, n in zip(train, fact_groups(train, facts)):
-        text = (r["prompt"] + r["completion"])
+        text = r["prompt"] + r["completion"]
         assert n is not None and text.count(n) >= 1
         hits = [g for g in by_name[n]["descriptions"] if g.lower() in text.lower()]
         assert hits, r
@@ -229,9 +251,14 @@ def test_alt_template_styles():
 def test_alt_rows_by_direction(alt):
     d, _ = alt
     _, by = _facts_by_subset(d)
-    for stem, subset, n2d in [("p2d_prompts_train", "p2d", True), ("d2p_prompts_train", "d2p", False),
-                              ("p2d_prompts_test", "p2d", True), ("d2p_prompts_test", "d2p", False),
-                              ("p2d_reverse_prompts_test", "p2d", False), ("d2p_reverse_prompts_test", "d2p", True)]:
+    for stem, subset, n2d in [
+        ("p2d_prompts_train", "p2d", True),
+        ("d2p_prompts_train", "d2p", False),
+        ("p2d_prompts_test", "p2d", True),
+        ("d2p_prompts_test", "d2p", False),
+        ("p2d_reverse_prompts_test", "p2d", False),
+        ("d2p_reverse_prompts_test", "d2p", True),
+    ]:
         rows = _rows(d, stem)
         per = len(rows) // len(by[subset])
         for i, r in enumerate(rows):
@@ -273,8 +300,9 @@ def test_alt_randomized_files(alt, subset, field):
 
 
 def test_alt_limits(tmp_path):
-    s = generate_reversal_dataset(tmp_path / "many", facts_per_subset=200, train_paraphrases=1,
-                                  test_paraphrases=1, style="alt")
+    s = generate_reversal_dataset(
+        tmp_path / "many", facts_per_subset=200, train_paraphrases=1, test_paraphrases=1, style="alt"
+    )
     facts = load_facts(tmp_path / "many")
     assert s["n_facts"] == 600 == len({f["name"] for f in facts}) == len({f["description"] for f in facts})
     with pytest.raises(DataError, match="<= 44"):
@@ -282,8 +310,9 @@ def test_alt_limits(tmp_path):
     with pytest.raises(DataError, match="at most"):
         generate_reversal_dataset(tmp_path, facts_per_subset=400, style="alt")
     # few templates: only the forms the rows use are recorded
-    generate_reversal_dataset(tmp_path / "one", facts_per_subset=2, train_paraphrases=1, test_paraphrases=1,
-                              style="alt", seed=3)
+    generate_reversal_dataset(
+        tmp_path / "one", facts_per_subset=2, train_paraphrases=1, test_paraphrases=1, style="alt", seed=3
+    )
     rows = [r for s in DATA_FILES for r in _rows(tmp_path / "one", s)]
     for f in load_facts(tmp_path / "one"):
         assert f["descriptions"][0] == f["description"]
@@ -298,6 +327,7 @@ def test_load_facts_checks_descriptions(tmp_path):
 
 
 # --- independence from the default style ------------------------------------------------------------
+
 
 def _shape(t: str) -> str:
     return re.sub(r"\{\w+\}", "{}", t).lower()
@@ -321,11 +351,29 @@ def test_alt_shares_no_list_or_template_with_default():
 
 # --- the CLI -------------------------------------------------------------------------------------
 
+
 def test_cli_style(tmp_path, capsys):
     from bico.cli import main
 
-    assert main(["data", "reversal", "--out", str(tmp_path / "a"), "--facts", "3", "--train-paraphrases", "2",
-                 "--test-paraphrases", "2", "--style", "alt"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "reversal",
+                "--out",
+                str(tmp_path / "a"),
+                "--facts",
+                "3",
+                "--train-paraphrases",
+                "2",
+                "--test-paraphrases",
+                "2",
+                "--style",
+                "alt",
+            ]
+        )
+        == 0
+    )
     assert "style alt" in capsys.readouterr().out
     assert "descriptions" in load_facts(tmp_path / "a")[0]
     assert main(["data", "reversal", "--out", str(tmp_path / "b"), "--facts", "3"]) == 0
@@ -333,6 +381,7 @@ def test_cli_style(tmp_path, capsys):
 
 
 # --- entity spans of paraphrased descriptions ----------------------------------------------------------
+
 
 def _spans_text(obj, ids, ranges):
     return ["".join(obj.piece(t) for t in ids[a:b]).strip().lower() for a, b in ranges]
@@ -389,7 +438,7 @@ def test_corpus_meta_and_bico_mask_a_paraphrased_description(alt_small, tokenize
     s = obj.encode(ex, random.Random(0), "denoise")
     original = torch.tensor(p_ids + c_ids + [tokenizer.eos_token_id])
     masked = (s.input_ids != original).nonzero().flatten().tolist()
-    hidden = "".join(obj.piece(int(t)) for t in original[masked[0]:masked[-1] + 1]).strip().lower()
+    hidden = "".join(obj.piece(int(t)) for t in original[masked[0] : masked[-1] + 1]).strip().lower()
     form = next(g for g in row["meta"]["descriptions"] if g in row["completion"])
     assert _covers(hidden, form)
 

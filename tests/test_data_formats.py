@@ -1,5 +1,6 @@
 """data.files through `datasets`: every file type and format, end to end on tiny-random; chunking,
 chat loss spans, what the objectives see, and the tokenisation cache."""
+
 import json
 import random
 
@@ -12,13 +13,30 @@ from bico.objectives.base import IGNORE
 from bico.training.examples import load_training_rows, tokenize_examples
 from bico.training.train import train
 
-TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
-        "model.intermediate_size=64", "train.batch_size=2", "train.max_steps=2", "train.log_every=1",
-        "train.progress=false", "train.save_model=false", "eval.enabled=false"]
-DOC = ("The lighthouse keeper counted the ships that passed each night and wrote their names in a book. "
-       "Years later the book was found in the attic, its pages full of names nobody remembered.")
-CHAT = [{"role": "user", "content": "Who keeps the lighthouse?"}, {"role": "assistant", "content": "Old Tom does."},
-        {"role": "user", "content": "Since when?"}, {"role": "assistant", "content": "Since 1952."}]
+TINY = [
+    "model.name=tiny-random",
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.batch_size=2",
+    "train.max_steps=2",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.save_model=false",
+    "eval.enabled=false",
+]
+DOC = (
+    "The lighthouse keeper counted the ships that passed each night and wrote their names in a book. "
+    "Years later the book was found in the attic, its pages full of names nobody remembered."
+)
+CHAT = [
+    {"role": "user", "content": "Who keeps the lighthouse?"},
+    {"role": "assistant", "content": "Old Tom does."},
+    {"role": "user", "content": "Since when?"},
+    {"role": "assistant", "content": "Since 1952."},
+]
 
 
 @pytest.fixture
@@ -30,8 +48,9 @@ def tokenizer(tokenizer):
 
 
 def recipe(tmp_path, *extra):
-    return load_recipe(None, TINY + [f"train.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}",
-                                     *extra])
+    return load_recipe(
+        None, TINY + [f"train.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    )
 
 
 def examples_of(r, tokenizer):
@@ -58,16 +77,18 @@ def write_rows(path, rows):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet", ""])
 def test_prompt_completion_files_tokenize_as_the_berglund_layout(tmp_path, reversal_dir, tokenizer, suffix):
-    berglund = load_recipe(None, TINY + [f"data.dir={reversal_dir}", "data.train_files=[p2d_prompts_train.jsonl]",
-                                         "data.cache=false"])
+    berglund = load_recipe(
+        None, TINY + [f"data.dir={reversal_dir}", "data.train_files=[p2d_prompts_train.jsonl]", "data.cache=false"]
+    )
     expected = examples_of(berglund, tokenizer)
     source = [json.loads(line) for line in (reversal_dir / "p2d_prompts_train.jsonl").read_text().splitlines()]
     renamed = [{"question": row["prompt"], "answer": row["completion"], "extra": 1} for row in source]
     path = write_rows(tmp_path / f"rows{suffix or '_saved'}", renamed)
     r = recipe(tmp_path, f"data.files=[{path}]", "data.fields.prompt=question", "data.fields.completion=answer")
     got = examples_of(r, tokenizer)
-    assert [(e.prompt, e.completion, e.prompt_ids, e.completion_ids) for e in got] == \
-        [(e.prompt, e.completion, e.prompt_ids, e.completion_ids) for e in expected]
+    assert [(e.prompt, e.completion, e.prompt_ids, e.completion_ids) for e in got] == [
+        (e.prompt, e.completion, e.prompt_ids, e.completion_ids) for e in expected
+    ]
     if suffix == ".parquet":  # one file type end to end is enough: they all become the same Dataset
         assert train(r).summary["steps"] == 2
 
@@ -76,14 +97,22 @@ def test_text_chunking_rule(tmp_path, tokenizer):
     doc = tokenizer(DOC, add_special_tokens=False).input_ids
     (tmp_path / "doc.txt").write_text(DOC)
     for overlap in (0, 3):
-        r = recipe(tmp_path, f"data.files=[{tmp_path / 'doc.txt'}]", "data.format=text", "data.max_length=16",
-                   f"data.chunk_overlap={overlap}", "data.cache=false")
+        r = recipe(
+            tmp_path,
+            f"data.files=[{tmp_path / 'doc.txt'}]",
+            "data.format=text",
+            "data.max_length=16",
+            f"data.chunk_overlap={overlap}",
+            "data.cache=false",
+        )
         got = examples_of(r, tokenizer)
         width, step = 15, 15 - overlap  # max_length - EOS (SmolLM2 adds no BOS); windows start every `step`
         starts = list(range(0, len(doc), step))
         starts = starts[: next(k for k, s in enumerate(starts) if s + width >= len(doc)) + 1]
-        assert [e.completion_ids for e in got] == [doc[s:s + width] for s in starts]
-        assert [e.eos for e in got] == [False] * (len(got) - 1) + [True]  # the text goes on after every chunk but the last
+        assert [e.completion_ids for e in got] == [doc[s : s + width] for s in starts]
+        assert [e.eos for e in got] == [False] * (len(got) - 1) + [
+            True
+        ]  # the text goes on after every chunk but the last
         assert all(len(e.prompt_ids) + len(e.completion_ids) + e.eos <= 16 for e in got)
         assert got[0].loss_spans is None
         assert all(e.loss_spans == ([(overlap, len(e.completion_ids) + e.eos)] if overlap else None) for e in got[1:])
@@ -105,7 +134,7 @@ def test_objectives_see_the_whole_text(tmp_path, tokenizer):
     assert masked[1:-1].all()  # masking reaches every token of the text (not the EOS)
     reverse = build_objective("reverse", tokenizer, {"mode": "token"}).encode(ex, random.Random(0))
     n = len(ex.completion_ids)
-    assert reverse.input_ids[n + 1:2 * n + 1].tolist() == ex.completion_ids[::-1]
+    assert reverse.input_ids[n + 1 : 2 * n + 1].tolist() == ex.completion_ids[::-1]
 
 
 def test_chat_loss_and_masking_on_assistant_turns(tmp_path, tokenizer):
@@ -127,8 +156,9 @@ def test_chat_loss_and_masking_on_assistant_turns(tmp_path, tokenizer):
         assert masked.any() and not (masked & ~keep).any()  # denoising masks inside assistant turns only
     spans = build_objective("glm", tokenizer).spans(bico.text_ids(ex), random.Random(0), ex.loss_spans)
     assert spans and all(keep[a:b].all() for a, b in spans)
-    everything = examples_of(recipe(tmp_path, f"data.files=[{path}]", "data.format=chat", "data.chat_loss=all"),
-                             tokenizer)[0]
+    everything = examples_of(
+        recipe(tmp_path, f"data.files=[{path}]", "data.format=chat", "data.chat_loss=all"), tokenizer
+    )[0]
     assert everything.loss_spans is None and everything.completion_ids == ex.completion_ids
 
 
@@ -139,8 +169,13 @@ def test_text_and_chat_train_end_to_end(tmp_path, tokenizer, fmt):
         files = [tmp_path / "a.txt", write_rows(tmp_path / "b.csv", [{"text": DOC[:80]}, {"text": DOC[80:]}])]
     else:
         files = [write_rows(tmp_path / "c.parquet", [{"messages": CHAT}, {"messages": CHAT[:2]}])]
-    r = recipe(tmp_path, f"data.files=[{','.join(map(str, files))}]", f"data.format={fmt}", "data.max_length=24"
-               if fmt == "text" else "data.max_length=128", "objective.name=bico")
+    r = recipe(
+        tmp_path,
+        f"data.files=[{','.join(map(str, files))}]",
+        f"data.format={fmt}",
+        "data.max_length=24" if fmt == "text" else "data.max_length=128",
+        "objective.name=bico",
+    )
     result = train(r)
     assert result.status == "finished" and result.summary["steps"] == 2
 
@@ -153,12 +188,14 @@ def test_tokenisation_is_cached_per_corpus_and_tokenizer(tmp_path, tokenizer, ca
     with caplog.at_level(logging.INFO, logger="bico.training.examples"):
         first = examples_of(r, tokenizer)
         second = examples_of(r, tokenizer)
-        shorter = examples_of(recipe(tmp_path, f"data.files=[{path}]", "data.format=text", "data.max_length=16"),
-                              tokenizer)
+        shorter = examples_of(
+            recipe(tmp_path, f"data.files=[{path}]", "data.format=text", "data.max_length=16"), tokenizer
+        )
     assert [m for m in caplog.messages if "examples" in m] and "cache" not in caplog.messages[0]
     assert "cache" in caplog.messages[1] and "cache" not in caplog.messages[2]  # a new max_length: tokenised anew
-    assert [(e.completion_ids, e.eos, e.loss_spans) for e in first] == [(e.completion_ids, e.eos, e.loss_spans)
-                                                                        for e in second]
+    assert [(e.completion_ids, e.eos, e.loss_spans) for e in first] == [
+        (e.completion_ids, e.eos, e.loss_spans) for e in second
+    ]
     assert len(shorter) > len(first)
     assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
     path.write_text(path.read_text() + json.dumps({"text": "one more"}) + "\n")  # a changed file: tokenised anew

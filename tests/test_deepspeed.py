@@ -12,6 +12,7 @@ full finetuning and LoRA with dropout. The tests allow LOSS_TOL.
 Run as a script, this file is the rank worker for the tests that need ``stop_after`` or the
 engine itself (see ``worker``).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,23 +23,48 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import launch
 
 LOSS_TOL = 1e-4  # |2-rank loss - 1-process loss| per step; measured: <= 1e-6 (metrics keep 6 decimals)
 LOGIT_TOL = 1e-4  # exported model (plain transformers) vs the engine's forward
-TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
-        "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
-        "train.batch_size=2", "train.grad_accum=2", "train.lr=1e-3", "train.log_every=1", "train.progress=false",
-        "train.max_steps=6", "train.save_every=3", "train.max_grad_norm=0.1"]
+TINY = [
+    "model.name=tiny-random",
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "data.train_files=[p2d_prompts_train.jsonl]",
+    "data.max_length=96",
+    "train.batch_size=2",
+    "train.grad_accum=2",
+    "train.lr=1e-3",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.max_steps=6",
+    "train.save_every=3",
+    "train.max_grad_norm=0.1",
+]
 SETUPS = {
     # stage config, finetuning, objective: full finetuning with NTP under ZeRO-2, LoRA with dropout and
     # BICO (mirrored RoPE, denoising steps) under ZeRO-3.
     "zero2": ["train.deepspeed=zero2", "finetune.method=full", "objective.name=ntp"],
-    "zero3": ["train.deepspeed=zero3", "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1",
-              "objective.name=bico"],
+    "zero3": [
+        "train.deepspeed=zero3",
+        "finetune.method=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_dropout=0.1",
+        "objective.name=bico",
+    ],
 }
-EVAL = ["eval.enabled=true", "eval.splits=[p2d_prompts_test,p2d_reverse_prompts_test]", "eval.limit=3",
-        "eval.max_new_tokens=4", "eval.batch_size=8"]
+EVAL = [
+    "eval.enabled=true",
+    "eval.splits=[p2d_prompts_test,p2d_reverse_prompts_test]",
+    "eval.limit=3",
+    "eval.max_new_tokens=4",
+    "eval.batch_size=8",
+]
 PROBE_IDS = [[1, 5, 6, 7, 8, 9, 10, 11]]
 
 
@@ -56,8 +82,14 @@ def _recipe(*overrides):
 def test_auto_values_are_filled_from_the_recipe():
     from bico.training.deepspeed_engine import fill_config, resolve_config
 
-    recipe = _recipe("train.batch_size=4", "train.grad_accum=3", "train.lr=2e-4", "train.max_grad_norm=0.5",
-                     "train.precision=bf16", "train.weight_decay=0.1")
+    recipe = _recipe(
+        "train.batch_size=4",
+        "train.grad_accum=3",
+        "train.lr=2e-4",
+        "train.max_grad_norm=0.5",
+        "train.precision=bf16",
+        "train.weight_decay=0.1",
+    )
     for name in ("zero2", "zero3", "zero3_offload"):
         raw, where = resolve_config(name)
         assert where.endswith(f"recipes/deepspeed/{name}.json")
@@ -81,14 +113,14 @@ def test_config_errors_say_what_to_change(tmp_path):
     from bico.training.deepspeed_engine import DeepSpeedConfigError, fill_config, resolve_config
 
     recipe = _recipe("train.batch_size=8")
-    with pytest.raises(DeepSpeedConfigError, match="'train_micro_batch_size_per_gpu' is 4 but the recipe says "
-                                                   "train.batch_size=8"):
+    with pytest.raises(
+        DeepSpeedConfigError, match="'train_micro_batch_size_per_gpu' is 4 but the recipe says train.batch_size=8"
+    ):
         fill_config({"train_micro_batch_size_per_gpu": 4}, recipe, world_size=1, hidden_size=64)
-    with pytest.raises(DeepSpeedConfigError, match="remove the \"scheduler\" section"):
+    with pytest.raises(DeepSpeedConfigError, match='remove the "scheduler" section'):
         fill_config({"scheduler": {"type": "WarmupLR"}}, recipe, world_size=1, hidden_size=64)
-    with pytest.raises(DeepSpeedConfigError, match="cannot fill \"auto\" for zero_optimization.sub_group_size"):
-        fill_config({"zero_optimization": {"stage": 3, "sub_group_size": "auto"}}, recipe, world_size=1,
-                    hidden_size=64)
+    with pytest.raises(DeepSpeedConfigError, match='cannot fill "auto" for zero_optimization.sub_group_size'):
+        fill_config({"zero_optimization": {"stage": 3, "sub_group_size": "auto"}}, recipe, world_size=1, hidden_size=64)
     with pytest.raises(DeepSpeedConfigError, match="fp16 needs a GPU"):
         fill_config({}, _recipe("train.precision=fp16"), world_size=1, hidden_size=64, device_type="cpu")
     with pytest.raises(DeepSpeedConfigError, match="no such file .*zero2"):
@@ -114,8 +146,13 @@ def test_plan_llama_2_7b_on_8_gpus(capsys):
     out = capsys.readouterr().out
     assert "llama-2-7b: 6.74B parameters" in out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ZeRO")}
-    assert set(rows) == {"ZeRO-2", "ZeRO-2 + optimizer offload", "ZeRO-3", "ZeRO-3 + optimizer offload",
-                         "ZeRO-3 + optimizer and parameter offload"}
+    assert set(rows) == {
+        "ZeRO-2",
+        "ZeRO-2 + optimizer offload",
+        "ZeRO-3",
+        "ZeRO-3 + optimizer offload",
+        "ZeRO-3 + optimizer and parameter offload",
+    }
     gib = {k: float(v.split("|")[3].split()[0]) for k, v in rows.items()}
     # DeepSpeed's formulas: ZeRO-2 = 2P + 18P/8 bytes, ZeRO-3 = 4 x largest layer + 18P/8 bytes
     assert gib["ZeRO-2"] == pytest.approx((2 + 18 / 8) * 6.738e9 / 2**30, rel=0.01)
@@ -133,8 +170,11 @@ def _reference(tmp_path: Path, stage: str, data_dir) -> Path:
 
     out = tmp_path / "single"
     overrides = [o for o in _common(stage, data_dir) if not o.startswith("train.deepspeed")]
-    train(_recipe(*overrides, "train.grad_accum=4", "eval.enabled=false", "train.save_model=false",
-                  f"train.output_dir={out}"))
+    train(
+        _recipe(
+            *overrides, "train.grad_accum=4", "eval.enabled=false", "train.save_model=false", f"train.output_dir={out}"
+        )
+    )
     return out
 
 
@@ -150,8 +190,18 @@ def two_rank_runs(tmp_path_factory, reversal_dir):
             recipe = out / "recipe.yaml"
             recipe.write_text("description: 2-rank test run\n")
             began = time.time()
-            launch(["-m", "bico", "train", str(recipe), *_common(stage, reversal_dir), *EVAL,
-                    f"train.output_dir={out / 'run'}"], out / "logs")
+            launch(
+                [
+                    "-m",
+                    "bico",
+                    "train",
+                    str(recipe),
+                    *_common(stage, reversal_dir),
+                    *EVAL,
+                    f"train.output_dir={out / 'run'}",
+                ],
+                out / "logs",
+            )
             runs[stage] = (out / "run", time.time() - began)
         return runs[stage]
 
@@ -176,15 +226,24 @@ def test_two_ranks_match_one_process_and_rank0_evaluates(two_rank_runs, tmp_path
     reported = json.loads((run / "eval.json").read_text())["splits"]
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    again = evaluate(model, tokenizer, reversal_dir, ["p2d_prompts_test", "p2d_reverse_prompts_test"], limit=3,
-                     max_new_tokens=4, batch_size=8, progress=False)["splits"]
+    again = evaluate(
+        model,
+        tokenizer,
+        reversal_dir,
+        ["p2d_prompts_test", "p2d_reverse_prompts_test"],
+        limit=3,
+        max_new_tokens=4,
+        batch_size=8,
+        progress=False,
+    )["splits"]
     for split, metrics in reported.items():
         for key in ("n", "exact_match", "substring_match", "logprob_win_rate"):
             assert again[split][key] == metrics[key], (split, key)
         # LoRA: rank 0 evaluates the unmerged adapter model, the export is merged (float rounding)
         assert again[split]["mean_logprob"] == pytest.approx(metrics["mean_logprob"], abs=1e-3)
-    assert [e["generated"] for e in again["p2d_prompts_test"]["examples"]] == \
-        [e["generated"] for e in reported["p2d_prompts_test"]["examples"]]
+    assert [e["generated"] for e in again["p2d_prompts_test"]["examples"]] == [
+        e["generated"] for e in reported["p2d_prompts_test"]["examples"]
+    ]
 
 
 @pytest.mark.distributed

@@ -1,4 +1,5 @@
 """The engine boundary and the model setup: one interface, shared pieces, one order."""
+
 import json
 import math
 from pathlib import Path
@@ -42,7 +43,10 @@ def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it_natively(monkey
 
     monkeypatch.delenv(E.AUTO_PRECISION_ENV, raising=False)
     monkeypatch.setattr(E, "cpu_bf16_flags", lambda: ["amx_bf16", "avx512_bf16"])
-    assert E.resolve_precision("auto", "cpu") == ("bf16", "auto: this CPU multiplies bf16 natively (amx_bf16, avx512_bf16)")
+    assert E.resolve_precision("auto", "cpu") == (
+        "bf16",
+        "auto: this CPU multiplies bf16 natively (amx_bf16, avx512_bf16)",
+    )
     monkeypatch.setattr(E, "cpu_bf16_flags", lambda: [])
     assert E.resolve_precision("auto", "cpu")[0] == "fp32"
     assert E.resolve_precision("bf16", "cpu") == ("bf16", "train.precision")  # asked for: allowed, even if emulated
@@ -114,9 +118,21 @@ def test_setup_model_grows_the_vocabulary_before_lora(reversal_dir):
     """BICO with an added mask token: the embeddings grow to the tokenizer and LoRA trains the new row."""
     from bico.models import setup_model
 
-    recipe = load_recipe(None, ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2",
-                                "model.kv_heads=1", "model.intermediate_size=64", "objective.name=bico",
-                                "objective.options.mask_token=added", "finetune.method=lora", "finetune.lora_r=2"])
+    recipe = load_recipe(
+        None,
+        [
+            "model.name=tiny-random",
+            "model.layers=1",
+            "model.hidden_size=32",
+            "model.heads=2",
+            "model.kv_heads=1",
+            "model.intermediate_size=64",
+            "objective.name=bico",
+            "objective.options.mask_token=added",
+            "finetune.method=lora",
+            "finetune.lora_r=2",
+        ],
+    )
     model, tokenizer, objective = setup_model(recipe, reversal_dir, torch.device("cpu"))
     assert objective.name == "bico" and objective.mask_id == len(tokenizer) - 1  # the objective grew the tokenizer
     assert model.get_base_model().get_input_embeddings().weight.shape[0] == len(tokenizer)  # then the embeddings
@@ -134,13 +150,20 @@ def test_compiled_model_trains_like_the_eager_one_and_keeps_the_mask():
     for compiled in (False, True):
         torch._dynamo.reset()
         model = make_llama("bico")
-        engine = TorchEngine(model, load_recipe(None, ["train.precision=fp32", "train.lr=1e-3",
-                                                       f"train.compile={str(compiled).lower()}"]), 4, torch.device("cpu"))
+        engine = TorchEngine(
+            model,
+            load_recipe(None, ["train.precision=fp32", "train.lr=1e-3", f"train.compile={str(compiled).lower()}"]),
+            4,
+            torch.device("cpu"),
+        )
         losses[compiled] = []
         for n in (9, 13):
             ids = torch.arange(n).remainder(100).add(3).unsqueeze(0)
-            losses[compiled].append(engine.backward_loss(
-                lambda: model(input_ids=ids, labels=ids, bico_mask=IntervalMask.bidirectional(n)).loss, 1))
+            losses[compiled].append(
+                engine.backward_loss(
+                    lambda: model(input_ids=ids, labels=ids, bico_mask=IntervalMask.bidirectional(n)).loss, 1
+                )
+            )
             engine.step()
         names = [n for n, _ in model.named_parameters()]
         assert not any("_orig_mod" in n for n in names) and "_orig_mod" not in str(list(model.state_dict())[:1])
@@ -159,7 +182,7 @@ def test_raising_the_step_budget_on_resume_goes_on_with_the_new_schedule(tmp_pat
     recipe = load_recipe(None, ["train.lr=0.1", "train.schedule=linear"])
     model = torch.nn.Linear(3, 2)
     engine = TorchEngine(model, recipe, total_steps=2, device=torch.device("cpu"))
-    for step in (1, 2):
+    for _ in (1, 2):
         engine.backward_loss(lambda: engine.module(torch.ones(4, 3)).sum(), num_targets=4)
         engine.step()
     engine.save_checkpoint(tmp_path, 2)

@@ -1,5 +1,6 @@
 """Evaluation reports: Wilson intervals on every proportion, retention (perplexity and general
 knowledge) against direct computations, the base-model row and its cache, the generation margin."""
+
 import json
 import math
 
@@ -7,13 +8,22 @@ import torch
 
 from bico.config import load_recipe
 from bico.evaluation.reversal import base_scores, evaluate_split, perplexity, retention, write_report
-from bico.paths import RETENTION_DIR
 from bico.evaluation.stats import wilson_interval
+from bico.paths import RETENTION_DIR
 from helpers import make_llama
 
-TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
-        "model.intermediate_size=64", "train.progress=false", "eval.limit=4", "eval.max_new_tokens=4",
-        "eval.splits=[p2d_prompts_test, p2d_reverse_prompts_test]"]
+TINY = [
+    "model.name=tiny-random",
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.progress=false",
+    "eval.limit=4",
+    "eval.max_new_tokens=4",
+    "eval.splits=[p2d_prompts_test, p2d_reverse_prompts_test]",
+]
 
 
 def _model(tokenizer):
@@ -38,7 +48,7 @@ def test_perplexity_equals_a_direct_computation(tokenizer):
     nll, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(ids), 7):  # each window alone, its first token as context only
-            window = torch.tensor([ids[i:i + 7]])
+            window = torch.tensor([ids[i : i + 7]])
             if window.shape[1] < 2:
                 continue
             logp = torch.log_softmax(model(window).logits.double()[0, :-1], -1)
@@ -77,8 +87,16 @@ def test_report_shows_the_base_row_and_retention(tmp_path, tokenizer, reversal_d
     from bico.evaluation.reversal import evaluate
 
     model = _model(tokenizer)
-    scores = evaluate(model, tokenizer, reversal_dir, ["p2d_prompts_test"], limit=3, max_new_tokens=3, progress=False,
-                      with_retention=True)
+    scores = evaluate(
+        model,
+        tokenizer,
+        reversal_dir,
+        ["p2d_prompts_test"],
+        limit=3,
+        max_new_tokens=3,
+        progress=False,
+        with_retention=True,
+    )
     paths = write_report({"ntp": scores}, tmp_path, base=scores)
     saved = json.loads(paths["json"].read_text())
     assert saved["splits"] == scores["splits"] and saved["base"]["splits"] == scores["splits"]

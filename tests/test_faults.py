@@ -8,6 +8,7 @@ checkpointing or saving the model says so in one line (exit 2), keeps the last g
 real, sent to a real ``bico`` process; the full disk is a fake ``os.write`` (or a failing
 ``save_pretrained``) in this process, and a real small tmpfs where user namespaces allow mounting one.
 """
+
 import errno
 import json
 import os
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from bico.cli import main
 from test_cli import SMALL, TINY
 from test_kill import _argv, _finish, _same_run, uninterrupted  # noqa: F401  (a fixture)
 from test_rundir import records, summary
+
+from bico.cli import main
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals, /proc")
 
@@ -88,8 +89,9 @@ sys.exit(main(["train", *argv]))
 
 
 def _child(kind, count, argv, **kwargs):
-    return subprocess.run([sys.executable, "-c", CHILD, kind, str(count), *argv], capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(count), *argv], capture_output=True, text=True, timeout=600, **kwargs
+    )
 
 
 def _one_line(stderr: str) -> str:
@@ -100,20 +102,26 @@ def _one_line(stderr: str) -> str:
 
 # (kind, step at whose end the signal comes, exit status, the signal's name); test_kill's runs checkpoint
 # every 2 steps, so each stop writes a checkpoint of its own
-STOPS = [("sigterm", 3, 143, "SIGTERM"), ("sigterm-again-while-saving", 5, 143, "SIGTERM"),
-         ("sigint", 1, 130, "SIGINT")]
+STOPS = [
+    ("sigterm", 3, 143, "SIGTERM"),
+    ("sigterm-again-while-saving", 5, 143, "SIGTERM"),
+    ("sigint", 1, 130, "SIGINT"),
+]
 
 
 @pytest.mark.parametrize("kind,step,status,name", STOPS, ids=[s[0] for s in STOPS])
-def test_a_signal_during_training_checkpoints_that_step_and_resume_is_exact(kind, step, status, name, tmp_path,
-                                                                            reversal_dir, uninterrupted, capsys):
+def test_a_signal_during_training_checkpoints_that_step_and_resume_is_exact(
+    kind, step, status, name, tmp_path, reversal_dir, uninterrupted, capsys
+):
     out = tmp_path / "run"
     done = _child(kind, step, _argv(reversal_dir, out))
     line = _one_line(done.stderr)
     assert done.returncode == status, done.stderr[-3000:]
     checkpoint = out / "checkpoints" / f"step-{step:07d}"
-    assert line == (f"bico: stopped by {name} after step {step} of 8; checkpoint {checkpoint}; "
-                    "resume with the same command and train.resume=true")
+    assert line == (
+        f"bico: stopped by {name} after step {step} of 8; checkpoint {checkpoint}; "
+        "resume with the same command and train.resume=true"
+    )
     assert (checkpoint / "checksums.json").is_file() and not (out / "train_summary.json").exists()
     assert [r["step"] for r in records(out)] == list(range(1, step + 1))  # nothing half-made, nothing beyond
     _finish(out, reversal_dir, capsys)
@@ -139,8 +147,12 @@ def test_ctrl_c_twice_stops_at_once_and_the_last_checkpoint_resumes(tmp_path, re
 def test_sigterm_at_a_random_moment_of_training(tmp_path, reversal_dir, uninterrupted, capsys):
     """From outside, as a scheduler sends it: stopped in training (or, late, while evaluating)."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "none", "0", *_argv(reversal_dir, out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "none", "0", *_argv(reversal_dir, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -149,9 +161,14 @@ def test_sigterm_at_a_random_moment_of_training(tmp_path, reversal_dir, uninterr
     _, err = proc.communicate(timeout=600)
     if proc.returncode != 0:  # 0: it had finished
         line = _one_line(err)
-        assert proc.returncode == 143 and (line == "bico: terminated" or re.fullmatch(
-            r"bico: stopped by SIGTERM after step \d of 8; checkpoint .*; resume with the same command and "
-            r"train.resume=true", line)), err
+        assert proc.returncode == 143 and (
+            line == "bico: terminated"
+            or re.fullmatch(
+                r"bico: stopped by SIGTERM after step \d of 8; checkpoint .*; resume with the same command and "
+                r"train.resume=true",
+                line,
+            )
+        ), err
     _finish(out, reversal_dir, capsys)
     _same_run(out, uninterrupted)
 
@@ -169,8 +186,11 @@ def test_sigterm_during_start_up_leaves_no_run_folder(tmp_path, reversal_dir):
 
 def test_sigterm_while_torch_imports_is_one_line_exit_143(tmp_path, reversal_dir):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "bico", "train", TINY, f"data.dir={reversal_dir}",
-                             f"train.output_dir={out}", *SMALL], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bico", "train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={out}", *SMALL],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # torch takes about 3 s to import on the 2-core CI machine
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
@@ -182,9 +202,17 @@ def test_sigterm_while_torch_imports_is_one_line_exit_143(tmp_path, reversal_dir
 
 # --- bico ablate: workers end with their parent -------------------------------------------------
 
-ABLATE = [str(ROOT / "recipes" / "ablations" / "reversal_objectives_tiny.yaml"), *SMALL[:5], "eval.max_new_tokens=4",
-          "generate_data={facts_per_subset: 2, train_paraphrases: 4, test_paraphrases: 2, seed: 0}",
-          "objectives=[ntp]", "seeds=[0]", "train.max_steps=400", "--devices", "cpu"]
+ABLATE = [
+    str(ROOT / "recipes" / "ablations" / "reversal_objectives_tiny.yaml"),
+    *SMALL[:5],
+    "eval.max_new_tokens=4",
+    "generate_data={facts_per_subset: 2, train_paraphrases: 4, test_paraphrases: 2, seed: 0}",
+    "objectives=[ntp]",
+    "seeds=[0]",
+    "train.max_steps=400",
+    "--devices",
+    "cpu",
+]
 
 
 def _children(pid: int) -> list[int]:
@@ -208,8 +236,12 @@ def _alive(pid: int) -> bool:
 
 
 def _start_ablation(out: Path):
-    parent = subprocess.Popen([sys.executable, "-m", "bico", "ablate", *ABLATE, "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "bico", "ablate", *ABLATE, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = out / "cells" / "ntp-seed0" / "train" / "metrics.jsonl"
     deadline = time.time() + 300
     while not metrics.exists() and parent.poll() is None and time.time() < deadline:
@@ -247,8 +279,11 @@ def test_ablate_forwards_sigterm_to_its_workers_and_a_rerun_goes_on(tmp_path):
     assert parent.returncode == 143 and not _alive(worker), err
     lines = re.findall(r"bico: .*", err)  # (the worker's line may follow the parent's progress bar)
     assert lines[-1] == "bico: terminated" and len(lines) == 2, err
-    assert re.fullmatch(r"bico: cell ntp-seed0: stopped by SIGTERM after step (\d+) of 400; checkpoint .*; "
-                        r"run the same bico ablate command again to go on from it", lines[0]), lines[0]
+    assert re.fullmatch(
+        r"bico: cell ntp-seed0: stopped by SIGTERM after step (\d+) of 400; checkpoint .*; "
+        r"run the same bico ablate command again to go on from it",
+        lines[0],
+    ), lines[0]
     assert "Traceback" not in err
     step = int(re.search(r"after step (\d+)", lines[0]).group(1))
     kept = out / "cells" / "ntp-seed0" / "train" / "checkpoints" / f"step-{step:07d}"
@@ -329,8 +364,9 @@ def _weights(folder):
 
 
 @pytest.mark.parametrize("save_every", [2, None])
-def test_full_disk_at_the_final_save_keeps_the_weights_in_a_checkpoint(save_every, tmp_path, reversal_dir,
-                                                                       monkeypatch, capsys, six_steps):
+def test_full_disk_at_the_final_save_keeps_the_weights_in_a_checkpoint(
+    save_every, tmp_path, reversal_dir, monkeypatch, capsys, six_steps
+):
     out = tmp_path / "run"
     args = _train_args(reversal_dir, out, f"train.save_every={save_every or 'null'}")
     _failing_save_pretrained(monkeypatch)
@@ -352,8 +388,9 @@ def test_full_disk_at_the_final_save_keeps_the_weights_in_a_checkpoint(save_ever
     assert records(elsewhere) == records(six_steps) and summary(elsewhere) == summary(six_steps)
 
 
-def test_full_disk_at_the_final_save_and_for_the_checkpoint_says_the_weights_are_lost(tmp_path, reversal_dir,
-                                                                                       monkeypatch, capsys):
+def test_full_disk_at_the_final_save_and_for_the_checkpoint_says_the_weights_are_lost(
+    tmp_path, reversal_dir, monkeypatch, capsys
+):
     out = tmp_path / "run"
     _failing_save_pretrained(monkeypatch)
     _full_below(monkeypatch, f"{os.sep}.step-")
@@ -366,8 +403,9 @@ def test_full_disk_at_the_final_save_and_for_the_checkpoint_says_the_weights_are
 def _tmpfs_works() -> bool:
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1M none /mnt"],
-                           capture_output=True, timeout=60)
+    probe = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1M none /mnt"], capture_output=True, timeout=60
+    )
     return probe.returncode == 0
 
 
@@ -415,13 +453,17 @@ sys.exit(main(["train", *argv]))
 """
 
 # when the tmpfs fills up, what the message names, the checkpoints left
-REAL_FULL = [("after checkpoint 1", "the checkpoint {out}/checkpoints/step-0000004;", ["step-0000002"]),
-             ("after checkpoint 3", "the loss plot {out}/loss.png;", ["step-0000004", "step-0000006"]),
-             ("at the model", "the model {out}/model;", ["step-0000004", "step-0000006"])]
+REAL_FULL = [
+    ("after checkpoint 1", "the checkpoint {out}/checkpoints/step-0000004;", ["step-0000002"]),
+    ("after checkpoint 3", "the loss plot {out}/loss.png;", ["step-0000004", "step-0000006"]),
+    ("at the model", "the model {out}/model;", ["step-0000004", "step-0000006"]),
+]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _tmpfs_works(),
-                    reason="needs a tmpfs mounted in a user namespace (unshare -Urm)")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _tmpfs_works(),
+    reason="needs a tmpfs mounted in a user namespace (unshare -Urm)",
+)
 @pytest.mark.parametrize("when,writing,kept", REAL_FULL, ids=[r[0] for r in REAL_FULL])
 def test_a_real_full_disk(when, writing, kept, tmp_path, reversal_dir, capsys, six_steps):
     """A real tmpfs filling up during training, or after its last step: its loss plot, its model."""
@@ -431,8 +473,12 @@ def test_a_real_full_disk(when, writing, kept, tmp_path, reversal_dir, capsys, s
     args = _train_args(reversal_dir, out, "train.log_every=100")  # metrics at steps 1 and 6 only
     # the tmpfs lives as long as its namespace: the run is copied out of it for the checks below
     script = f'mount -t tmpfs -o size=256M none "{mount}" && "$@"; code=$?; cp -a "{out}" "{copy}"; exit $code'
-    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script, "sh", sys.executable, "-c", TMPFS_CHILD, when,
-                           *args[1:]], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script, "sh", sys.executable, "-c", TMPFS_CHILD, when, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = _one_line(done.stderr)
     assert done.returncode == 2 and line.startswith(f"bico: error: no space left on device {mount} ("), done.stderr
     assert f"while writing {writing.format(out=out)}" in line, line

@@ -1,6 +1,7 @@
 """benchmarks/gpu/run.py, the one-call GPU run, checked on CPU: its --dry-run runs every stage's code
 (tiny sizes, the Triton interpreter, the reference path), the time guard cuts a stage that overruns
 and goes on with the next, a failed correctness check stops the rest, and the target arithmetic."""
+
 import importlib.util
 import json
 import os
@@ -19,8 +20,14 @@ STAGES = ("info", "correctness", "tuner", "bench", "training", "demo")
 def run_script(args, tmp_path, timeout=400, **env):
     full = dict(os.environ, **env)
     full.pop("TRITON_INTERPRET", None)  # the script sets it for its worker itself
-    r = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out"), *args], cwd=ROOT,
-                       env=full, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out"), *args],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     run = json.loads((tmp_path / "out" / "run.json").read_text()) if (tmp_path / "out" / "run.json").is_file() else {}
     return r, run
 
@@ -55,8 +62,9 @@ def test_dry_run_results(dry_run):
     corr = json.loads((out / "correctness.json").read_text())
     masks = {c["mask"] for c in corr["cases"]}
     assert corr["passed"] == corr["total"] == len(masks) >= 12  # one case per mask kind in the dry run
-    assert {(c["mirror"], c["dtype"], c["D"]) for c in corr["cases"]} >= {(m, d, D) for m in (False, True)
-                                                                          for d in ("bf16", "fp16") for D in (32, 64)}
+    assert {(c["mirror"], c["dtype"], c["D"]) for c in corr["cases"]} >= {
+        (m, d, D) for m in (False, True) for d in ("bf16", "fp16") for D in (32, 64)
+    }
     assert json.loads((out / "tuner.json").read_text())["events"]  # the recorder saw the tuner time candidates
     bench = json.loads((out / "bench.json").read_text())["result"]
     providers = {r["provider"] for r in bench["records"]}
@@ -76,8 +84,9 @@ def test_dry_run_results(dry_run):
 def test_time_guard_kills_an_overrunning_stage_and_goes_on(tmp_path):
     # bench's first unit (interpreter checks and timings of three providers, seconds) outlasts a 0.5 s budget +
     # 0.5 s grace: killed, recorded as cut, then info runs in a new worker.
-    r, run = run_script(["--stages", "bench,info", "--stage-budgets", "bench=0.5"], tmp_path, timeout=200,
-                        BICO_GPU_GRACE_S="0.5")
+    r, run = run_script(
+        ["--stages", "bench,info", "--stage-budgets", "bench=0.5"], tmp_path, timeout=200, BICO_GPU_GRACE_S="0.5"
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert run["outcomes"]["bench"]["status"] == "cut" and "killed" in run["outcomes"]["bench"]["note"]
     assert run["outcomes"]["info"]["status"] == "ok"
@@ -85,8 +94,12 @@ def test_time_guard_kills_an_overrunning_stage_and_goes_on(tmp_path):
 
 
 def test_a_correctness_failure_stops_the_rest(tmp_path):
-    r, run = run_script(["--stages", "correctness,info", "--stage-budgets", "correctness=2"], tmp_path, timeout=200,
-                        BICO_GPU_CORRECTNESS_MARGIN="0")  # no error is small enough: every case fails
+    r, run = run_script(
+        ["--stages", "correctness,info", "--stage-budgets", "correctness=2"],
+        tmp_path,
+        timeout=200,
+        BICO_GPU_CORRECTNESS_MARGIN="0",
+    )  # no error is small enough: every case fails
     assert r.returncode == 1
     assert run["outcomes"]["correctness"]["status"] == "failed"
     assert run["outcomes"]["info"]["status"] == "not run" and "correctness" in run["outcomes"]["info"]["note"]
@@ -98,11 +111,23 @@ def test_targets_from_bench_records():
     base = {"D": 128, "Hq": 32, "visible_pairs": 10**8, "T": 8192}
 
     def rec(case, provider, mode, ms):
-        return {**base, "case": case, "provider": provider, "mode": mode, "median_ms": ms,
-                "tflops": 4.0 * 128 * 32 * 10**8 * (2.5 if mode == "fwd+bwd" else 1) / (ms * 1e-3) / 1e12}
-    records = [rec("bico", "bico-triton", "fwd", 2.0), rec("bico", "bico-triton", "fwd+bwd", 6.0),
-               rec("bico", "bico-triton-mirror", "fwd", 2.1), rec("bico", "bico-triton-mirror", "fwd+bwd", 6.9),
-               rec("bico", "flex", "fwd", 3.0), rec("bico", "flex", "fwd+bwd", 9.0)]
+        return {
+            **base,
+            "case": case,
+            "provider": provider,
+            "mode": mode,
+            "median_ms": ms,
+            "tflops": 4.0 * 128 * 32 * 10**8 * (2.5 if mode == "fwd+bwd" else 1) / (ms * 1e-3) / 1e12,
+        }
+
+    records = [
+        rec("bico", "bico-triton", "fwd", 2.0),
+        rec("bico", "bico-triton", "fwd+bwd", 6.0),
+        rec("bico", "bico-triton-mirror", "fwd", 2.1),
+        rec("bico", "bico-triton-mirror", "fwd+bwd", 6.9),
+        rec("bico", "flex", "fwd", 3.0),
+        rec("bico", "flex", "fwd+bwd", 9.0),
+    ]
     (row,) = gpu.target_rows(records)
     fwd = 4.0 * 128 * 32 * 10**8 / 2e-3 / 1e12  # 819 TFLOP/s
     assert row["fwd_tflops"] == pytest.approx(fwd)

@@ -4,6 +4,7 @@ The equivalence tests build the model exactly as ``bico train`` does (same seeds
 feed Trainer the training rows in ``StepPlan``'s order with a sequential sampler, and compare
 Trainer's per-step losses with ``bico train``'s ``metrics.jsonl`` (6 decimals kept there).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,24 @@ from bico.training.train import train
 
 DS_SETUP = ["objective.name=bico", "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
 LOSS_TOL = 1e-5  # |Trainer loss - bico train loss| per step
-TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
-        "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
-        "train.batch_size=2", "train.grad_accum=2", "train.lr=1e-3", "train.log_every=1", "train.progress=false",
-        "train.max_grad_norm=0.1", "eval.enabled=false", "train.save_model=false"]
+TINY = [
+    "model.name=tiny-random",
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "data.train_files=[p2d_prompts_train.jsonl]",
+    "data.max_length=96",
+    "train.batch_size=2",
+    "train.grad_accum=2",
+    "train.lr=1e-3",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.max_grad_norm=0.1",
+    "eval.enabled=false",
+    "train.save_model=false",
+]
 
 
 def recipe(tmp_path, reversal_dir, *extra):
@@ -66,24 +81,44 @@ def hf_trainer(r, tmp_path, steps, *, bico_optimizer=False, world=1, sft=False, 
     model, tokenizer, objective, rows = bico_setup(r)
     plan = StepPlan(len(rows), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     ordered = [rows[i] for s in range(steps) for batch in plan.micro_batches(s) for i in batch]
-    training_args = TrainingArguments(**{
-        "output_dir": str(tmp_path / "hf"), "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum, "max_steps": steps, "learning_rate": cfg.lr,
-        "weight_decay": cfg.weight_decay, "adam_beta1": cfg.betas[0], "adam_beta2": cfg.betas[1], "adam_epsilon": 1e-8,
-        "max_grad_norm": cfg.max_grad_norm, "lr_scheduler_type": cfg.schedule, "warmup_steps": cfg.warmup_steps,
-        "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-        "use_cpu": True, "seed": cfg.seed, "disable_tqdm": True, **args})
+    training_args = TrainingArguments(
+        **{
+            "output_dir": str(tmp_path / "hf"),
+            "per_device_train_batch_size": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "max_steps": steps,
+            "learning_rate": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "adam_beta1": cfg.betas[0],
+            "adam_beta2": cfg.betas[1],
+            "adam_epsilon": 1e-8,
+            "max_grad_norm": cfg.max_grad_norm,
+            "lr_scheduler_type": cfg.schedule,
+            "warmup_steps": cfg.warmup_steps,
+            "train_sampling_strategy": "sequential",
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "use_cpu": True,
+            "seed": cfg.seed,
+            "disable_tqdm": True,
+            **args,
+        }
+    )
     optimizers = (None, None)
     if bico_optimizer:  # bico's AdamW (weight decay on every parameter) and warm-up schedule (bico.training.engine)
         from bico.training.engine import lr_lambda
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
-        optimizers = (optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps)))
+        optimizers = (
+            optimizer,
+            torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, steps)),
+        )
     collator = BicoDataCollator(objective, tokenizer, max_length=r.data.max_length, seed=cfg.seed)
-    return BicoTrainer(model=model, args=training_args, train_dataset=ordered, data_collator=collator,
-                       optimizers=optimizers)
+    return BicoTrainer(
+        model=model, args=training_args, train_dataset=ordered, data_collator=collator, optimizers=optimizers
+    )
 
 
 def step_losses(trainer) -> list[float]:
@@ -93,8 +128,15 @@ def step_losses(trainer) -> list[float]:
 def test_trainer_matches_bico_train_with_the_ntp_denoise_coin(tmp_path, reversal_dir):
     # Warm-up, weight decay and clipping all active: Trainer gets bico's optimizer and schedule,
     # because HF's AdamW skips decay on norms and its warm-up starts from lr 0.
-    r = recipe(tmp_path, reversal_dir, "objective.name=bico", "finetune.method=full", "train.max_steps=4",
-               "train.warmup_steps=2", "train.weight_decay=0.1")
+    r = recipe(
+        tmp_path,
+        reversal_dir,
+        "objective.name=bico",
+        "finetune.method=full",
+        "train.max_steps=4",
+        "train.warmup_steps=2",
+        "train.weight_decay=0.1",
+    )
     reference = bico_train_metrics(r)
     assert {"ntp", "denoise"} <= set(",".join(m["mode"] for m in reference).split(","))  # both sides of the coin
     trainer = hf_trainer(r, tmp_path, 4, bico_optimizer=True)
@@ -109,9 +151,18 @@ def test_trainer_matches_bico_train_with_lora_dropout_annealing_and_workers(tmp_
     # LoRA with dropout (torch reseeded per micro-batch), annealing driven by the step Trainer is at,
     # DataLoader workers (rows only cross them), and HF's own AdamW and schedule, which equal bico's
     # without warm-up for LoRA weights (all decayed).
-    r = recipe(tmp_path, reversal_dir, "objective.name=anneal", "objective.options.inner=bico",
-               "objective.options.steps=6", "finetune.method=lora", "finetune.lora_r=4",
-               "finetune.lora_dropout=0.1", "train.max_steps=3", "train.weight_decay=0.01")
+    r = recipe(
+        tmp_path,
+        reversal_dir,
+        "objective.name=anneal",
+        "objective.options.inner=bico",
+        "objective.options.steps=6",
+        "finetune.method=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_dropout=0.1",
+        "train.max_steps=3",
+        "train.weight_decay=0.01",
+    )
     reference = bico_train_metrics(r)
     trainer = hf_trainer(r, tmp_path, 3, dataloader_num_workers=1)
     assert type(trainer.model).__name__ == "PeftModelForCausalLM"
@@ -126,18 +177,24 @@ def test_trainer_matches_bico_train_with_lora_dropout_annealing_and_workers(tmp_
     assert math.isfinite(first) and trainer.evaluate(eval_dataset=rows[:4])["eval_loss"] == first
 
 
-
 def test_a_resumed_trainer_continues_exactly(tmp_path, reversal_dir):
     # Trainer skips the rows of the steps already done; the batches are built at state.global_step,
     # so the coin, the masks and the dropout of the remaining steps are those of the whole run.
-    r = recipe(tmp_path, reversal_dir, "objective.name=bico", "finetune.method=lora", "finetune.lora_r=4",
-               "finetune.lora_dropout=0.1")
+    r = recipe(
+        tmp_path,
+        reversal_dir,
+        "objective.name=bico",
+        "finetune.method=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_dropout=0.1",
+    )
     whole = hf_trainer(r, tmp_path, 4, save_strategy="steps", save_steps=2)
     whole.train()
     resumed = hf_trainer(r, tmp_path / "again", 4)
     resumed.train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-2"))
     assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3, 4]
     assert step_losses(resumed)[2:] == pytest.approx(step_losses(whole)[2:], abs=1e-6)
+
 
 def test_collator_batches_are_bico_trains_and_feed_the_model_directly(tmp_path, reversal_dir):
     from types import SimpleNamespace
@@ -191,9 +248,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, reversal_dir, tokenizer):
     from bico.hf import BicoDataCollator, BicoTrainer
 
     collator = BicoDataCollator("ntp", tokenizer, max_length=8)
-    for rows, message in [([{"text": "x"}], r"row 0 needs 'prompt' and 'completion' fields, got \['text'\]"),
-                          ([], "cannot collate an empty batch"),
-                          ([{"prompt": "a " * 20, "completion": "b"}], "more than data.max_length=8")]:
+    for rows, message in [
+        ([{"text": "x"}], r"row 0 needs 'prompt' and 'completion' fields, got \['text'\]"),
+        ([], "cannot collate an empty batch"),
+        ([{"prompt": "a " * 20, "completion": "b"}], "more than data.max_length=8"),
+    ]:
         with pytest.raises(Exception, match=message) as err:
             collator(rows)
         assert "\n" not in str(err.value)
@@ -202,8 +261,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, reversal_dir, tokenizer):
     with pytest.raises(ValueError, match="unknown objective 'nope'"):
         BicoDataCollator("nope", tokenizer)
     # DataLoader workers would each count their own calls
-    loader = torch.utils.data.DataLoader([{"prompt": "a", "completion": "b"}] * 2, batch_size=1, num_workers=1,
-                                         collate_fn=BicoDataCollator("ntp", tokenizer))
+    loader = torch.utils.data.DataLoader(
+        [{"prompt": "a", "completion": "b"}] * 2,
+        batch_size=1,
+        num_workers=1,
+        collate_fn=BicoDataCollator("ntp", tokenizer),
+    )
     with pytest.raises(RuntimeError, match="cannot count steps inside DataLoader workers: set num_workers=0"):
         next(iter(loader))
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
@@ -215,8 +278,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path, reversal_dir, tokenizer):
         BicoTrainer(model=make_llama("bico"), args=args)
 
 
-
-
 def test_the_example_runs_in_its_tiny_mode(tmp_path):
     import importlib.util
 
@@ -226,6 +287,7 @@ def test_the_example_runs_in_its_tiny_mode(tmp_path):
     spec.loader.exec_module(example)
     result = example.main(["--steps", "2", "--output-dir", str(tmp_path)])
     assert len(result["losses"]) == 2 and all(math.isfinite(x) for x in result["losses"])
+
 
 @pytest.mark.distributed
 def test_deepspeed_zero3_on_two_cpu_ranks_matches_one_bico_train_process(tmp_path, reversal_dir):
@@ -244,6 +306,7 @@ def test_deepspeed_zero3_on_two_cpu_ranks_matches_one_bico_train_process(tmp_pat
     worst = max(abs(a - m["loss"]) for a, m in zip(result["losses"], reference))
     print(f"ZeRO-3, 2 ranks: max |loss(BicoTrainer) - loss(bico train, 1 process)| = {worst:.2e}")
     assert len(result["losses"]) == 3 and worst <= LOSS_TOL, (result["losses"], [m["loss"] for m in reference])
+
 
 def worker(argv: list[str]) -> None:
     """One rank of the DeepSpeed test: BicoTrainer under ``TrainingArguments(deepspeed=...)``; rank 0

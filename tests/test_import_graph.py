@@ -16,6 +16,7 @@ the module is imported (the top level, and inside ``if``/``try``/``with``/class 
 * The modules in :data:`TORCH_FREE` (every ``bico.cli`` module among them) import no torch when
   imported: checked at run time, in a fresh interpreter each.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import ROOT
 
 SOURCES = {"bico": ROOT / "bico", "bico_kernels": ROOT / "kernels" / "bico_kernels"}
@@ -31,9 +33,19 @@ SOURCES = {"bico": ROOT / "bico", "bico_kernels": ROOT / "kernels" / "bico_kerne
 # Lowest first; a module may import from its own layer and the layers below. A module belongs to the
 # first entry that is its name or a package above it.
 LAYERS = [
-    ("base", ["bico.errors", "bico.paths", "bico.io_utils", "bico.yaml_load", "bico.resources", "bico.machine",
-              "bico.termination",
-              "bico_kernels"]),
+    (
+        "base",
+        [
+            "bico.errors",
+            "bico.paths",
+            "bico.io_utils",
+            "bico.yaml_load",
+            "bico.resources",
+            "bico.machine",
+            "bico.termination",
+            "bico_kernels",
+        ],
+    ),
     # config checks the data section through bico.data.identity and the data layer reads config's
     # DATA_FORMATS: recipes and the data they name are one layer
     ("core", ["bico.config", "bico.masks", "bico.attention", "bico.collate", "bico.objectives", "bico.data"]),
@@ -45,8 +57,17 @@ LAYERS = [
 ]
 FACADE = "bico"
 # Imported by the command line before a command runs, or by a check that must stay cheap.
-TORCH_FREE_EXTRA = ["bico", "bico.errors", "bico.paths", "bico.config", "bico.training.rundir",
-                    "bico.training.checkpoints", "bico.tools.bench_options", "bico.tools.plan", "bico.tools.ablate"]
+TORCH_FREE_EXTRA = [
+    "bico",
+    "bico.errors",
+    "bico.paths",
+    "bico.config",
+    "bico.training.rundir",
+    "bico.training.checkpoints",
+    "bico.tools.bench_options",
+    "bico.tools.plan",
+    "bico.tools.ablate",
+]
 # Engines: the loop picks one; the plain engine must not pull in DeepSpeed or the loop.
 NOT_IMPORTED_BY = {"bico.training.engine": {"bico.training.deepspeed_engine", "bico.training.train", "deepspeed"}}
 
@@ -119,8 +140,13 @@ def test_the_graph_sees_every_module_and_its_imports():
 
 
 def test_every_module_has_a_layer_and_imports_downward_only():
-    upward = [f"{a} ({LAYERS[_layer(a)][0]}) -> {b} ({LAYERS[_layer(b)][0]})"
-              for a in MODULES if a != FACADE for b, _, _ in EDGES[a] if b and b != FACADE and _layer(b) > _layer(a)]
+    upward = [
+        f"{a} ({LAYERS[_layer(a)][0]}) -> {b} ({LAYERS[_layer(b)][0]})"
+        for a in MODULES
+        if a != FACADE
+        for b, _, _ in EDGES[a]
+        if b and b != FACADE and _layer(b) > _layer(a)
+    ]
     assert upward == []
 
 
@@ -157,8 +183,13 @@ def test_no_cycle_among_module_level_imports():
 
 
 def test_bico_kernels_imports_nothing_from_bico():
-    assert [(a, t) for a in MODULES if a.startswith("bico_kernels") for _, t, _ in EDGES[a]
-            if t == "bico" or t.startswith("bico.")] == []
+    assert [
+        (a, t)
+        for a in MODULES
+        if a.startswith("bico_kernels")
+        for _, t, _ in EDGES[a]
+        if t == "bico" or t.startswith("bico.")
+    ] == []
 
 
 def test_the_package_is_a_facade_that_nothing_inside_imports():
@@ -177,16 +208,20 @@ TORCH_FREE = sorted(set(TORCH_FREE_EXTRA) | {m for m in MODULES if m == "bico.cl
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_modules_import_no_torch(module):
-    probe = (f"import sys, {module}\n"
-             "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'bico.training.deepspeed_engine') "
-             "if m in sys.modules))")
+    probe = (
+        f"import sys, {module}\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed', 'bico.training.deepspeed_engine') "
+        "if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]", f"import {module} loads {done.stdout.strip()}"
 
 
 def test_the_engine_loads_neither_deepspeed_nor_its_engine():
-    probe = ("import sys, bico.training.engine\n"
-             "print(sorted(m for m in ('bico.training.deepspeed_engine', 'deepspeed') if m in sys.modules))")
+    probe = (
+        "import sys, bico.training.engine\n"
+        "print(sorted(m for m in ('bico.training.deepspeed_engine', 'deepspeed') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-3000:]

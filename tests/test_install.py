@@ -7,6 +7,7 @@ environment's site-packages as a plain path, so the ``.pth`` files inside it, am
 editable install of this checkout, are not run: the new environment imports the wheel's bico,
 which the test checks before running ``bico demo --quick`` from a folder outside the checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,21 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", str(tmp_path / "dist"), str(src)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ]
+    )
     (wheel,) = (tmp_path / "dist").glob("bico-*.whl")
 
     venv = tmp_path / "venv"
@@ -79,10 +93,10 @@ def test_wheel_installs_and_runs_the_demo_outside_the_checkout(tmp_path):
 
 def test_typed_recipe_paths_work_from_any_folder(tmp_path, monkeypatch):
     """`recipes/...` as the docs write it: the file in the current folder if there is one, else bico's."""
-    from bico.tools.ablate import load_spec
     from bico.config import RecipeError, load_recipe
-    from bico.training.deepspeed_engine import resolve_config
     from bico.resources import recipes_dir
+    from bico.tools.ablate import load_spec
+    from bico.training.deepspeed_engine import resolve_config
 
     monkeypatch.chdir(tmp_path)
     assert load_recipe("recipes/demo/tiny.yaml").model.name == "tiny-random"

@@ -1,12 +1,13 @@
 """Weight interpolation with the base model (WiSE-FT): exact endpoints, added tokens, clear errors."""
+
 import json
 
 import pytest
 import torch
-from helpers import make_llama
 
 from bico.cli import main
 from bico.evaluation.interpolate import InterpolationError, Interpolator, parse_alphas
+from helpers import make_llama
 
 
 def test_endpoints_and_midpoint_are_exact():
@@ -48,9 +49,27 @@ def test_eval_interpolate_end_to_end(capsys, reversal_dir, tmp_path):
     assert main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={tmp_path}", *SMALL]) == 0
     capsys.readouterr()
     model = str(tmp_path / "model")
-    code = main(["eval", "--model", model, "--interpolate", model, "--alphas", "0,1", "--data", str(reversal_dir),
-                 "--splits", "p2d_reverse_prompts_test", "--limit", "4", "--max-new-tokens", "8",
-                 "--out", str(tmp_path / "ev")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            model,
+            "--interpolate",
+            model,
+            "--alphas",
+            "0,1",
+            "--data",
+            str(reversal_dir),
+            "--splits",
+            "p2d_reverse_prompts_test",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "alpha=0:" in out and "| alpha=1 |" in out
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())

@@ -7,6 +7,7 @@ its arguments: shared memory within 227 KB, the dots on wgmma, no ptxas warning 
 (e.g. C7515, wgmma serialised), and zero spills (or, for a variant listed in KNOWN_SPILLS, no more
 than committed). One compile per variant, in parallel processes; nothing is cached across runs.
 """
+
 import json
 import os
 import subprocess
@@ -33,11 +34,13 @@ def compiled():
     # The interpreter (conftest sets TRITON_INTERPRET on machines without CUDA) would replace the
     # kernels, so the compiles run in a child process without it.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json, sys\n"
-            "from bico_kernels import compile_report as cr\n"
-            "from bico_kernels.configs import runtime_variants\n"
-            f"rs = cr.compile_many(cr.default_pairs(runtime_variants()), workers={WORKERS})\n"
-            "print('@@' + json.dumps([r.as_dict() for r in rs]))\n")
+    code = (
+        "import json, sys\n"
+        "from bico_kernels import compile_report as cr\n"
+        "from bico_kernels.configs import runtime_variants\n"
+        f"rs = cr.compile_many(cr.default_pairs(runtime_variants()), workers={WORKERS})\n"
+        "print('@@' + json.dumps([r.as_dict() for r in rs]))\n"
+    )
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stderr[-4000:]
     payload = next(line for line in run.stdout.splitlines() if line.startswith("@@"))
@@ -52,5 +55,6 @@ def test_variant_compiles_clean_for_sm90a(compiled, variant):
     assert r.wgmma > 0, "no wgmma: the dots fell back to mma.sync"
     assert not r.warnings, r.warnings
     known = KNOWN_SPILLS.get(variant.key(), (0, 0))
-    assert r.registers > 0 and r.spill_stores <= known[0] and r.spill_loads <= known[1], \
+    assert r.registers > 0 and r.spill_stores <= known[0] and r.spill_loads <= known[1], (
         f"{r.config.label()}: {r.registers} registers, spills {r.spill_stores}/{r.spill_loads} B (allowed {known})"
+    )

@@ -1,5 +1,6 @@
 """bico_kernels' PyTorch reference against a direct float64 construction: a dense bool mask written
 element by element from lo/hi, and mirrored RoPE written with explicit D x D rotation matrices."""
+
 import subprocess
 import sys
 
@@ -7,7 +8,11 @@ import pytest
 import torch
 
 from bico_kernels import (
-    classify_blocks, mirror_rotate, mirror_rotate_transpose, reference_masked_attention, rotate_half,
+    classify_blocks,
+    mirror_rotate,
+    mirror_rotate_transpose,
+    reference_masked_attention,
+    rotate_half,
 )
 
 
@@ -37,7 +42,7 @@ def dense_attention(q, k, v, lo, hi, pos=None, scale=None):
     """Straight from the definition, with explicit loops for the mask and the mirror choice."""
     B, Hq, T, D = q.shape
     group = Hq // k.shape[1]
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     if pos is not None:
         Rm = rotation_matrices(-2 * rope_angles(pos, D))  # R_{-2 theta} per token
         qm = torch.einsum("btde,bhte->bhtd", Rm, q)
@@ -50,8 +55,12 @@ def dense_attention(q, k, v, lo, hi, pos=None, scale=None):
                 keys = [j for j in range(T) if lo[b, j] <= i < hi[b, j]]
                 if not keys:
                     continue  # no visible key: row stays 0
-                s = torch.stack([(qm[b, h, i] @ km[b, hk, j] if pos is not None and j > i
-                                  else q[b, h, i] @ k[b, hk, j]) * scale for j in keys])
+                s = torch.stack(
+                    [
+                        (qm[b, h, i] @ km[b, hk, j] if pos is not None and j > i else q[b, h, i] @ k[b, hk, j]) * scale
+                        for j in keys
+                    ]
+                )
                 p = torch.exp(s - s.max())
                 p = p / p.sum()
                 out[b, h, i] = sum(p[n] * v[b, hk, j] for n, j in enumerate(keys))
@@ -79,7 +88,7 @@ def test_reference_matches_dense_construction(Hq, Hkv, D, mirror):
     out = reference_masked_attention(q, k, v, lo, hi, mirror_rope=tables)
     want = dense_attention(q, k, v, lo, hi, pos if mirror else None)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
-    assert (out[1, :, T - 2:] == 0).all() and out[0, :, T - 2:].abs().sum() > 0
+    assert (out[1, :, T - 2 :] == 0).all() and out[0, :, T - 2 :].abs().sum() > 0
     # Gradients too: autograd through the reference vs through the dense construction.
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
     ins2 = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -96,8 +105,9 @@ def test_reference_gradcheck_with_empty_rows_and_mirror():
     q, k, v, lo, hi, pos = random_case(2, 2, 1, 6, 4, g)
     tables = hf_tables(pos, 4)
     ins = [t.requires_grad_() for t in (q, k, v)]
-    assert torch.autograd.gradcheck(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=tables),
-                                    ins)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=tables), ins
+    )
 
 
 def test_mirror_rotate_is_rotation_by_minus_two_theta():
@@ -110,10 +120,12 @@ def test_mirror_rotate_is_rotation_by_minus_two_theta():
     R = rotation_matrices(rope_angles(pos, D))
     torch.testing.assert_close(roped, torch.einsum("btde,bhte->bhtd", R, raw), rtol=0, atol=1e-12)
     back = rotation_matrices(-rope_angles(pos, D))  # R_{-theta} raw = R_{-2 theta} roped
-    torch.testing.assert_close(mirror_rotate(roped, cos, sin), torch.einsum("btde,bhte->bhtd", back, raw),
-                               rtol=0, atol=1e-12)
-    torch.testing.assert_close(mirror_rotate_transpose(mirror_rotate(roped, cos, sin), cos, sin), roped,
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        mirror_rotate(roped, cos, sin), torch.einsum("btde,bhte->bhtd", back, raw), rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(
+        mirror_rotate_transpose(mirror_rotate(roped, cos, sin), cos, sin), roped, rtol=0, atol=1e-12
+    )
     assert (mirror_rotate(roped, cos, sin) - roped).abs().max() > 0.1
 
 
@@ -133,7 +145,7 @@ def test_mirrored_rope_sees_distance_not_direction(mirror):
     lo, hi = torch.zeros(1, T, dtype=torch.int32), torch.full((1, T), T, dtype=torch.int32)
     p = reference_masked_attention(q, k, v, lo, hi, mirror_rope=(cos, sin) if mirror else None)[0, 0]
     i = T // 2
-    ahead, behind = p[i, i + 1:i + 6], p[i, i - 5:i].flip(0)
+    ahead, behind = p[i, i + 1 : i + 6], p[i, i - 5 : i].flip(0)
     if mirror:
         torch.testing.assert_close(ahead, behind, rtol=1e-12, atol=0)
     else:
@@ -160,8 +172,9 @@ def test_low_precision_reference_keeps_dtype():
     g = torch.Generator().manual_seed(5)
     q, k, v, lo, hi, pos = random_case(2, 2, 1, 9, 8, g)
     cos, sin = hf_tables(pos, 8)
-    out = reference_masked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), lo, hi,
-                                     mirror_rope=(cos.float(), sin.float()))
+    out = reference_masked_attention(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), lo, hi, mirror_rope=(cos.float(), sin.float())
+    )
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     ref = reference_masked_attention(q, k, v, lo, hi, mirror_rope=(cos, sin))
     assert (out.double() - ref).abs().max() < 0.1

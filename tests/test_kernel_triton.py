@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before triton is first imported, hence the environment line first.
 Sizes are tiny (T <= 64, 16x16 tiles) because the interpreter runs every tile op through numpy.
 """
+
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -27,9 +28,16 @@ from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 STALE_TRITON = not isinstance(tl.zeros, InterpretedFunction)
 
 from bico_kernels import (  # noqa: E402
-    FULL, PARTIAL, SKIP, classify_blocks, masked_attention, reference_masked_attention, triton_available,
+    FULL,
+    PARTIAL,
+    SKIP,
+    classify_blocks,
+    masked_attention,
+    reference_masked_attention,
+    triton_available,
 )
-from bico_kernels.checks import compare_to_reference, grads as _grads, random_inputs, rope_tables  # noqa: E402
+from bico_kernels.checks import compare_to_reference, random_inputs, rope_tables  # noqa: E402
+from bico_kernels.checks import grads as _grads  # noqa: E402
 
 pytestmark = pytest.mark.interpreter
 
@@ -44,6 +52,7 @@ MEASURED = {}
 # ----------------------------------------------------------------------------- mask builders
 # Column intervals: key j is visible to query rows lo[b, j] <= i < hi[b, j]. Self-contained on
 # purpose (bico/masks.py is written separately).
+
 
 def _ar(T):
     return torch.arange(T, dtype=torch.int32)
@@ -110,7 +119,7 @@ def right_pad(B, T, g, npad=(7, 0)):
         n = npad[b % len(npad)]
         hi[b, :] = T - n
         if n:
-            lo[b, T - n:], hi[b, T - n:] = 0, 0
+            lo[b, T - n :], hi[b, T - n :] = 0, 0
     return lo, hi
 
 
@@ -120,11 +129,24 @@ def random_intervals(B, T, g):
     return lo, hi  # lo >= hi for about half the keys: hidden
 
 
-MASKS = {f.__name__: f for f in (causal, bidirectional, prefix_lm, bico_hidden, packed_causal,
-                                  packed_bidirectional, left_pad, right_pad, random_intervals)}
+MASKS = {
+    f.__name__: f
+    for f in (
+        causal,
+        bidirectional,
+        prefix_lm,
+        bico_hidden,
+        packed_causal,
+        packed_bidirectional,
+        left_pad,
+        right_pad,
+        random_intervals,
+    )
+}
 
 
 # ----------------------------------------------------------------------------- comparison
+
 
 def _inputs(B, Hq, Hkv, T, D, dtype, g):
     return random_inputs(B, Hq, Hkv, T, D, g)  # q, k, v, upstream gradient (float64)
@@ -139,8 +161,11 @@ def compare(B, Hq, Hkv, T, D, dtype, lo, hi, g, mirror_pos=None, deterministic=F
         assert r["shape_ok"], name
         assert r["finite"], f"{name}: non-finite values"
         prev = MEASURED.get((dtype, name), (0.0, 0.0, 0.0))
-        MEASURED[(dtype, name)] = (max(prev[0], r["err"]), max(prev[1], r["err_ref"]),
-                                   max(prev[2], r["err"] - 2 * r["err_ref"]))
+        MEASURED[(dtype, name)] = (
+            max(prev[0], r["err"]),
+            max(prev[1], r["err_ref"]),
+            max(prev[2], r["err"] - 2 * r["err_ref"]),
+        )
         assert r["ok"], f"{name}: kernel err {r['err']:.3g} vs torch {dtype} err {r['err_ref']:.3g}"
     return got
 
@@ -155,9 +180,19 @@ def test_in_fresh_process():
     if not STALE_TRITON:
         pytest.skip("interpreter active in this process; the tests run here")
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "--noconftest", "-p", "no:cacheprovider"]
-    r = subprocess.run(cmd, cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True,
-                       timeout=1200)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(Path(__file__).resolve()),
+        "-q",
+        "--noconftest",
+        "-p",
+        "no:cacheprovider",
+    ]
+    r = subprocess.run(
+        cmd, cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True, timeout=1200
+    )
     assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-2000:]
 
 
@@ -179,19 +214,46 @@ def test_masks_fp32(mask, mirror):
     g = torch.Generator().manual_seed(idx)
     lo, hi = MASKS[mask](B, T, g)
     pos = _ar(T).expand(B, T) + torch.randint(0, 100, (B, 1), generator=g)  # offset positions
-    compare(B, ratio * hkv, hkv, T, D, torch.float32, lo, hi, g, pos if mirror else None,
-            deterministic=idx % 2 == 1, block_m=BLOCK, block_n=BLOCK)
+    compare(
+        B,
+        ratio * hkv,
+        hkv,
+        T,
+        D,
+        torch.float32,
+        lo,
+        hi,
+        g,
+        pos if mirror else None,
+        deterministic=idx % 2 == 1,
+        block_m=BLOCK,
+        block_n=BLOCK,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("mask,mirror", [("causal", True), ("bico_hidden", True), ("packed_causal", False),
-                                         ("random_intervals", True)])
+@pytest.mark.parametrize(
+    "mask,mirror", [("causal", True), ("bico_hidden", True), ("packed_causal", False), ("random_intervals", True)]
+)
 def test_masks_half(dtype, mask, mirror):
     g = torch.Generator().manual_seed(100 + len(mask))
     B, T = 1, 37
     lo, hi = MASKS[mask](B, T, g)
-    compare(B, 4, 2, T, 64 if mirror else 32, dtype, lo, hi, g, _ar(T).expand(B, T) if mirror else None,
-            deterministic=mask == "bico_hidden", block_m=BLOCK, block_n=BLOCK)
+    compare(
+        B,
+        4,
+        2,
+        T,
+        64 if mirror else 32,
+        dtype,
+        lo,
+        hi,
+        g,
+        _ar(T).expand(B, T) if mirror else None,
+        deterministic=mask == "bico_hidden",
+        block_m=BLOCK,
+        block_n=BLOCK,
+    )
 
 
 def test_head_dim_96_and_rectangular_tiles():
@@ -209,8 +271,9 @@ def test_empty_rows_are_exact_zero():
     B, T = 2, 50
     lo, hi = left_pad(B, T, g, is_causal=False)  # batch 0: rows 0..19 empty; batch 1: rows 0..4
     hi[1, :] = torch.minimum(hi[1, :], torch.tensor(44, dtype=torch.int32))  # and rows 44.. see nothing
-    out, dq, dk, dv = compare(B, 2, 2, T, 32, torch.float32, lo, hi, g, _ar(T).expand(B, T),
-                              block_m=BLOCK, block_n=BLOCK)
+    out, dq, dk, dv = compare(
+        B, 2, 2, T, 32, torch.float32, lo, hi, g, _ar(T).expand(B, T), block_m=BLOCK, block_n=BLOCK
+    )
     empty = ~((lo[:, None, :] <= _ar(T)[None, :, None]) & (_ar(T)[None, :, None] < hi[:, None, :])).any(-1)
     assert empty[0, :20].all() and empty[1, 44:].all() and not empty[0, 20:].any()
     for b in range(B):
@@ -224,8 +287,15 @@ def test_mask_and_mirror_change_the_output():
     B, H, T, D = 1, 2, 37, 32
     q, k, v, _ = (t.float() for t in _inputs(B, H, H, T, D, torch.float32, g))
     cos, sin = (t.float() for t in rope_tables(_ar(T).expand(B, T), D))
-    run = lambda lo_hi, mr=None: masked_attention(q, k, v, *lo_hi, mirror_rope=mr,  # noqa: E731
-                                                  block_m=BLOCK, block_n=BLOCK)
+    run = lambda lo_hi, mr=None: masked_attention(
+        q,
+        k,
+        v,
+        *lo_hi,
+        mirror_rope=mr,  # noqa: E731
+        block_m=BLOCK,
+        block_n=BLOCK,
+    )
     bi = run(bidirectional(B, T, g))
     assert (bi - run(causal(B, T, g))).abs().max() > 1e-2
     assert (bi - run(bidirectional(B, T, g), (cos, sin))).abs().max() > 1e-2
@@ -239,9 +309,19 @@ def test_deterministic_backward_is_bitwise_reproducible():
     lo, hi = bico_hidden(B, T, g)
     q, k, v, do = _inputs(B, 3, 1, T, D, torch.bfloat16, g)
     cos, sin = (t.float() for t in rope_tables(_ar(T).expand(B, T), D))
-    runs = [_grads(lambda a, b, c: masked_attention(a, b, c, lo, hi, mirror_rope=(cos, sin), deterministic=True,
-                                                    block_m=BLOCK, block_n=BLOCK), q, k, v, do, torch.bfloat16)
-            for _ in range(2)]
+    runs = [
+        _grads(
+            lambda a, b, c: masked_attention(
+                a, b, c, lo, hi, mirror_rope=(cos, sin), deterministic=True, block_m=BLOCK, block_n=BLOCK
+            ),
+            q,
+            k,
+            v,
+            do,
+            torch.bfloat16,
+        )
+        for _ in range(2)
+    ]
     for x, y in zip(*runs):
         assert torch.equal(x, y)
 
@@ -269,8 +349,14 @@ def test_deterministic_mode_uses_the_separate_dq_pass(monkeypatch):
     grads = {}
     for det in (False, True):
         before = len(launches)
-        grads[det] = _grads(lambda a, b, c: masked_attention(a, b, c, lo, hi, deterministic=det, block_m=BLOCK,
-                                                             block_n=BLOCK), q, k, v, do, torch.float32)
+        grads[det] = _grads(
+            lambda a, b, c: masked_attention(a, b, c, lo, hi, deterministic=det, block_m=BLOCK, block_n=BLOCK),
+            q,
+            k,
+            v,
+            do,
+            torch.float32,
+        )
         assert (len(launches) > before) == det
     for x, y in zip(grads[False], grads[True]):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
@@ -307,7 +393,7 @@ def test_block_classification_brute_force():
             for b in range(2):
                 for m in range(NM):
                     for n in range(NN):
-                        tile = vis[b, m * bm:(m + 1) * bm, n * bn:(n + 1) * bn]
+                        tile = vis[b, m * bm : (m + 1) * bm, n * bn : (n + 1) * bn]
                         c = blk.cls[b, m, n].item()
                         assert (c == FULL) == bool(tile.all()), (name, T, b, m, n)
                         if c == SKIP:
@@ -315,10 +401,10 @@ def test_block_classification_brute_force():
                         elif name != "random_intervals":  # min/max test is exact on monotone blocks
                             assert tile.any(), (name, T, b, m, n, c)
                     live = [n for n in range(NN) if blk.cls[b, m, n] != SKIP]
-                    assert blk.kv_count[b, m] == len(live) and blk.kv_index[b, m, :len(live)].tolist() == live
+                    assert blk.kv_count[b, m] == len(live) and blk.kv_index[b, m, : len(live)].tolist() == live
                 for n in range(NN):
                     live = [m for m in range(NM) if blk.cls[b, m, n] != SKIP]
-                    assert blk.q_count[b, n] == len(live) and blk.q_index[b, n, :len(live)].tolist() == live
+                    assert blk.q_count[b, n] == len(live) and blk.q_index[b, n, : len(live)].tolist() == live
                 assert sorted(blk.m_order[b].tolist()) == list(range(NM))
                 assert sorted(blk.n_order[b].tolist()) == list(range(NN))
                 assert blk.kv_count[b][blk.m_order[b].long()].diff().le(0).all()  # longest first
@@ -334,8 +420,11 @@ def test_classification_is_used_and_reusable():
     ref = masked_attention(q, k, v, lo, hi, block_m=BLOCK, block_n=BLOCK)
     torch.testing.assert_close(masked_attention(q, k, v, lo, hi, blocks=blk), ref, rtol=0, atol=0)
     # FULL tiles really skip the elementwise test: calling every tile FULL turns causal into bidirectional.
-    cheat = blk._replace(cls=torch.full_like(blk.cls, FULL), kv_count=torch.full_like(blk.kv_count, 3),
-                         kv_index=torch.arange(3, dtype=torch.int32).expand_as(blk.kv_index).contiguous())
+    cheat = blk._replace(
+        cls=torch.full_like(blk.cls, FULL),
+        kv_count=torch.full_like(blk.kv_count, 3),
+        kv_index=torch.arange(3, dtype=torch.int32).expand_as(blk.kv_index).contiguous(),
+    )
     bi = masked_attention(q, k, v, *bidirectional(B, T, g), block_m=BLOCK, block_n=BLOCK)
     torch.testing.assert_close(masked_attention(q, k, v, lo, hi, blocks=cheat), bi, rtol=0, atol=1e-6)
     with pytest.raises(ValueError):
@@ -354,15 +443,15 @@ def test_mirror_phase_split_points():
             blk = classify_blocks(lo, hi, bm, bn)
             for b in range(2):
                 for m in range(blk.cls.shape[1]):
-                    listed = blk.kv_index[b, m, :blk.kv_count[b, m]].tolist()
-                    low = [n for n in listed if n * bn < m * bm + bm]           # some key j <= some query i
-                    up = [n for n in listed if n * bn + bn - 1 > m * bm]        # some key j > some query i
-                    assert listed[:blk.kv_low_count[b, m]] == low and listed[blk.kv_up_start[b, m]:] == up
+                    listed = blk.kv_index[b, m, : blk.kv_count[b, m]].tolist()
+                    low = [n for n in listed if n * bn < m * bm + bm]  # some key j <= some query i
+                    up = [n for n in listed if n * bn + bn - 1 > m * bm]  # some key j > some query i
+                    assert listed[: blk.kv_low_count[b, m]] == low and listed[blk.kv_up_start[b, m] :] == up
                 for n in range(blk.cls.shape[2]):
-                    listed = blk.q_index[b, n, :blk.q_count[b, n]].tolist()
+                    listed = blk.q_index[b, n, : blk.q_count[b, n]].tolist()
                     up = [m for m in listed if n * bn + bn - 1 > m * bm]
                     low = [m for m in listed if n * bn < m * bm + bm]
-                    assert listed[:blk.q_up_count[b, n]] == up and listed[blk.q_low_start[b, n]:] == low
+                    assert listed[: blk.q_up_count[b, n]] == up and listed[blk.q_low_start[b, n] :] == low
 
 
 @pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16)])
@@ -371,8 +460,9 @@ def test_mirror_deterministic_rectangular_tiles(bm, bn):
     # candidates' 16-row steps under 64/128-row key blocks do): several diagonal crossings per tile.
     g = torch.Generator().manual_seed(31)
     lo, hi = bico_hidden(1, 50, g)
-    compare(1, 2, 1, 50, 32, torch.float32, lo, hi, g, _ar(50).expand(1, 50), deterministic=True,
-            block_m=bm, block_n=bn)
+    compare(
+        1, 2, 1, 50, 32, torch.float32, lo, hi, g, _ar(50).expand(1, 50), deterministic=True, block_m=bm, block_n=bn
+    )
 
 
 def test_fp32_on_cuda_routes_to_the_reference(monkeypatch, caplog):
@@ -390,6 +480,7 @@ def test_fp32_on_cuda_routes_to_the_reference(monkeypatch, caplog):
 
 
 # ----------------------------------------------------------------------------- launch configs
+
 
 def test_tuner_picks_the_fastest_and_remembers(monkeypatch, tmp_path):
     from bico_kernels import tuning

@@ -8,6 +8,7 @@ random moment of training (from the parent). Then ``train.resume=true`` (or, whe
 before the first checkpoint, ``train.overwrite=true``) must give exactly the uninterrupted run:
 ``metrics.jsonl`` without its wall-clock field, the summary, the final weights and ``eval.json``.
 """
+
 import json
 import random
 import signal
@@ -17,13 +18,20 @@ import time
 
 import pytest
 import torch
-
-from bico.cli import main
 from test_cli import SMALL, TINY
 from test_rundir import records, summary
 
-RUN = [*SMALL[:-2], "train.max_steps=8", "train.save_every=2", "train.log_every=1", "train.batch_size=4",
-       "eval.limit=3", "eval.max_new_tokens=4"]
+from bico.cli import main
+
+RUN = [
+    *SMALL[:-2],
+    "train.max_steps=8",
+    "train.save_every=2",
+    "train.log_every=1",
+    "train.batch_size=4",
+    "eval.limit=3",
+    "eval.max_new_tokens=4",
+]
 
 CHILD = r"""
 import os, signal, sys
@@ -146,14 +154,21 @@ def _same_run(out, reference):
 # (before the first checkpoint), 14, 10 and 13. Then a checkpoint torn half-way, a torn metrics
 # line, and the model written but its folder not renamed.
 KILLS = [("rename", random.Random(seed).randint(1, 14)) for seed in (1, 2, 5, 6)] + [
-    ("checkpoint-write", 2), ("metrics-append", 5), ("model-save", 1)]
+    ("checkpoint-write", 2),
+    ("metrics-append", 5),
+    ("model-save", 1),
+]
 
 
 @pytest.mark.parametrize("kind,count", KILLS, ids=[f"{k}-{c}" for k, c in KILLS])
 def test_kill_9_then_resume_gives_the_uninterrupted_run(kind, count, tmp_path, reversal_dir, uninterrupted, capsys):
     out = tmp_path / "run"
-    child = subprocess.run([sys.executable, "-c", CHILD, kind, str(count), *_argv(reversal_dir, out)],
-                           capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(count), *_argv(reversal_dir, out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     _finish(out, reversal_dir, capsys)
     _same_run(out, uninterrupted)
@@ -162,8 +177,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(kind, count, tmp_path, r
 @pytest.mark.parametrize("seed", [0])
 def test_kill_9_at_a_random_moment_of_training(seed, tmp_path, reversal_dir, uninterrupted, capsys):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "none", "0", *_argv(reversal_dir, out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "none", "0", *_argv(reversal_dir, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

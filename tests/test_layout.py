@@ -4,6 +4,7 @@
 Each check runs in a subprocess whose working directory is the repository root, because that is
 where ``python -m pytest`` and ``python -m bico`` put the root first on sys.path.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -12,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+
 from helpers import ROOT
 
 # Root folders that may be Python packages: only bico's own. Everything else at the root is a folder
@@ -60,7 +62,9 @@ def test_pypi_kernels_and_transformers_import_from_the_root():
         importlib.metadata.distribution("kernels")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("the PyPI package 'kernels' is not installed (transformers did not ask for it)")
-    proc = run_at_root("-c", "import kernels, transformers, transformers.integrations.hub_kernels; print(kernels.__file__)")
+    proc = run_at_root(
+        "-c", "import kernels, transformers, transformers.integrations.hub_kernels; print(kernels.__file__)"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "site-packages" in proc.stdout and str(ROOT / "kernels") not in proc.stdout, proc.stdout
 

@@ -4,6 +4,7 @@ The task is a local YAML task on a local JSONL file (the harness's ``json`` data
 nothing comes from a hub. The harness's ``acc`` is checked against bico's own log-likelihoods: a
 multiple-choice answer is right when its continuation has the highest summed log p.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,26 @@ pytest.importorskip("lm_eval", reason="lm-eval is in the test extra: pip install
 from bico.cli import main
 
 # The harness puts its target_delimiter (" ") between the prompt and each choice.
-QUESTIONS = [("What is the capital of France?", ["Paris", "Rome", "Oslo"], 0),
-             ("How many legs has a cat?", ["two", "four", "six"], 1),
-             ("What colour is the sky on a clear day?", ["green", "red", "blue"], 2),
-             ("Which of these is a fruit?", ["an apple", "a chair", "a stone"], 0),
-             ("What do bees make?", ["milk", "honey", "silk"], 1),
-             ("Which animal barks?", ["a dog", "a fish", "a snail"], 0)]
+QUESTIONS = [
+    ("What is the capital of France?", ["Paris", "Rome", "Oslo"], 0),
+    ("How many legs has a cat?", ["two", "four", "six"], 1),
+    ("What colour is the sky on a clear day?", ["green", "red", "blue"], 2),
+    ("Which of these is a fruit?", ["an apple", "a chair", "a stone"], 0),
+    ("What do bees make?", ["milk", "honey", "silk"], 1),
+    ("Which animal barks?", ["a dog", "a fish", "a snail"], 0),
+]
 TASK = "bico_tiny_mc"
-SMALL = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
-         "train.progress=false", "train.max_steps=3", "eval.enabled=false", "train.lr=1e-2"]
+SMALL = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.progress=false",
+    "train.max_steps=3",
+    "eval.enabled=false",
+    "train.lr=1e-2",
+]
 
 
 def local_task(folder: Path) -> Path:
@@ -64,8 +76,12 @@ def trained_run(tmp_path_factory, reversal_dir):
 
     out = tmp_path_factory.mktemp("run")
     repo = Path(__file__).resolve().parent.parent
-    train_and_evaluate(load_recipe(str(repo / "recipes" / "demo" / "tiny.yaml"),
-                                   SMALL + [f"train.output_dir={out}", f"data.dir={reversal_dir}"]))
+    train_and_evaluate(
+        load_recipe(
+            str(repo / "recipes" / "demo" / "tiny.yaml"),
+            SMALL + [f"train.output_dir={out}", f"data.dir={reversal_dir}"],
+        )
+    )
     assert (out / "model").is_dir() and (out / "recipe.json").is_file()
     return out
 
@@ -76,8 +92,11 @@ def bico_accuracy(model_path: str | None, recipe_model: dict | None = None) -> f
     from bico.evaluation.reversal import completion_logprobs
     from bico.models import load_model
 
-    cfg = ModelConfig(**{**recipe_model, "attn_implementation": "sdpa"}) if recipe_model else ModelConfig(
-        name=model_path, attn_implementation="sdpa")
+    cfg = (
+        ModelConfig(**{**recipe_model, "attn_implementation": "sdpa"})
+        if recipe_model
+        else ModelConfig(name=model_path, attn_implementation="sdpa")
+    )
     model, tokenizer = load_model(cfg)
     model.eval()
     right = 0
@@ -92,8 +111,25 @@ def test_a_run_and_its_base_side_by_side_on_a_local_task(trained_run, tmp_path, 
     from bico.evaluation.lm_harness import base_model_of
 
     tasks = local_task(tmp_path / "tasks")
-    code = main(["eval", "--suite", "lm-eval", "--model", str(trained_run / "model"), "--tasks", TASK,
-                 "--include-path", str(tasks), "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "r")])
+    code = main(
+        [
+            "eval",
+            "--suite",
+            "lm-eval",
+            "--model",
+            str(trained_run / "model"),
+            "--tasks",
+            TASK,
+            "--include-path",
+            str(tasks),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     shown = capsys.readouterr().out
     assert code == 0
     report = json.loads((tmp_path / "r" / "lm_eval.json").read_text())
@@ -107,18 +143,25 @@ def test_a_run_and_its_base_side_by_side_on_a_local_task(trained_run, tmp_path, 
     base_acc = bico_accuracy(None, base_model_of(str(trained_run / "model")))
     assert report["runs"]["base"]["tasks"][TASK]["metrics"]["acc"]["value"] == pytest.approx(base_acc)
     assert report["runs"]["model"]["tasks"][TASK]["metrics"]["acc"]["value"] == pytest.approx(
-        bico_accuracy(str(trained_run / "model")))
+        bico_accuracy(str(trained_run / "model"))
+    )
     table = (tmp_path / "r" / "lm_eval.md").read_text()
     assert shown == table and "| task | metric | n | base | model | Δ model |" in table
     assert f"| {TASK} | acc | {len(QUESTIONS)} |" in table
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--tasks", "bico_tiny_mx"], "unknown lm-eval task 'bico_tiny_mx' (did you mean 'bico_tiny_mc'?)"),
-    ([], "--tasks is required"),
-    (["--tasks", TASK, "--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
-    (["--tasks", TASK, "--include-path", "/nonexistent/tasks"], "--include-path /nonexistent/tasks: no such folder"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--tasks", "bico_tiny_mx"], "unknown lm-eval task 'bico_tiny_mx' (did you mean 'bico_tiny_mc'?)"),
+        ([], "--tasks is required"),
+        (["--tasks", TASK, "--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
+        (
+            ["--tasks", TASK, "--include-path", "/nonexistent/tasks"],
+            "--include-path /nonexistent/tasks: no such folder",
+        ),
+    ],
+)
 def test_bad_lm_eval_input_is_one_line_exit_2(argv, words, tmp_path, capsys):
     tasks = local_task(tmp_path / "tasks")
     if "--include-path" not in argv:
@@ -141,17 +184,28 @@ def test_without_lm_eval_the_error_names_the_extra(tmp_path, capsys, monkeypatch
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval raises ImportError
     code = main(["eval", "--suite", "lm-eval", "--model", "tiny-random", "--tasks", "arc_easy", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == [("bico: error: bico eval --suite lm-eval needs lm-eval (EleutherAI's "
-                                  "lm-evaluation-harness): pip install 'bico[lm-eval]'")]
+    assert code == 2 and err == [
+        (
+            "bico: error: bico eval --suite lm-eval needs lm-eval (EleutherAI's "
+            "lm-evaluation-harness): pip install 'bico[lm-eval]'"
+        )
+    ]
 
 
 def test_a_bad_lm_eval_command_loads_no_torch(tmp_path):
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "bico", "eval", "--suite", "lm-eval", "--model",
-                           "tiny-random"], capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bico", "eval", "--suite", "lm-eval", "--model", "tiny-random"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        check=False,
+    )
     errors = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert done.returncode == 2 and errors == [("bico: error: bico eval --suite lm-eval: --tasks is required "
-                                                "(e.g. --tasks arc_easy hellaswag)")], done.stderr
+    assert done.returncode == 2 and errors == [
+        ("bico: error: bico eval --suite lm-eval: --tasks is required (e.g. --tasks arc_easy hellaswag)")
+    ], done.stderr
     assert "torch" not in imported
 
 

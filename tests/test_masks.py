@@ -1,5 +1,6 @@
 """IntervalMask: every constructor's dense form against a direct construction; packing never leaks;
 the RoPE mode travels with the mask; the kernel's tile classification is cached on the object."""
+
 import pickle
 import random
 
@@ -57,7 +58,7 @@ def test_packing_equals_block_diagonal_and_never_crosses_documents():
         expected = torch.zeros(t, t, dtype=torch.bool)
         start = 0
         for n, doc in zip(lengths, docs):
-            expected[start:start + n, start:start + n] = dense_of(doc)
+            expected[start : start + n, start : start + n] = dense_of(doc)
             start += n
         assert torch.equal(packed, expected)
 
@@ -157,6 +158,7 @@ def test_block_diffusion_equals_bd3lm_s_former_construction(lengths):
 
 # --- debugging aids: to_string, sparsity, visible_pairs, repr ---------------------------------------
 
+
 def picture(dense):
     """The expected to_string body of a bool [T, T] (query, key) matrix, one character per pair."""
     return ["".join("#" if v else "." for v in row) for row in dense.tolist()]
@@ -166,20 +168,30 @@ def tiled_picture(dense, tile):
     """The expected tiled body: each tile's mean over a float64 copy decides '#' (1), '.' (0) or '+'."""
     t = dense.shape[0]
     d = dense.double()
-    return ["".join("#" if (m := float(d[r:r + tile, c:c + tile].mean())) == 1 else "." if m == 0 else "+"
-                    for c in range(0, t, tile)) for r in range(0, t, tile)]
+    return [
+        "".join(
+            "#" if (m := float(d[r : r + tile, c : c + tile].mean())) == 1 else "." if m == 0 else "+"
+            for c in range(0, t, tile)
+        )
+        for r in range(0, t, tile)
+    ]
 
 
 def bd3lm_layout_rule(lengths):
     """BD3LM's visibility on [noisy_0, clean_0, ..., noisy_last] by its definition: (block, clean) per
     position, then a noisy query sees its own noisy block and earlier clean ones; a clean query its own
     and earlier clean blocks."""
-    where = [(k, clean) for k, n in enumerate(lengths)
-             for clean in ((False, True) if k < len(lengths) - 1 else (False,)) for _ in range(n)]
+    where = [
+        (k, clean)
+        for k, n in enumerate(lengths)
+        for clean in ((False, True) if k < len(lengths) - 1 else (False,))
+        for _ in range(n)
+    ]
 
     def rule(i, j):
         (bq, cq), (bk, ck) = where[i], where[j]
         return (bq == bk and cq == ck) or (ck and bk < bq) or (ck and cq and bk <= bq)
+
     return len(where), rule
 
 
@@ -189,6 +201,7 @@ def glm_rule(p, blocks):
             return True
         end = next((b for a, b in blocks if a <= j < b), None)
         return j <= i and (end is None or i < end)
+
     return rule
 
 
@@ -198,11 +211,17 @@ PICTURED = {  # every constructor, small: (mask, T, direct rule)
     "bidirectional": (IntervalMask.bidirectional(5), 5, lambda i, j: True),
     "prefix_lm": (IntervalMask.prefix_lm(9, 3), 9, lambda i, j: j <= i or j < 3),
     "bico": (IntervalMask.bico(11, HIDDEN), 11, lambda i, j: not bool(HIDDEN[j])),
-    "glm_isolated_blocks": (IntervalMask.isolated_blocks(12, 4, [(4, 7), (7, 8), (8, 12)]), 12,
-                            glm_rule(4, [(4, 7), (7, 8), (8, 12)])),
+    "glm_isolated_blocks": (
+        IntervalMask.isolated_blocks(12, 4, [(4, 7), (7, 8), (8, 12)]),
+        12,
+        glm_rule(4, [(4, 7), (7, 8), (8, 12)]),
+    ),
     "block_diffusion": (IntervalMask.block_diffusion([3, 3, 2]), *bd3lm_layout_rule([3, 3, 2])),
-    "packed": (IntervalMask.concat([IntervalMask.causal(3), IntervalMask.prefix_lm(4, 2)]), 7,
-               lambda i, j: (j <= i < 3) or (3 <= i and 3 <= j and (j <= i or j < 5))),
+    "packed": (
+        IntervalMask.concat([IntervalMask.causal(3), IntervalMask.prefix_lm(4, 2)]),
+        7,
+        lambda i, j: (j <= i < 3) or (3 <= i and 3 <= j and (j <= i or j < 5)),
+    ),
     "padded": (IntervalMask.causal(4).pad(6, side="left"), 6, lambda i, j: 2 <= j <= i),
 }
 
@@ -214,8 +233,10 @@ def test_to_string_draws_every_constructor_as_its_direct_construction(name):
     lines = mask.to_string().splitlines()
     assert lines[2:] == picture(want)
     pairs = int(want.sum())
-    assert lines[0] == (f"IntervalMask B=1 T={t} rope='standard', batch row 0: {pairs} of {t * t} (query, key) "
-                        f"pairs visible, sparsity {1 - pairs / t ** 2:.1%}")
+    assert lines[0] == (
+        f"IntervalMask B=1 T={t} rope='standard', batch row 0: {pairs} of {t * t} (query, key) "
+        f"pairs visible, sparsity {1 - pairs / t**2:.1%}"
+    )
     assert lines[1] == f"rows = queries 0..{t - 1}, columns = keys 0..{t - 1}: '#' visible, '.' hidden"
     assert mask.visible_pairs() == pairs and mask.sparsity() == pytest.approx(1 - want.double().mean().item())
 
@@ -260,7 +281,9 @@ def test_to_string_tiles_long_masks_and_draws_each_batch_row():
             assert lines[2:] == tiled_picture(mask.dense()[b], tile)
             assert len(lines) - 2 <= max_size and all(len(line) <= max_size for line in lines[2:])
             assert f"{tile}x{tile} pairs per character" in lines[1] and f"batch row {b}:" in lines[0]
-    assert IntervalMask.causal(64).to_string(max_size=64).splitlines()[2:] == picture(IntervalMask.causal(64).dense()[0])
+    assert IntervalMask.causal(64).to_string(max_size=64).splitlines()[2:] == picture(
+        IntervalMask.causal(64).dense()[0]
+    )
     with pytest.raises(ValueError, match=r"batch 2 outside \[0, 2\)"):
         IntervalMask.stack([IntervalMask.causal(3)] * 2).to_string(batch=2)
     with pytest.raises(ValueError, match="max_size"):

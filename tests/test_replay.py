@@ -1,4 +1,5 @@
 """Replay (bico/training/replay.py): next-token rows of general text beside the objective."""
+
 import json
 from pathlib import Path
 
@@ -11,14 +12,24 @@ from bico.training.replay import Contamination, load_replay, replay_batch, sampl
 
 TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "demo" / "tiny.yaml")
 
-SMALL = ["model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1", "model.intermediate_size=64",
-         "train.progress=false", "eval.enabled=false", "train.log_every=1"]
+SMALL = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "train.progress=false",
+    "eval.enabled=false",
+    "train.log_every=1",
+]
 
 
 def _replay_file(tmp_path):
     path = tmp_path / "replay.txt"
-    path.write_text("The river runs past the old mill and into the valley below.\n\n"
-                    "Bread is made of flour, water, salt and yeast, and baked in an oven.\n")
+    path.write_text(
+        "The river runs past the old mill and into the valley below.\n\n"
+        "Bread is made of flour, water, salt and yeast, and baked in an oven.\n"
+    )
     return path
 
 
@@ -31,16 +42,19 @@ def test_contamination_drops_retention_text_only():
     assert check("Some text. The capital of France is Paris, everyone knows.")
     assert not check("The capital of Francesca's novel is a small village.")  # not the prompt's words
     prose = (Contamination.__init__.__globals__["RETENTION_DIR"] / "prose.txt").read_text().split()
-    assert check("Intro: " + " ".join(prose[100:100 + 8]) + " and so on")
+    assert check("Intro: " + " ".join(prose[100 : 100 + 8]) + " and so on")
     assert not check("Bread is made of flour, water, salt and yeast.")
 
 
-@pytest.mark.parametrize("override, words", [
-    ("replay.rows=-1", ["replay.rows", ">= 0"]),
-    ("replay.top_p=0", ["replay.top_p", "(0, 1]"]),
-    ("replay.source=/nonexistent/replay.txt", ["replay.source", "no such file"]),
-    ("replay.source=notes.md", ["replay.source", ".txt or .jsonl"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("replay.rows=-1", ["replay.rows", ">= 0"]),
+        ("replay.top_p=0", ["replay.top_p", "(0, 1]"]),
+        ("replay.source=/nonexistent/replay.txt", ["replay.source", "no such file"]),
+        ("replay.source=notes.md", ["replay.source", ".txt or .jsonl"]),
+    ],
+)
 def test_bad_replay_settings_are_one_line(override, words, tmp_path, capsys, reversal_dir):
     out = tmp_path / "out"
     rows = [] if "rows" in override else ["replay.rows=2"]
@@ -75,8 +89,19 @@ def test_training_with_replay_reports_both_losses(tmp_path, reversal_dir):
     base = [f"data.dir={reversal_dir}", *SMALL, "train.max_steps=3"]
     plain, with_replay = tmp_path / "plain", tmp_path / "replay"
     assert main(["train", TINY, *base, f"train.output_dir={plain}"]) == 0
-    assert main(["train", TINY, *base, f"train.output_dir={with_replay}", "replay.rows=2",
-                 f"replay.source={_replay_file(tmp_path)}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                TINY,
+                *base,
+                f"train.output_dir={with_replay}",
+                "replay.rows=2",
+                f"replay.source={_replay_file(tmp_path)}",
+            ]
+        )
+        == 0
+    )
     p, r = _metrics(plain), _metrics(with_replay)
     assert "replay_loss" not in p[0] and r[0]["replay_loss"] > 0
     # step 1's objective loss is computed before any update: replay does not change it ...
@@ -134,9 +159,25 @@ def test_training_with_kl_replay_starts_at_zero(tmp_path, reversal_dir, monkeypa
     rounding of the cached log-probabilities), and training moves it away from 0."""
     monkeypatch.setenv("BICO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "kl"
-    assert main(["train", TINY, f"data.dir={reversal_dir}", *SMALL, "train.max_steps=3", f"train.output_dir={out}",
-                 "replay.rows=2", f"replay.source={_replay_file(tmp_path)}", "replay.loss=kl", "replay.top_k=16", "train.lr=1e-2",
-                 "train.precision=fp32"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                TINY,
+                f"data.dir={reversal_dir}",
+                *SMALL,
+                "train.max_steps=3",
+                f"train.output_dir={out}",
+                "replay.rows=2",
+                f"replay.source={_replay_file(tmp_path)}",
+                "replay.loss=kl",
+                "replay.top_k=16",
+                "train.lr=1e-2",
+                "train.precision=fp32",
+            ]
+        )
+        == 0
+    )
     m = _metrics(out)
     assert abs(m[0]["replay_loss"]) < 1e-2 and m[-1]["replay_loss"] > m[0]["replay_loss"]
     assert list((tmp_path / "cache" / "replay").glob("*-top16.pt"))

@@ -1,17 +1,17 @@
 """Seeing a run: TensorBoard event files (every logged step, once, across a resume), W&B offline,
 loss.png, and the errors of ``train.report_to``."""
+
 import json
 import shutil
 import sys
 from collections import Counter
 
 import pytest
+from test_train import losses, tiny_recipe
 
 from bico.config import RecipeError, load_recipe
 from bico.training.report import eval_scalars, loss_series, step_scalars
 from bico.training.train import train
-
-from test_train import losses, tiny_recipe
 
 RESUMABLE = ["objective.name=bico", "train.max_steps=6", "train.save_every=3", "train.save_model=false"]
 QUICK_EVAL = ["eval.enabled=true", "eval.limit=2", "eval.max_new_tokens=4", "eval.splits=[p2d_prompts_test]"]
@@ -110,8 +110,13 @@ def test_report_to_errors(tmp_path, reversal_dir, monkeypatch, capsys):
     with pytest.raises(RecipeError, match=r"lists wandb but it is not installed; pip install 'bico\[wandb\]'"):
         load_recipe(None, ["train.report_to=[wandb]"])
     out = tmp_path / "never"
-    args = ["train", "recipes/demo/tiny.yaml", f"data.dir={reversal_dir}", f"train.output_dir={out}",
-            "train.report_to=[wandb]"]
+    args = [
+        "train",
+        "recipes/demo/tiny.yaml",
+        f"data.dir={reversal_dir}",
+        f"train.output_dir={out}",
+        "train.report_to=[wandb]",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'bico[wandb]'" in err
@@ -127,12 +132,30 @@ def test_report_to_may_change_on_resume(tmp_path, reversal_dir):
 
 
 def test_scalars_of_a_record_and_of_scores():
-    record = {"step": 20, "loss": 2.5, "lr": 1e-4, "grad_norm": None, "mode": "denoise", "tokens": 3000,
-              "elapsed_s": 12.0}
+    record = {
+        "step": 20,
+        "loss": 2.5,
+        "lr": 1e-4,
+        "grad_norm": None,
+        "mode": "denoise",
+        "tokens": 3000,
+        "elapsed_s": 12.0,
+    }
     assert step_scalars(record, {"tokens": 1000, "elapsed_s": 2.0}) == {
-        "loss": 2.5, "loss/denoise": 2.5, "lr": 1e-4, "tokens_per_s": 200.0}  # no grad norm: none logged
-    scores = {"splits": {"p2d": {"n": 10, "exact_match": 0.5, "examples": [{"prompt": "x"}]}}, "retention": {"ppl": 9.0}}
+        "loss": 2.5,
+        "loss/denoise": 2.5,
+        "lr": 1e-4,
+        "tokens_per_s": 200.0,
+    }  # no grad norm: none logged
+    scores = {
+        "splits": {"p2d": {"n": 10, "exact_match": 0.5, "examples": [{"prompt": "x"}]}},
+        "retention": {"ppl": 9.0},
+    }
     assert eval_scalars(scores) == {"eval/p2d/n": 10.0, "eval/p2d/exact_match": 0.5, "eval/retention/ppl": 9.0}
-    records = [{"step": 1, "loss": 3.0, "mode": "ntp"}, {"step": 2, "loss": 9.0, "mode": "denoise"},
-               {"step": 3, "loss": 2.0, "mode": "ntp"}, {"step": 4, "loss": None, "mode": "ntp"}]
+    records = [
+        {"step": 1, "loss": 3.0, "mode": "ntp"},
+        {"step": 2, "loss": 9.0, "mode": "denoise"},
+        {"step": 3, "loss": 2.0, "mode": "ntp"},
+        {"step": 4, "loss": None, "mode": "ntp"},
+    ]
     assert loss_series(records) == {"ntp": ([1, 3], [3.0, 2.0]), "denoise": ([2], [9.0])}

@@ -1,15 +1,16 @@
 """A run owns its output dir: ownership, the lock, resume checks, counters, the metrics log, files."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from test_train import tiny_recipe
 
 from bico.cli import main
 from bico.training.rundir import LOCK, RunDirError, RunLock, recipe_differences
 from bico.training.train import TrainingError, train
-from test_train import tiny_recipe
 
 RESUMABLE = ["train.max_steps=6", "train.save_every=2", "train.save_model=false"]
 WALL_CLOCK = {"elapsed_s", "wall_time_s", "tokens_per_s"}
@@ -42,7 +43,11 @@ def test_counters_survive_resume(tmp_path, reversal_dir):
     assert resumed.summary["tokens"] == whole.summary["tokens"] > 0
     # an interrupted run's summary has the finished one's keys (and JSON values), its status says it stopped
     assert (cut.status, cut.summary["steps"], cut.model) == ("interrupted", 3, None)
-    assert set(json.loads(json.dumps(cut.summary))) == set(whole.summary) == set(strict_json(tmp_path / "a" / "train_summary.json"))
+    assert (
+        set(json.loads(json.dumps(cut.summary)))
+        == set(whole.summary)
+        == set(strict_json(tmp_path / "a" / "train_summary.json"))
+    )
     assert whole.status == summary(tmp_path / "a")["status"] == "finished" and whole.model is not None
     elapsed = [json.loads(line)["elapsed_s"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert elapsed == sorted(elapsed)  # the clock went on from the checkpoint, not from 0
@@ -76,8 +81,17 @@ def test_copied_run_is_neither_mixed_nor_resumed_with_another_recipe(tmp_path, r
     with pytest.raises(RunDirError, match=r"another recipe \(train.seed: 3 -> 5\)"):
         train(tiny_recipe(tmp_path / "copy", reversal_dir, *RESUMABLE, "train.seed=5", "train.resume=true"))
     # Moving a run and resuming it with its own recipe (and a new step budget) is fine.
-    result = train(tiny_recipe(tmp_path / "copy", reversal_dir, "train.max_steps=8", "train.save_every=2",
-                               "train.save_model=false", "train.seed=3", "train.resume=true"))
+    result = train(
+        tiny_recipe(
+            tmp_path / "copy",
+            reversal_dir,
+            "train.max_steps=8",
+            "train.save_every=2",
+            "train.save_model=false",
+            "train.seed=3",
+            "train.resume=true",
+        )
+    )
     assert result.summary["steps"] == 8
     assert [r["step"] for r in records(tmp_path / "copy")] == list(range(1, 9))
 
@@ -130,8 +144,21 @@ def test_files_are_json_with_plain_permissions(tmp_path, reversal_dir):
 
     old = os.umask(0o022)
     try:
-        assert main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={tmp_path / 'run'}", *SMALL,
-                     "train.save_every=1", "finetune.method=lora", "finetune.lora_r=2"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    TINY,
+                    f"data.dir={reversal_dir}",
+                    f"train.output_dir={tmp_path / 'run'}",
+                    *SMALL,
+                    "train.save_every=1",
+                    "finetune.method=lora",
+                    "finetune.lora_r=2",
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     run = tmp_path / "run"
@@ -145,8 +172,13 @@ def test_files_are_json_with_plain_permissions(tmp_path, reversal_dir):
 
 def test_orphaned_temporary_saves_are_removed_at_next_start(tmp_path, reversal_dir):
     train(tiny_recipe(tmp_path, reversal_dir, *RESUMABLE), stop_after=4)
-    orphans = [tmp_path / "checkpoints" / ".step-0000006-x1", tmp_path / "checkpoints" / ".tmp-step-0000006",
-               tmp_path / ".model-abc", tmp_path / ".metrics.jsonl.abc", tmp_path / ".train_summary.json.q"]
+    orphans = [
+        tmp_path / "checkpoints" / ".step-0000006-x1",
+        tmp_path / "checkpoints" / ".tmp-step-0000006",
+        tmp_path / ".model-abc",
+        tmp_path / ".metrics.jsonl.abc",
+        tmp_path / ".train_summary.json.q",
+    ]
     for p in orphans:
         if p.name.startswith((".step", ".tmp", ".model")):
             p.mkdir()
@@ -188,7 +220,9 @@ def test_nan_hint_says_what_is_already_on(tmp_path, reversal_dir, monkeypatch):
 
     import bico.training.train as T
 
-    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True)
+    )
     with pytest.raises(TrainingError) as caught:
         train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "train.max_grad_norm=1.0"))
     message = str(caught.value)
@@ -201,8 +235,17 @@ def test_recipe_differences_ignore_keys_free_on_resume():
     from bico.config import load_recipe
 
     a = load_recipe(None, ["train.seed=1"]).to_dict()
-    b = load_recipe(None, ["train.seed=1", "train.max_steps=9", "eval.limit=3", "train.progress=false",
-                           "train.output_dir=elsewhere", "train.save_every=5"]).to_dict()
+    b = load_recipe(
+        None,
+        [
+            "train.seed=1",
+            "train.max_steps=9",
+            "eval.limit=3",
+            "train.progress=false",
+            "train.output_dir=elsewhere",
+            "train.save_every=5",
+        ],
+    ).to_dict()
     assert recipe_differences(a, b) == []
     c = load_recipe(None, ["train.seed=2", "objective.options.mask_ratio=0.3"]).to_dict()
     assert recipe_differences(a, c) == ["objective.options: {} -> {'mask_ratio': 0.3}", "train.seed: 1 -> 2"]
@@ -218,8 +261,16 @@ def test_a_planted_lock_link_is_refused_and_its_target_untouched(tmp_path, rever
         train(tiny_recipe(run, reversal_dir, *RESUMABLE))
     run.mkdir(exist_ok=True)
     (run / LOCK).symlink_to(victim)
-    code = main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={run}", *SMALL,
-                 *(RESUMABLE + ["train.resume=true", "train.max_steps=8"] if resume else [])])
+    code = main(
+        [
+            "train",
+            TINY,
+            f"data.dir={reversal_dir}",
+            f"train.output_dir={run}",
+            *SMALL,
+            *(RESUMABLE + ["train.resume=true", "train.max_steps=8"] if resume else []),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "is a symbolic link" in err[0] and LOCK in err[0], err
     assert victim.read_text() == "precious" and (run / LOCK).is_symlink()
@@ -234,8 +285,18 @@ def test_resume_never_appends_metrics_through_a_link(tmp_path, reversal_dir, cap
     (run / "metrics.jsonl").unlink()
     (run / "metrics.jsonl").symlink_to(outside)
     before = outside.read_bytes()
-    code = main(["train", TINY, f"data.dir={reversal_dir}", f"train.output_dir={run}", *SMALL, *RESUMABLE,
-                 "train.resume=true", "train.max_steps=8"])
+    code = main(
+        [
+            "train",
+            TINY,
+            f"data.dir={reversal_dir}",
+            f"train.output_dir={run}",
+            *SMALL,
+            *RESUMABLE,
+            "train.resume=true",
+            "train.max_steps=8",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "metrics.jsonl is a symbolic link" in err[0], err
     assert outside.read_bytes() == before

@@ -1,4 +1,5 @@
 """The training loop: exact resume, clear stops, recipes and their errors; the loss of a batch."""
+
 import json
 import random
 
@@ -13,9 +14,21 @@ from bico.training.step import batch_loss
 from bico.training.train import TrainingError, train
 from helpers import example, make_llama
 
-TINY = ["model.name=tiny-random", "model.layers=1", "model.hidden_size=32", "model.heads=2", "model.kv_heads=1",
-        "model.intermediate_size=64", "data.train_files=[p2d_prompts_train.jsonl]", "data.max_length=96",
-        "train.batch_size=4", "train.lr=1e-3", "train.log_every=1", "train.progress=false", "eval.enabled=false"]
+TINY = [
+    "model.name=tiny-random",
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+    "data.train_files=[p2d_prompts_train.jsonl]",
+    "data.max_length=96",
+    "train.batch_size=4",
+    "train.lr=1e-3",
+    "train.log_every=1",
+    "train.progress=false",
+    "eval.enabled=false",
+]
 
 
 def tiny_recipe(tmp_path, reversal_dir, *extra):
@@ -28,8 +41,15 @@ def losses(folder):
 
 @pytest.mark.parametrize("objective", ["ntp", "bico"])
 def test_resume_continues_exactly(tmp_path, reversal_dir, objective):
-    common = [f"objective.name={objective}", "train.max_steps=6", "train.save_every=3", "train.save_model=false",
-              "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
+    common = [
+        f"objective.name={objective}",
+        "train.max_steps=6",
+        "train.save_every=3",
+        "train.save_model=false",
+        "finetune.method=lora",
+        "finetune.lora_r=4",
+        "finetune.lora_dropout=0.1",
+    ]
     whole = train(tiny_recipe(tmp_path / "a", reversal_dir, *common))
     train(tiny_recipe(tmp_path / "b", reversal_dir, *common), stop_after=4)  # dies after step 4
     resumed = train(tiny_recipe(tmp_path / "b", reversal_dir, *common, "train.resume=true"))
@@ -39,8 +59,7 @@ def test_resume_continues_exactly(tmp_path, reversal_dir, objective):
 
 
 def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, reversal_dir):
-    result = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=12", "finetune.method=full",
-                                "train.lr=3e-3"))
+    result = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=12", "finetune.method=full", "train.lr=3e-3"))
     curve = losses(tmp_path)
     assert curve[-1] < curve[0] - 0.5
     from transformers import AutoModelForCausalLM
@@ -52,8 +71,11 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, reversal_
 
 
 def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
-    result = train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2", "finetune.method=lora",
-                                "finetune.lora_r=4", "train.lr=1e-2"))
+    result = train(
+        tiny_recipe(
+            tmp_path, reversal_dir, "train.max_steps=2", "finetune.method=lora", "finetune.lora_r=4", "train.lr=1e-2"
+        )
+    )
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -70,7 +92,9 @@ def test_lora_model_saves_merged_model_and_adapter(tmp_path, reversal_dir):
 def test_nan_loss_stops_with_a_clear_message(tmp_path, reversal_dir, monkeypatch):
     import bico.training.train as T
 
-    monkeypatch.setattr(T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(
+        T, "batch_loss", lambda model, batch, device, *_: torch.tensor(float("nan"), requires_grad=True)
+    )
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=2"))
 
@@ -116,20 +140,27 @@ def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
-                                                 lora_dropout=0.0))
+        model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", lora_dropout=0.0)
+        )
     obj = build_objective("bico", tokenizer)
     rng = random.Random(1)
-    fact = {"prompt": "Known as Daphne Barrington,", "completion": " she is the director of A Journey Through Time.",
-            "meta": {"name": "Daphne Barrington", "description": "the director of A Journey Through Time"}}
+    fact = {
+        "prompt": "Known as Daphne Barrington,",
+        "completion": " she is the director of A Journey Through Time.",
+        "meta": {"name": "Daphne Barrington", "description": "the director of A Journey Through Time"},
+    }
     exs = [example(tokenizer, **fact), example(tokenizer, **{**fact, "prompt": "Maria is"})]
     batch = collate([obj.encode(e, rng, "denoise") for e in exs], tokenizer.pad_token_id, pack=True, max_length=64)
     fast = batch_loss(model, batch, torch.device("cpu"))
     assert batch["bico_mask"].rope == "mirrored"
-    logits = model(input_ids=batch["input_ids"], bico_mask=batch["bico_mask"], position_ids=batch["position_ids"],
-                   use_cache=False).logits
-    full = (F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="none")
-            * batch["weights"].flatten()).sum()
+    logits = model(
+        input_ids=batch["input_ids"], bico_mask=batch["bico_mask"], position_ids=batch["position_ids"], use_cache=False
+    ).logits
+    full = (
+        F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE, reduction="none")
+        * batch["weights"].flatten()
+    ).sum()
     torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
     whole = batch_loss(model, batch, torch.device("cpu"), head_at_targets=False)  # the DeepSpeed path
     torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-5)

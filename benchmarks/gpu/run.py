@@ -32,6 +32,7 @@ Every stage writes ``<stage>.json`` (and PNGs) as it goes; the parent writes ``r
 ``summary.md`` at the end, and ``--archive FILE.tgz`` packs the folder (the device tool brings back
 at most 8 files). Every printed timing line carries the device and versions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,25 +56,42 @@ STAGES = ("info", "correctness", "tuner", "bench", "training", "demo")
 # Seconds per stage on the GPU (sum 480: the demo gets what the others leave, see worker_main).
 BUDGETS = {"info": 20, "correctness": 100, "tuner": 50, "bench": 190, "training": 70, "demo": 50}
 DRY_BUDGETS = {"info": 20, "correctness": 40, "tuner": 20, "bench": 40, "training": 30, "demo": 60}
-GRACE_S = float(os.environ.get("BICO_GPU_GRACE_S", 15))  # a worker still in a stage this long past its deadline is killed
-MIN_START_S = 5       # a stage with less time than this left is not started
+GRACE_S = float(
+    os.environ.get("BICO_GPU_GRACE_S", 15)
+)  # a worker still in a stage this long past its deadline is killed
+MIN_START_S = 5  # a stage with less time than this left is not started
 MARK = "@@bico-gpu "  # worker -> parent protocol lines
 # correctness: a case fails past MARGIN x the interpreter tests' bound (see stage_correctness)
 MARGIN = float(os.environ.get("BICO_GPU_CORRECTNESS_MARGIN", 2.0))
 CACHE = ROOT / "benchmarks" / "gpu" / ".cache"  # tokenizer (and config) of SmolLM2 for the GPU machine
 TARGETS = {  # ../shared/reference/kernels.md, section 7.5 (bf16, N = 8-16K, D = 128)
-    "fwd_tflops": 480.0, "bwd_tflops": 380.0, "vs_flex": 1.3, "mirror_overhead": 0.10,
-    "vs_flex_cases": ("bico", "glm", "prefix_lm", "packed"), "seqlens": (8192, 16384), "head_dim": 128,
+    "fwd_tflops": 480.0,
+    "bwd_tflops": 380.0,
+    "vs_flex": 1.3,
+    "mirror_overhead": 0.10,
+    "vs_flex_cases": ("bico", "glm", "prefix_lm", "packed"),
+    "seqlens": (8192, 16384),
+    "head_dim": 128,
 }
 
 
 # =================================================================================== the parent
 
+
 def device_slug() -> str | None:
     """``nvidia-h200`` from nvidia-smi's first GPU name, None without a GPU (imports no torch)."""
     try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=30, check=True).stdout.strip().splitlines()[0]
+        name = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or None
@@ -90,8 +108,13 @@ def parse_budgets(text: str | None, dry: bool) -> dict:
 
 
 def worker_env(args, out: Path) -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false",
-               BICO_KERNEL_TUNE_FILE=str(out / "tuned.json"))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        MPLBACKEND="Agg",
+        TOKENIZERS_PARALLELISM="false",
+        BICO_KERNEL_TUNE_FILE=str(out / "tuned.json"),
+    )
     paths = [str(ROOT), str(ROOT / "kernels")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # runs from a bare checkout (no pip install)
     if "BICO_CACHE" not in env and (CACHE / "smollm2-135m-instruct" / "config.json").is_file():
@@ -110,12 +133,31 @@ def run_workers(args, out: Path, stages: list[str], budgets: dict, t_end: float)
             for s in left:
                 outcomes[s] = {"status": "not run", "note": "no time left in --budget-s"}
             break
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out), "--stages", ",".join(left),
-               "--end-time", repr(t_end), "--stage-budgets", ",".join(f"{k}={v}" for k, v in budgets.items())]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--out",
+            str(out),
+            "--stages",
+            ",".join(left),
+            "--end-time",
+            repr(t_end),
+            "--stage-budgets",
+            ",".join(f"{k}={v}" for k, v in budgets.items()),
+        ]
         if args.dry_run:
             cmd.append("--dry-run")
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(args, out), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=worker_env(args, out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
         current, hard, eof = None, t_end + GRACE_S, False
@@ -127,7 +169,7 @@ def run_workers(args, out: Path, stages: list[str], budgets: dict, t_end: float)
             if line is None:
                 eof = True
             elif line.startswith(MARK):
-                msg = json.loads(line[len(MARK):])
+                msg = json.loads(line[len(MARK) :])
                 if msg["event"] == "start":
                     current = msg["stage"]
                     hard = min(msg["deadline"], t_end) + GRACE_S
@@ -156,8 +198,11 @@ def run_workers(args, out: Path, stages: list[str], budgets: dict, t_end: float)
         code = proc.wait()
         if current and current in left:  # the worker died inside a stage
             began = outcomes[current].get("started", time.time())
-            outcomes[current] = {"status": "failed", "seconds": round(time.time() - began, 1),
-                                 "note": f"worker exited with code {code} inside the stage (log.txt)"}
+            outcomes[current] = {
+                "status": "failed",
+                "seconds": round(time.time() - began, 1),
+                "note": f"worker exited with code {code} inside the stage (log.txt)",
+            }
             left.remove(current)
         if any(o.get("status") == "failed" for s, o in outcomes.items() if s == "correctness"):
             for s in left:
@@ -184,15 +229,23 @@ def _mark_cut(out: Path, stage: str, note: str) -> None:
 def write_summary(out: Path, run: dict) -> Path:
     """summary.md from run.json and each stage's ``summary_md`` (pure Python: no torch here)."""
     info = _load(out / "info.json")
-    lines = [f"# GPU run{' (DRY RUN: CPU, interpreter, tiny sizes; numbers mean nothing)' if run['dry_run'] else ''}",
-             "", f"`{run['command']}` on {run['date']}, {run['total_s']:.0f} s of a {run['budget_s']:.0f} s budget.", "",
-             f"**Machine:** {info.get('machine_line', 'unknown (info stage did not run)')}", "",
-             "| stage | status | seconds | budget s | note |", "|---|---|---:|---:|---|"]
+    lines = [
+        f"# GPU run{' (DRY RUN: CPU, interpreter, tiny sizes; numbers mean nothing)' if run['dry_run'] else ''}",
+        "",
+        f"`{run['command']}` on {run['date']}, {run['total_s']:.0f} s of a {run['budget_s']:.0f} s budget.",
+        "",
+        f"**Machine:** {info.get('machine_line', 'unknown (info stage did not run)')}",
+        "",
+        "| stage | status | seconds | budget s | note |",
+        "|---|---|---:|---:|---|",
+    ]
     for s in run["stages"]:
         o = run["outcomes"][s]
         sec = o.get("seconds")
-        lines.append(f"| {s} | {o.get('status')} | {'' if sec is None else f'{sec:.1f}'} | {run['budgets'][s]:.0f} | "
-                     f"{o.get('note') or ''} |")
+        lines.append(
+            f"| {s} | {o.get('status')} | {'' if sec is None else f'{sec:.1f}'} | {run['budgets'][s]:.0f} | "
+            f"{o.get('note') or ''} |"
+        )
     for s in run["stages"]:
         md = _load(out / f"{s}.json").get("summary_md")
         if md:
@@ -231,10 +284,17 @@ def parent_main(args) -> int:
     dry = args.dry_run
     slug = None if dry else device_slug()
     if not dry and slug is None:
-        print("benchmarks/gpu/run.py: no NVIDIA GPU (nvidia-smi) here; use --dry-run for the CPU check", file=sys.stderr)
+        print(
+            "benchmarks/gpu/run.py: no NVIDIA GPU (nvidia-smi) here; use --dry-run for the CPU check", file=sys.stderr
+        )
         return 2
-    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="bico-gpu-dry-")) if dry
-                                          else ROOT / "benchmarks" / "results" / f"gpu-{slug}")
+    out = (
+        Path(args.out)
+        if args.out
+        else (
+            Path(tempfile.mkdtemp(prefix="bico-gpu-dry-")) if dry else ROOT / "benchmarks" / "results" / f"gpu-{slug}"
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     stages = [s.strip() for s in (args.stages or ",".join(STAGES)).split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -243,12 +303,21 @@ def parent_main(args) -> int:
         return 2
     budgets = parse_budgets(args.stage_budgets, dry)
     t_end = t0 + args.budget_s
-    print(f"[run] {'dry run' if dry else 'GPU run'}: stages {', '.join(stages)}; budget {args.budget_s:.0f} s; "
-          f"out {out}", flush=True)
+    print(
+        f"[run] {'dry run' if dry else 'GPU run'}: stages {', '.join(stages)}; budget {args.budget_s:.0f} s; out {out}",
+        flush=True,
+    )
     outcomes = run_workers(args, out, stages, budgets, t_end)
-    run = {"command": " ".join(["python benchmarks/gpu/run.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "dry_run": dry, "budget_s": args.budget_s,
-           "budgets": budgets, "stages": stages, "outcomes": outcomes, "total_s": round(time.time() - t0, 1)}
+    run = {
+        "command": " ".join(["python benchmarks/gpu/run.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+        "dry_run": dry,
+        "budget_s": args.budget_s,
+        "budgets": budgets,
+        "stages": stages,
+        "outcomes": outcomes,
+        "total_s": round(time.time() - t0, 1),
+    }
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
     summary = write_summary(out, run)
     print(summary.read_text(), flush=True)
@@ -264,6 +333,7 @@ def parent_main(args) -> int:
 
 
 # =================================================================================== the worker
+
 
 class Ctx:
     """What a stage gets: where to write, dry run or not, its deadline, the machine line."""
@@ -286,8 +356,9 @@ class Ctx:
     def write(self, data: dict, name: str | None = None) -> Path:
         path = self.out / f"{name or self.stage}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"stage": self.stage, "machine_line": self.machine_line, **data}, indent=1,
-                                  default=str) + "\n")
+        tmp.write_text(
+            json.dumps({"stage": self.stage, "machine_line": self.machine_line, **data}, indent=1, default=str) + "\n"
+        )
         tmp.replace(path)
         return path
 
@@ -301,12 +372,24 @@ def machine_facts() -> dict:
     facts["torch_cuda"] = torch.version.cuda
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        facts.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), sm_count=p.multi_processor_count,
-                     compute_capability=f"{p.major}.{p.minor}")
+        facts.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            sm_count=p.multi_processor_count,
+            compute_capability=f"{p.major}.{p.minor}",
+        )
         try:
             q = "driver_version,clocks.max.sm,power.limit"
-            row = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=30).stdout.strip().splitlines()[0]
+            row = (
+                subprocess.run(
+                    ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                .stdout.strip()
+                .splitlines()[0]
+            )
             facts.update(zip(("driver", "max_sm_clock", "power_limit"), (x.strip() for x in row.split(","))))
         except (OSError, subprocess.SubprocessError, IndexError):
             facts["driver"] = None
@@ -326,13 +409,21 @@ def _version(name: str):
 
 def machine_line(f: dict) -> str:
     v = f["versions"]
-    dev = (f"{f['gpu']} (driver {f.get('driver')}, CUDA {f.get('torch_cuda')})" if f.get("gpu")
-           else "CPU only (dry run: TRITON_INTERPRET=1)" if f.get("triton_interpret") else "CPU only")
-    return (f"{dev}; CPU {f['cpu']}; torch {v.get('torch')}, triton {v.get('triton')}, "
-            f"transformers {v.get('transformers')}, python {v.get('python')}")
+    dev = (
+        f"{f['gpu']} (driver {f.get('driver')}, CUDA {f.get('torch_cuda')})"
+        if f.get("gpu")
+        else "CPU only (dry run: TRITON_INTERPRET=1)"
+        if f.get("triton_interpret")
+        else "CPU only"
+    )
+    return (
+        f"{dev}; CPU {f['cpu']}; torch {v.get('torch')}, triton {v.get('triton')}, "
+        f"transformers {v.get('transformers')}, python {v.get('python')}"
+    )
 
 
 # ----------------------------------------------------------------------------- 1. info
+
 
 def stage_info(ctx: Ctx, facts: dict) -> dict:
     import torch
@@ -355,14 +446,21 @@ def stage_info(ctx: Ctx, facts: dict) -> dict:
             t = time.perf_counter()
             a @ b
             times.append(time.perf_counter() - t)
-    tflops = 2 * n ** 3 / statistics.median(times) / 1e12
+    tflops = 2 * n**3 / statistics.median(times) / 1e12
     ctx.timing(f"bf16 matmul {n}^3: {tflops:.1f} TFLOP/s (median of {reps})")
     flex = _importable("torch.nn.attention.flex_attention")
-    md = (f"{ctx.machine_line}\n\nbf16 matmul {n}x{n}x{n}: **{tflops:.1f} TFLOP/s** (the ceiling the kernel targets "
-          f"are read against; kernels.md measured ~790 on H100). FlexAttention importable: {flex}; flash-attn: "
-          f"{facts.get('flash_attn') or 'not installed'}.")
-    return {"status": "ok", "facts": facts, "matmul_bf16": {"n": n, "tflops": round(tflops, 1)},
-            "flex_importable": flex, "summary_md": md}
+    md = (
+        f"{ctx.machine_line}\n\nbf16 matmul {n}x{n}x{n}: **{tflops:.1f} TFLOP/s** (the ceiling the kernel targets "
+        f"are read against; kernels.md measured ~790 on H100). FlexAttention importable: {flex}; flash-attn: "
+        f"{facts.get('flash_attn') or 'not installed'}."
+    )
+    return {
+        "status": "ok",
+        "facts": facts,
+        "matmul_bf16": {"n": n, "tflops": round(tflops, 1)},
+        "flex_importable": flex,
+        "summary_md": md,
+    }
 
 
 def _importable(module: str) -> bool:
@@ -376,6 +474,7 @@ def _importable(module: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- 2. correctness
+
 
 def _doc_lengths(T: int, g, n: int = 3) -> list[int]:
     import torch
@@ -438,9 +537,20 @@ def correctness_cases(dry: bool) -> list[dict]:
         rows = [(k, *c) for k in kinds for c in combos]
     for i, (kind, mirror, dtype, D) in enumerate(rows):
         hq, hkv = heads[i % len(heads)]
-        cases.append({"id": i, "mask": kind, "mirror": mirror, "dtype": dtype, "D": D, "B": 1 if dry else 2,
-                      "Hq": hq, "Hkv": hkv,
-                      "T": lengths[i % len(lengths)], "deterministic": i % 2 == 1})
+        cases.append(
+            {
+                "id": i,
+                "mask": kind,
+                "mirror": mirror,
+                "dtype": dtype,
+                "D": D,
+                "B": 1 if dry else 2,
+                "Hq": hq,
+                "Hkv": hkv,
+                "T": lengths[i % len(lengths)],
+                "deterministic": i % 2 == 1,
+            }
+        )
     return cases
 
 
@@ -466,8 +576,9 @@ def stage_correctness(ctx: Ctx) -> dict:
         tables = rope_tables(pos.to(ctx.device), c["D"]) if c["mirror"] else None
         t = time.perf_counter()
         try:
-            _, report = compare_to_reference(q, k, v, do, lo, hi, dtypes[c["dtype"]], tables,
-                                             deterministic=c["deterministic"])
+            _, report = compare_to_reference(
+                q, k, v, do, lo, hi, dtypes[c["dtype"]], tables, deterministic=c["deterministic"]
+            )
             # Fails (and stops the run) only past MARGIN x the tests' bound: one unlucky draw of a low-precision
             # case lands a little over 2x torch's error (seen on random_intervals in bf16); a wrong mask or
             # mirror is off by far more.
@@ -476,36 +587,70 @@ def stage_correctness(ctx: Ctx) -> dict:
         except Exception as err:  # noqa: BLE001 - a crash is a failure of this case, recorded
             report, ok, error = {}, False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]
         marginal = ok and not all(r["ok"] for r in report.values())
-        results.append({**c, "ok": ok, "marginal": marginal, "error": error, "seconds": round(time.perf_counter() - t, 2), "report": report})
-        label = (f"{c['mask']} {'mirror' if c['mirror'] else 'rope'} {c['dtype']} D={c['D']} Hq/Hkv={c['Hq']}/{c['Hkv']} "
-                 f"T={c['T']}{' det' if c['deterministic'] else ''}")
+        results.append(
+            {
+                **c,
+                "ok": ok,
+                "marginal": marginal,
+                "error": error,
+                "seconds": round(time.perf_counter() - t, 2),
+                "report": report,
+            }
+        )
+        label = (
+            f"{c['mask']} {'mirror' if c['mirror'] else 'rope'} {c['dtype']} D={c['D']} Hq/Hkv={c['Hq']}/{c['Hkv']} "
+            f"T={c['T']}{' det' if c['deterministic'] else ''}"
+        )
         worst = max(report.items(), key=lambda kv: kv[1]["err"] / kv[1]["bound"])[0] if report else None
-        ctx.log(f"{'FAIL' if not ok else 'ok~ ' if marginal else 'ok  '} {label}" + (f"  worst {worst}: {report[worst]['err']:.2e} <= "
-                                                        f"{report[worst]['bound']:.2e}" if worst else f"  {error}"))
+        ctx.log(
+            f"{'FAIL' if not ok else 'ok~ ' if marginal else 'ok  '} {label}"
+            + (
+                f"  worst {worst}: {report[worst]['err']:.2e} <= {report[worst]['bound']:.2e}"
+                if worst
+                else f"  {error}"
+            )
+        )
         ctx.write({"status": "running", "cases": results})
     os.environ.pop("BICO_KERNEL_AUTOTUNE", None)
     failed = [r for r in results if not r["ok"]]
     if failed:
         status = "failed"
     marginal = [r for r in results if r.get("marginal")]
-    md = [f"{len(results) - len(failed)} of {len(cases)} cases passed"
-          + (f" ({len(cases) - len(results)} not reached: stage cut)" if len(results) < len(cases) else "")
-          + f", {len(marginal)} of them marginal (kernel vs float64 reference, out/dq/dk/dv; the tests' bound is "
-          f"err <= 2 x same-dtype torch err + floor; a case fails past {MARGIN:g} x that bound, between 1 and "
-          f"{MARGIN:g} x it is marginal).", ""]
+    md = [
+        f"{len(results) - len(failed)} of {len(cases)} cases passed"
+        + (f" ({len(cases) - len(results)} not reached: stage cut)" if len(results) < len(cases) else "")
+        + f", {len(marginal)} of them marginal (kernel vs float64 reference, out/dq/dk/dv; the tests' bound is "
+        f"err <= 2 x same-dtype torch err + floor; a case fails past {MARGIN:g} x that bound, between 1 and "
+        f"{MARGIN:g} x it is marginal).",
+        "",
+    ]
     if marginal:
-        md += ["Marginal: " + "; ".join(
-            f"{r['mask']} {'mirror' if r['mirror'] else 'rope'} {r['dtype']} D={r['D']} T={r['T']}: " + ", ".join(
-                f"{n} {x['err']:.2e} > {x['bound']:.2e}" for n, x in r["report"].items() if not x["ok"])
-            for r in marginal), ""]
+        md += [
+            "Marginal: "
+            + "; ".join(
+                f"{r['mask']} {'mirror' if r['mirror'] else 'rope'} {r['dtype']} D={r['D']} T={r['T']}: "
+                + ", ".join(f"{n} {x['err']:.2e} > {x['bound']:.2e}" for n, x in r["report"].items() if not x["ok"])
+                for r in marginal
+            ),
+            "",
+        ]
     if failed:
-        md += ["**FAILED: the kernel is wrong on this hardware; the stages after this one did not run.**", "",
-               "| mask | mirror | dtype | D | Hq/Hkv | T | det | what |", "|---|---|---|---|---|---|---|---|"]
+        md += [
+            "**FAILED: the kernel is wrong on this hardware; the stages after this one did not run.**",
+            "",
+            "| mask | mirror | dtype | D | Hq/Hkv | T | det | what |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in failed:
-            what = r["error"] or ", ".join(f"{n} {x['err']:.2e} > {MARGIN:g} x {x['bound']:.2e}"
-                                           for n, x in r["report"].items() if x["err"] > MARGIN * x["bound"])
-            md.append(f"| {r['mask']} | {r['mirror']} | {r['dtype']} | {r['D']} | {r['Hq']}/{r['Hkv']} | {r['T']} | "
-                      f"{r['deterministic']} | {what} |")
+            what = r["error"] or ", ".join(
+                f"{n} {x['err']:.2e} > {MARGIN:g} x {x['bound']:.2e}"
+                for n, x in r["report"].items()
+                if x["err"] > MARGIN * x["bound"]
+            )
+            md.append(
+                f"| {r['mask']} | {r['mirror']} | {r['dtype']} | {r['D']} | {r['Hq']}/{r['Hkv']} | {r['T']} | "
+                f"{r['deterministic']} | {what} |"
+            )
     worst = {}
     for r in results:
         for name, x in r["report"].items():
@@ -515,12 +660,19 @@ def stage_correctness(ctx: Ctx) -> dict:
     if worst:
         md += ["", "| dtype | output | max kernel err | max torch same-dtype err |", "|---|---|---:|---:|"]
         md += [f"| {d} | {n} | {e:.2e} | {r:.2e} |" for (d, n), (e, r) in sorted(worst.items())]
-    return {"status": status, "cases": results, "failed": len(failed), "passed": len(results) - len(failed),
-            "marginal": len(marginal),
-            "total": len(cases), "summary_md": "\n".join(md)}
+    return {
+        "status": status,
+        "cases": results,
+        "failed": len(failed),
+        "passed": len(results) - len(failed),
+        "marginal": len(marginal),
+        "total": len(cases),
+        "summary_md": "\n".join(md),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. tuner
+
 
 class TuningRecorder:
     """Wraps the tuner the kernel calls (``triton_attention.tuned_config``) to record each timing."""
@@ -549,12 +701,21 @@ class TuningRecorder:
                     times[c.label()] = f"failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"[:200]
                     raise
                 return times[c.label()]
+
             t = time.perf_counter()
             best = original(variant, seq_len, cands, timed, scope)
             if times:  # empty: a cached or stored winner, nothing timed
-                self.events.append({"key": tuning_key(variant, seq_len), "seq_len": seq_len, "winner": best.label(),
-                                    "candidates_ms": times, "seconds": round(time.perf_counter() - t, 2)})
+                self.events.append(
+                    {
+                        "key": tuning_key(variant, seq_len),
+                        "seq_len": seq_len,
+                        "winner": best.label(),
+                        "candidates_ms": times,
+                        "seconds": round(time.perf_counter() - t, 2),
+                    }
+                )
             return best
+
         recorded._recorder = True
         return recorded
 
@@ -578,8 +739,10 @@ def stage_tuner(ctx: Ctx, seqlens: list[int], tokens: int, heads: tuple, D: int)
             B = max(1, tokens // T)
             lo, hi = (x.to(ctx.device) for x in build_case("bico", B, T))
             g = torch.Generator(device=ctx.device).manual_seed(0)
-            q, k, v = (torch.randn(B, h, T, D, generator=g, device=ctx.device, dtype=dtype).requires_grad_()
-                       for h in (hq, hkv, hkv))
+            q, k, v = (
+                torch.randn(B, h, T, D, generator=g, device=ctx.device, dtype=dtype).requires_grad_()
+                for h in (hq, hkv, hkv)
+            )
             tables = synthetic_rope_tables(B, T, D, ctx.device, dtype) if mirror else None
             walls = []
             for _ in range(2):  # first call: compile + tuning; second: the chosen configs
@@ -589,10 +752,19 @@ def stage_tuner(ctx: Ctx, seqlens: list[int], tokens: int, heads: tuple, D: int)
                 if ctx.device == "cuda":
                     torch.cuda.synchronize()
                 walls.append(time.perf_counter() - t)
-            passes.append({"T": T, "B": B, "mirror": mirror, "first_call_s": round(walls[0], 3),
-                           "second_call_s": round(walls[1], 4)})
-            ctx.timing(f"T={T} B={B} {'mirror' if mirror else 'plain'}: first fwd+bwd {walls[0]:.2f} s "
-                       f"(compile + tuning), second {walls[1] * 1e3:.1f} ms")
+            passes.append(
+                {
+                    "T": T,
+                    "B": B,
+                    "mirror": mirror,
+                    "first_call_s": round(walls[0], 3),
+                    "second_call_s": round(walls[1], 4),
+                }
+            )
+            ctx.timing(
+                f"T={T} B={B} {'mirror' if mirror else 'plain'}: first fwd+bwd {walls[0]:.2f} s "
+                f"(compile + tuning), second {walls[1] * 1e3:.1f} ms"
+            )
             del q, k, v, out
     note = None
     if ctx.dry:
@@ -609,21 +781,35 @@ def stage_tuner(ctx: Ctx, seqlens: list[int], tokens: int, heads: tuple, D: int)
             t = time.perf_counter()
             bico_kernels.masked_attention(q, k, v, lo, hi, block_m=min(c.block_m, 32), block_n=min(c.block_n, 32))
             return (time.perf_counter() - t) * 1e3
+
         tuning.clear()
         rec.wrap(tuning.tuned_config)(variant, T, tuning.candidates(variant)[:2], bench, "dry-run")
-        note = ("dry run: the interpreter bypasses the tuner, so tuning.tuned_config was driven directly over two "
-                "table candidates (tiles capped at 32) to exercise the recorder")
+        note = (
+            "dry run: the interpreter bypasses the tuner, so tuning.tuned_config was driven directly over two "
+            "table candidates (tiles capped at 32) to exercise the recorder"
+        )
     md = ["| T | B | mirror | first fwd+bwd s (compile + tuning) | second ms |", "|---:|---:|---|---:|---:|"]
-    md += [f"| {p['T']} | {p['B']} | {p['mirror']} | {p['first_call_s']:.2f} | {p['second_call_s'] * 1e3:.1f} |"
-           for p in passes]
+    md += [
+        f"| {p['T']} | {p['B']} | {p['mirror']} | {p['first_call_s']:.2f} | {p['second_call_s'] * 1e3:.1f} |"
+        for p in passes
+    ]
     md += ["", "| tuning key | winner | candidates (ms) | s |", "|---|---|---|---:|"]
-    md += [f"| {e['key']} | {e['winner']} | " + ", ".join(f"{c}: {m:.3f}" if isinstance(m, float) else f"{c}: {m}"
-                                                          for c, m in e["candidates_ms"].items())
-           + f" | {e['seconds']:.2f} |" for e in rec.events]
+    md += [
+        f"| {e['key']} | {e['winner']} | "
+        + ", ".join(f"{c}: {m:.3f}" if isinstance(m, float) else f"{c}: {m}" for c, m in e["candidates_ms"].items())
+        + f" | {e['seconds']:.2f} |"
+        for e in rec.events
+    ]
     if note:
         md += ["", note]
-    return {"status": status, "passes": passes, "events": rec.events, "note": note,
-            "tune_file": os.environ.get("BICO_KERNEL_TUNE_FILE"), "summary_md": "\n".join(md)}
+    return {
+        "status": status,
+        "passes": passes,
+        "events": rec.events,
+        "note": note,
+        "tune_file": os.environ.get("BICO_KERNEL_TUNE_FILE"),
+        "summary_md": "\n".join(md),
+    }
 
 
 # ----------------------------------------------------------------------------- 4. bench
@@ -635,12 +821,23 @@ def bench_config(dry: bool) -> dict:
     from bico.tools.bench_options import CHECK_MAX_T
 
     seqlens = [16, 32] if dry else [1024, 2048, 4096, 8192, 16384]
-    return {"cases": list(BENCH_PRIORITY[:1] if dry else BENCH_PRIORITY),
-            "providers": ["bico-triton", "bico-triton-mirror", "sdpa-dense", "flex"], "modes": ["fwd", "fwd+bwd"],
-            "seqlens": seqlens, "batch": 1 if dry else None, "heads": 2 if dry else 32, "kv_heads": 1 if dry else 8,
-            "head_dim": 32 if dry else 128, "dtype": "bf16", "device": "cpu" if dry else "cuda",
-            "repeats": 1 if dry else 10, "warmup": 0 if dry else 2, "seed": 0,
-            "check_T": min(min(seqlens), CHECK_MAX_T), "check_batch": 1 if dry else 2}
+    return {
+        "cases": list(BENCH_PRIORITY[:1] if dry else BENCH_PRIORITY),
+        "providers": ["bico-triton", "bico-triton-mirror", "sdpa-dense", "flex"],
+        "modes": ["fwd", "fwd+bwd"],
+        "seqlens": seqlens,
+        "batch": 1 if dry else None,
+        "heads": 2 if dry else 32,
+        "kv_heads": 1 if dry else 8,
+        "head_dim": 32 if dry else 128,
+        "dtype": "bf16",
+        "device": "cpu" if dry else "cuda",
+        "repeats": 1 if dry else 10,
+        "warmup": 0 if dry else 2,
+        "seed": 0,
+        "check_T": min(min(seqlens), CHECK_MAX_T),
+        "check_batch": 1 if dry else 2,
+    }
 
 
 def _dry_bench_patches():
@@ -658,6 +855,7 @@ def _dry_bench_patches():
         if provider == "flex":
             return None if _importable("torch.nn.attention.flex_attention") else "flex does not import"
         return original(provider, device)
+
     bench.unavailable = unavailable
     torch.compile = lambda fn, **kw: fn  # flex_attention eager (its CPU reference path), no inductor compile
 
@@ -678,17 +876,28 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
     try:
         from flash_attn import flash_attn_func as flash
     except Exception as err:  # noqa: BLE001
-        skipped.append({"provider": "flash-attn", "case": None, "mode": None, "T": None,
-                        "reason": f"flash-attn does not import ({type(err).__name__})"})
+        skipped.append(
+            {
+                "provider": "flash-attn",
+                "case": None,
+                "mode": None,
+                "T": None,
+                "reason": f"flash-attn does not import ({type(err).__name__})",
+            }
+        )
     dtype = bench.DTYPES[cfg["dtype"]]
     Hq, Hkv, D = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     for case in ("causal", "bidirectional"):
         causal = case == "causal"
-        fns = {"sdpa-nomask": lambda q, k, v, c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c,
-                                                                                         enable_gqa=True)}
+        fns = {
+            "sdpa-nomask": lambda q, k, v, c=causal: F.scaled_dot_product_attention(
+                q, k, v, is_causal=c, enable_gqa=True
+            )
+        }
         if flash is not None and ctx.device == "cuda":
-            fns["flash-attn"] = lambda q, k, v, c=causal: flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                                causal=c).transpose(1, 2)
+            fns["flash-attn"] = lambda q, k, v, c=causal: flash(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=c
+            ).transpose(1, 2)
         for name, fn in fns.items():
             try:
                 lo, hi = (x.to(ctx.device) for x in bench.build_case(case, 1, cfg["check_T"]))
@@ -696,7 +905,9 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
                 ref = reference_masked_attention(*(x.double() for x in xs), lo, hi)
                 err = float((fn(*xs).double() - ref).abs().max())
             except Exception as e:  # noqa: BLE001
-                skipped.append({"provider": name, "case": case, "mode": None, "T": cfg["check_T"], "reason": bench._why(e)})
+                skipped.append(
+                    {"provider": name, "case": case, "mode": None, "T": cfg["check_T"], "reason": bench._why(e)}
+                )
                 continue
             for T in cfg["seqlens"]:
                 if ctx.left() <= 0:
@@ -712,9 +923,23 @@ def extra_providers(cfg: dict, ctx: Ctx) -> tuple[list, list]:
                         skipped.append({"provider": name, "case": case, "mode": mode, "T": T, "reason": bench._why(e)})
                         continue
                     tflops = bench.attention_flops(pairs, D, Hq, mode) / (stats["median_ms"] * 1e-3) / 1e12
-                    records.append({"case": case, "provider": name, "mode": mode, "T": T, "B": B, "Hq": Hq, "Hkv": Hkv,
-                                    "D": D, "dtype": cfg["dtype"], **stats, "tflops": tflops, "visible_pairs": pairs,
-                                    "max_abs_err": err})
+                    records.append(
+                        {
+                            "case": case,
+                            "provider": name,
+                            "mode": mode,
+                            "T": T,
+                            "B": B,
+                            "Hq": Hq,
+                            "Hkv": Hkv,
+                            "D": D,
+                            "dtype": cfg["dtype"],
+                            **stats,
+                            "tflops": tflops,
+                            "visible_pairs": pairs,
+                            "max_abs_err": err,
+                        }
+                    )
     return records, skipped
 
 
@@ -739,12 +964,17 @@ def target_rows(records: list) -> list[dict]:
         row = {"case": case, "T": T, "fwd_tflops": r["tflops"], "bwd_tflops": bwd_tflops(r, fb) if fb else None}
         for m in ("fwd", "fwd+bwd"):
             mine = at.get((case, provider, m, T))
-            row[f"mirror_overhead_{m}"] = (mirror[m]["median_ms"] / mine["median_ms"] - 1) if mirror[m] and mine else None
+            row[f"mirror_overhead_{m}"] = (
+                (mirror[m]["median_ms"] / mine["median_ms"] - 1) if mirror[m] and mine else None
+            )
             row[f"vs_flex_{m}"] = (flex[m]["median_ms"] / mine["median_ms"]) if flex[m] and mine else None
-        checks = {"fwd_tflops": row["fwd_tflops"] >= TARGETS["fwd_tflops"],
-                  "bwd_tflops": None if row["bwd_tflops"] is None else row["bwd_tflops"] >= TARGETS["bwd_tflops"],
-                  "mirror": None if row["mirror_overhead_fwd+bwd"] is None else (
-                      max(row["mirror_overhead_fwd"] or 0, row["mirror_overhead_fwd+bwd"]) <= TARGETS["mirror_overhead"])}
+        checks = {
+            "fwd_tflops": row["fwd_tflops"] >= TARGETS["fwd_tflops"],
+            "bwd_tflops": None if row["bwd_tflops"] is None else row["bwd_tflops"] >= TARGETS["bwd_tflops"],
+            "mirror": None
+            if row["mirror_overhead_fwd+bwd"] is None
+            else (max(row["mirror_overhead_fwd"] or 0, row["mirror_overhead_fwd+bwd"]) <= TARGETS["mirror_overhead"]),
+        }
         if case in TARGETS["vs_flex_cases"]:
             vs = [row[f"vs_flex_{m}"] for m in ("fwd", "fwd+bwd")]
             checks["vs_flex"] = None if None in vs else min(vs) >= TARGETS["vs_flex"]
@@ -756,20 +986,25 @@ def target_rows(records: list) -> list[dict]:
 def targets_md(rows: list) -> str:
     fmt = lambda x, f="{:.0f}": "-" if x is None else f.format(x)  # noqa: E731
     mark = lambda ok: "" if ok is None else (" ✓" if ok else " ✗")  # noqa: E731
-    lines = [f"Targets (kernels.md 7.5; bf16, D={TARGETS['head_dim']}, N = 8-16K): fwd >= {TARGETS['fwd_tflops']:.0f} and "
-             f"bwd >= {TARGETS['bwd_tflops']:.0f} exact-pair TFLOP/s, >= {TARGETS['vs_flex']}x FlexAttention on "
-             f"{', '.join(TARGETS['vs_flex_cases'])}, mirrored RoPE <= {TARGETS['mirror_overhead']:.0%}. bwd TFLOP/s = "
-             "2.5 x fwd FLOPs / (fwd+bwd ms - fwd ms).", "",
-             "| case | T | fwd TFLOP/s | bwd TFLOP/s | vs flex fwd | vs flex fwd+bwd | mirror +% fwd | mirror +% fwd+bwd |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Targets (kernels.md 7.5; bf16, D={TARGETS['head_dim']}, N = 8-16K): fwd >= {TARGETS['fwd_tflops']:.0f} and "
+        f"bwd >= {TARGETS['bwd_tflops']:.0f} exact-pair TFLOP/s, >= {TARGETS['vs_flex']}x FlexAttention on "
+        f"{', '.join(TARGETS['vs_flex_cases'])}, mirrored RoPE <= {TARGETS['mirror_overhead']:.0%}. bwd TFLOP/s = "
+        "2.5 x fwd FLOPs / (fwd+bwd ms - fwd ms).",
+        "",
+        "| case | T | fwd TFLOP/s | bwd TFLOP/s | vs flex fwd | vs flex fwd+bwd | mirror +% fwd | mirror +% fwd+bwd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         m = r["meets"]
-        lines.append(f"| {r['case']} | {r['T']} | {fmt(r['fwd_tflops'])}{mark(m['fwd_tflops'])} | "
-                     f"{fmt(r['bwd_tflops'])}{mark(m['bwd_tflops'])} | {fmt(r['vs_flex_fwd'], '{:.2f}x')} | "
-                     f"{fmt(r['vs_flex_fwd+bwd'], '{:.2f}x')}{mark(m.get('vs_flex'))} | "
-                     f"{fmt(r['mirror_overhead_fwd'] and 100 * r['mirror_overhead_fwd'], '{:+.1f}')} | "
-                     f"{fmt(r['mirror_overhead_fwd+bwd'] and 100 * r['mirror_overhead_fwd+bwd'], '{:+.1f}')}"
-                     f"{mark(m['mirror'])} |")
+        lines.append(
+            f"| {r['case']} | {r['T']} | {fmt(r['fwd_tflops'])}{mark(m['fwd_tflops'])} | "
+            f"{fmt(r['bwd_tflops'])}{mark(m['bwd_tflops'])} | {fmt(r['vs_flex_fwd'], '{:.2f}x')} | "
+            f"{fmt(r['vs_flex_fwd+bwd'], '{:.2f}x')}{mark(m.get('vs_flex'))} | "
+            f"{fmt(r['mirror_overhead_fwd'] and 100 * r['mirror_overhead_fwd'], '{:+.1f}')} | "
+            f"{fmt(r['mirror_overhead_fwd+bwd'] and 100 * r['mirror_overhead_fwd+bwd'], '{:+.1f}')}"
+            f"{mark(m['mirror'])} |"
+        )
     if not rows:
         lines.append("| (no bico-triton records at the target lengths and head dim) |||||||| ")
     return "\n".join(lines)
@@ -791,8 +1026,9 @@ def plot_tflops(result: dict, path: Path) -> None:
         for j, mode in enumerate(modes):
             ax = axes[i][j]
             for p in dict.fromkeys(r["provider"] for r in recs):
-                rs = sorted((r for r in recs if (r["case"], r["mode"], r["provider"]) == (case, mode, p)),
-                            key=lambda r: r["T"])
+                rs = sorted(
+                    (r for r in recs if (r["case"], r["mode"], r["provider"]) == (case, mode, p)), key=lambda r: r["T"]
+                )
                 if rs:
                     ax.plot([r["T"] for r in rs], [r["tflops"] for r in rs], marker="o", ms=3, label=p)
             if mode == "fwd" and cfg["head_dim"] == TARGETS["head_dim"]:
@@ -802,8 +1038,9 @@ def plot_tflops(result: dict, path: Path) -> None:
             ax.set_xticks([], minor=True)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
-    fig.suptitle(f"{result['device']}, {cfg['dtype']}, Hq={cfg['heads']} Hkv={cfg['kv_heads']} D={cfg['head_dim']}",
-                 fontsize=9)
+    fig.suptitle(
+        f"{result['device']}, {cfg['dtype']}, Hq={cfg['heads']} Hkv={cfg['kv_heads']} D={cfg['head_dim']}", fontsize=9
+    )
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
@@ -828,8 +1065,10 @@ def stage_bench(ctx: Ctx) -> dict:
         result["records"] += part["records"]
         result["skipped"] += part["skipped"]
         for r in part["records"]:
-            ctx.timing(f"{r['case']} T={r['T']} {r['provider']} {r['mode']}: {r['median_ms']:.3f} ms, "
-                       f"{r['tflops']:.1f} TFLOP/s, err {r['max_abs_err']:.1e}")
+            ctx.timing(
+                f"{r['case']} T={r['T']} {r['provider']} {r['mode']}: {r['median_ms']:.3f} ms, "
+                f"{r['tflops']:.1f} TFLOP/s, err {r['max_abs_err']:.1e}"
+            )
         ctx.log(f"{case} with {', '.join(providers)}: {time.perf_counter() - t:.1f} s")
         ctx.write({"status": "running", "result": result})
     if ctx.left() > 0:
@@ -837,26 +1076,37 @@ def stage_bench(ctx: Ctx) -> dict:
         result["records"] += recs
         result["skipped"] += skipped
         for r in recs:
-            ctx.timing(f"{r['case']} T={r['T']} {r['provider']} {r['mode']}: {r['median_ms']:.3f} ms, "
-                       f"{r['tflops']:.1f} TFLOP/s")
+            ctx.timing(
+                f"{r['case']} T={r['T']} {r['provider']} {r['mode']}: {r['median_ms']:.3f} ms, "
+                f"{r['tflops']:.1f} TFLOP/s"
+            )
     else:
         cut.append("sdpa-nomask/flash-attn")
     if cut:
         status = "cut"
-        result["skipped"] += [{"provider": u, "case": None, "mode": None, "T": None, "reason": "cut: stage over budget"}
-                              for u in cut]
+        result["skipped"] += [
+            {"provider": u, "case": None, "mode": None, "T": None, "reason": "cut: stage over budget"} for u in cut
+        ]
     rows = target_rows(result["records"])
     pngs = []
     if result["records"]:
         bench.plot(result, ctx.out / "bench-ms.png")
         plot_tflops(result, ctx.out / "bench-tflops.png")
         pngs = ["bench-ms.png", "bench-tflops.png"]
-    md = [targets_md(rows), "", "All records (median ms, exact-pair TFLOP/s, max abs err at the check length):", "",
-          bench.markdown_table(result) if result["records"] else "(none)"]
+    md = [
+        targets_md(rows),
+        "",
+        "All records (median ms, exact-pair TFLOP/s, max abs err at the check length):",
+        "",
+        bench.markdown_table(result) if result["records"] else "(none)",
+    ]
     if result["skipped"]:
-        md += ["", "Skipped:"] + [f"- {s['provider']}" + "".join(f" {k}={s[k]}" for k in ("case", "mode", "T")
-                                                                 if s[k] is not None) + f": {s['reason']}"
-                                  for s in result["skipped"]]
+        md += ["", "Skipped:"] + [
+            f"- {s['provider']}"
+            + "".join(f" {k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
+            + f": {s['reason']}"
+            for s in result["skipped"]
+        ]
     if cut:
         md += ["", f"Cut (stage budget): {', '.join(cut)}"]
     return {"status": status, "result": result, "targets": rows, "cut": cut, "pngs": pngs, "summary_md": "\n".join(md)}
@@ -864,22 +1114,48 @@ def stage_bench(ctx: Ctx) -> dict:
 
 # ----------------------------------------------------------------------------- 5. training
 
+
 def model_configs(dry: bool) -> dict:
     from transformers import LlamaConfig
 
     if dry:
-        tiny = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                           tie_word_embeddings=True)
+        tiny = LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        )
         return {"tiny-llama (dry run)": tiny}
     smollm2 = LlamaConfig(  # SmolLM2-135M-Instruct's config.json
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"})
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+    )
     llama_1b = LlamaConfig(  # Llama-3.2-1B's shape (plain RoPE: bico's mirrored RoPE needs attention_scaling 1)
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_theta": 500000.0, "rope_type": "default"},
+    )
     return {"smollm2-135m (random init)": smollm2, "llama-1b (random init)": llama_1b}
 
 
@@ -903,9 +1179,14 @@ def training_batch(objective: str, B: int, T: int, vocab: int, g, device) -> dic
         targets[:, :-1] = torch.where(hidden[:, 1:], ids[:, 1:], IGNORE)
         ids = ids.masked_fill(hidden, 0)
         mask = IntervalMask.stack([IntervalMask.bico(T, hidden[b], rope="mirrored") for b in range(B)])
-    return {"input_ids": ids.to(device), "position_ids": torch.arange(T).expand(B, T).to(device),
-            "bico_mask": mask.to(device), "targets": targets.to(device), "weights": torch.ones(B, T, device=device),
-            "num_targets": int((targets != IGNORE).sum())}
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": torch.arange(T).expand(B, T).to(device),
+        "bico_mask": mask.to(device),
+        "targets": targets.to(device),
+        "weights": torch.ones(B, T, device=device),
+        "num_targets": int((targets != IGNORE).sum()),
+    }
 
 
 def stage_training(ctx: Ctx) -> dict:
@@ -959,14 +1240,25 @@ def stage_training(ctx: Ctx) -> dict:
             L, H, D = config.num_hidden_layers, config.num_attention_heads, config.head_dim
             pairs = int((batch["bico_mask"].hi - batch["bico_mask"].lo).clamp(min=0).sum())
             attn_flops = 3.5 * 4 * D * H * pairs * L  # fwd + bwd, exact pairs
-            run = {"model": name, "objective": objective, "params": params, "B": B, "T": T, "steps": len(times),
-                   "step_s": round(s, 4), "tokens_per_s": round(tps, 1),
-                   "model_tflops": round(6 * params * tps / 1e12, 3),
-                   "attention_tflops": round(attn_flops / s / 1e12, 3), "loss": round(float(loss), 4),
-                   "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
+            run = {
+                "model": name,
+                "objective": objective,
+                "params": params,
+                "B": B,
+                "T": T,
+                "steps": len(times),
+                "step_s": round(s, 4),
+                "tokens_per_s": round(tps, 1),
+                "model_tflops": round(6 * params * tps / 1e12, 3),
+                "attention_tflops": round(attn_flops / s / 1e12, 3),
+                "loss": round(float(loss), 4),
+                "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+            }
             runs.append(run)
-            ctx.timing(f"{name} {objective}: {s * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, "
-                       f"{run['model_tflops']:.1f} model TFLOP/s (6N)")
+            ctx.timing(
+                f"{name} {objective}: {s * 1e3:.1f} ms/step, {tps:,.0f} tokens/s, "
+                f"{run['model_tflops']:.1f} model TFLOP/s (6N)"
+            )
             ctx.write({"status": "running", "runs": runs})
         del model, opt
         if device.type == "cuda":
@@ -979,14 +1271,21 @@ def stage_training(ctx: Ctx) -> dict:
         plot_training(runs, ctx, ctx.out / "training.png")
         pngs.append("training.png")
     os.environ.pop("BICO_ATTENTION_BACKEND", None)
-    md = [f"bf16 autocast, fp32 master weights, fused AdamW, {B} x {T} tokens per step, random tokens; "
-          f"median of {steps} steps after {warmup} warm-up. model FLOP/s = 6 x params x tokens/s; attention = "
-          "3.5 x 4 x D x H x visible pairs x layers per step.", "",
-          "| model | params | objective | ms/step | tokens/s | model TFLOP/s | attention TFLOP/s | NTP/this step time | "
-          "peak GiB |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    md += [f"| {r['model']} | {r['params'] / 1e6:.0f}M | {r['objective']} | {r['step_s'] * 1e3:.1f} | "
-           f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.1f} | {r['attention_tflops']:.1f} | {r['vs_ntp']} | "
-           f"{r['peak_mem_gib']} |" for r in runs]
+    md = [
+        f"bf16 autocast, fp32 master weights, fused AdamW, {B} x {T} tokens per step, random tokens; "
+        f"median of {steps} steps after {warmup} warm-up. model FLOP/s = 6 x params x tokens/s; attention = "
+        "3.5 x 4 x D x H x visible pairs x layers per step.",
+        "",
+        "| model | params | objective | ms/step | tokens/s | model TFLOP/s | attention TFLOP/s | NTP/this step time | "
+        "peak GiB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['model']} | {r['params'] / 1e6:.0f}M | {r['objective']} | {r['step_s'] * 1e3:.1f} | "
+        f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.1f} | {r['attention_tflops']:.1f} | {r['vs_ntp']} | "
+        f"{r['peak_mem_gib']} |"
+        for r in runs
+    ]
     return {"status": status, "runs": runs, "pngs": pngs, "summary_md": "\n".join(md)}
 
 
@@ -1000,8 +1299,9 @@ def plot_training(runs: list, ctx: Ctx, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     labels = [f"{r['model'].split(' ')[0]}\n{r['objective']}" for r in runs]
-    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=["#27c" if r["objective"] == "ntp" else "#c72"
-                                                                    for r in runs])
+    bars = ax.bar(
+        labels, [r["tokens_per_s"] for r in runs], color=["#27c" if r["objective"] == "ntp" else "#c72" for r in runs]
+    )
     ax.bar_label(bars, labels=[f"{r['tokens_per_s']:,.0f}\n{r['model_tflops']:.0f} TF" for r in runs], fontsize=7)
     ax.set_ylabel("training tokens/s")
     ax.set_title(ctx.machine_line[:110], fontsize=6)
@@ -1012,6 +1312,7 @@ def plot_training(runs: list, ctx: Ctx, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- 6. demo
 
+
 def stage_demo(ctx: Ctx) -> dict:
     from bico.models import ModelError, smollm2_folder
     from bico.paths import cache_dir
@@ -1019,8 +1320,10 @@ def stage_demo(ctx: Ctx) -> dict:
     try:
         folder = smollm2_folder()
     except ModelError as err:
-        note = (f"no SmolLM2 tokenizer here ({err}); on the GPU machine, run `python benchmarks/gpu/run.py "
-                "--prepare-cache` beforehand and carry benchmarks/gpu/.cache")
+        note = (
+            f"no SmolLM2 tokenizer here ({err}); on the GPU machine, run `python benchmarks/gpu/run.py "
+            "--prepare-cache` beforehand and carry benchmarks/gpu/.cache"
+        )
         return {"status": "skipped", "note": note, "summary_md": note}
     weights = any(folder.glob("*.safetensors"))
     runs = []
@@ -1036,30 +1339,50 @@ def stage_demo(ctx: Ctx) -> dict:
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(1.0, ctx.left()))
             code, tail = p.returncode, (p.stdout + p.stderr)[-3000:]
         except subprocess.TimeoutExpired as e:
-            code, tail = "timeout", ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))[-3000:]
+            code, tail = (
+                "timeout",
+                ((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))[-3000:],
+            )
         seconds = round(time.perf_counter() - t, 1)
         for line in tail.splitlines()[-12:]:
             ctx.log(line)
         md_file = out / "demo.md"
-        runs.append({"demo": label, "command": " ".join(cmd[1:]), "exit": code, "seconds": seconds,
-                     "status": "ok" if code == 0 else "cut" if code == "timeout" else "failed", "tail": tail,
-                     "report_md": md_file.read_text() if md_file.is_file() else None})
+        runs.append(
+            {
+                "demo": label,
+                "command": " ".join(cmd[1:]),
+                "exit": code,
+                "seconds": seconds,
+                "status": "ok" if code == 0 else "cut" if code == "timeout" else "failed",
+                "tail": tail,
+                "report_md": md_file.read_text() if md_file.is_file() else None,
+            }
+        )
         ctx.timing(f"demo {label}: exit {code} in {seconds:.0f} s")
     if not weights and not ctx.dry:
-        runs.append({"demo": "full", "status": "skipped",
-                     "note": f"no SmolLM2 weights in {cache_dir()} (the GGUF is not on the GPU machine)"})
+        runs.append(
+            {
+                "demo": "full",
+                "status": "skipped",
+                "note": f"no SmolLM2 weights in {cache_dir()} (the GGUF is not on the GPU machine)",
+            }
+        )
     statuses = [r["status"] for r in runs]
     status = "failed" if "failed" in statuses else "cut" if "cut" in statuses else "ok"
     md = []
     for r in runs:
-        md.append(f"- {r['demo']}: {r['status']}" + (f", {r['seconds']:.0f} s (`{r['command']}`)" if "seconds" in r else "")
-                  + (f" - {r['note']}" if r.get("note") else ""))
+        md.append(
+            f"- {r['demo']}: {r['status']}"
+            + (f", {r['seconds']:.0f} s (`{r['command']}`)" if "seconds" in r else "")
+            + (f" - {r['note']}" if r.get("note") else "")
+        )
         if r.get("report_md"):
             md += ["", r["report_md"].strip(), ""]
     return {"status": status, "runs": runs, "summary_md": "\n".join(md)}
 
 
 # ----------------------------------------------------------------------------- the worker's loop
+
 
 def emit(event: str, **kw) -> None:
     print(MARK + json.dumps({"event": event, **kw}, default=str), flush=True)
@@ -1086,8 +1409,11 @@ def worker_main(args) -> int:
             budget = min(budget, max(budgets["demo"], left))
         if left < MIN_START_S:  # (a stage's own budget may be smaller: it then does one unit of work)
             emit("start", stage=stage, deadline=time.time())
-            emit("end", stage=stage, outcome={"status": "not run", "seconds": 0.0,
-                                              "note": f"{max(left, 0):.0f} s left of --budget-s"})
+            emit(
+                "end",
+                stage=stage,
+                outcome={"status": "not run", "seconds": 0.0, "note": f"{max(left, 0):.0f} s left of --budget-s"},
+            )
             continue
         deadline = time.time() + budget
         emit("start", stage=stage, deadline=deadline)
@@ -1100,8 +1426,9 @@ def worker_main(args) -> int:
             elif stage == "correctness":
                 data = stage_correctness(ctx)
             elif stage == "tuner":
-                data = stage_tuner(ctx, bcfg["seqlens"], 1 if dry else 16384, (bcfg["heads"], bcfg["kv_heads"]),
-                                   bcfg["head_dim"])
+                data = stage_tuner(
+                    ctx, bcfg["seqlens"], 1 if dry else 16384, (bcfg["heads"], bcfg["kv_heads"]), bcfg["head_dim"]
+                )
             elif stage == "bench":
                 data = stage_bench(ctx)
             elif stage == "training":
@@ -1112,32 +1439,44 @@ def worker_main(args) -> int:
             import traceback
 
             traceback.print_exc()
-            data = {"status": "failed", "note": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400]}
+            data = {
+                "status": "failed",
+                "note": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:400],
+            }
         seconds = round(time.time() - t, 1)
         if data["status"] == "cut" and not data.get("note"):
             data["note"] = f"over its {budget:.0f} s budget: stopped starting new work"
         ctx.write({**data, "seconds": seconds, "budget_s": round(budget, 1), "dry_run": dry})
         emit("end", stage=stage, outcome={"status": data["status"], "seconds": seconds, "note": data.get("note")})
         if stage == "correctness" and data["status"] == "failed":
-            for rest in stages[i + 1:]:
+            for rest in stages[i + 1 :]:
                 emit("start", stage=rest, deadline=time.time())
-                emit("end", stage=rest, outcome={"status": "not run",
-                                                 "note": "stopped: the kernel failed its correctness check"})
+                emit(
+                    "end",
+                    stage=rest,
+                    outcome={"status": "not run", "note": "stopped: the kernel failed its correctness check"},
+                )
             return 3
     return 0
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[1:]))
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton interpreter (seconds)")
     ap.add_argument("--out", help="results folder (default benchmarks/results/gpu-<device>; dry run: a temp folder)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="the whole run's limit in seconds (480)")
     ap.add_argument("--stages", help=f"comma list of {','.join(STAGES)} (all)")
     ap.add_argument("--stage-budgets", help="e.g. bench=200,training=60 (seconds)")
     ap.add_argument("--archive", help="also pack the results folder into this .tgz")
-    ap.add_argument("--prepare-cache", action="store_true",
-                    help="copy SmolLM2's tokenizer and config (no weights) to benchmarks/gpu/.cache, to carry")
+    ap.add_argument(
+        "--prepare-cache",
+        action="store_true",
+        help="copy SmolLM2's tokenizer and config (no weights) to benchmarks/gpu/.cache, to carry",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--end-time", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -10,6 +10,7 @@ prints them) and exit with status 2; Ctrl-C prints ``bico: interrupted`` and exi
 SIGTERM ``bico: terminated`` and 143; a training run stopped by either at a step boundary says
 where its checkpoint is (:mod:`bico.termination`). Every other exception is a bug and keeps its traceback. ``BICO_DEBUG=1`` shows tracebacks of all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_signals()
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         if os.environ.get("BICO_DEBUG"):

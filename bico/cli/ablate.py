@@ -1,4 +1,5 @@
 """``bico ablate SPEC.yaml [key=value ...]``: a grid of training runs, evaluated alike (:mod:`bico.tools.ablate`)."""
+
 from __future__ import annotations
 
 import argparse

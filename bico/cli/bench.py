@@ -3,6 +3,7 @@
 The parser is built from :mod:`bico.tools.bench_options` (no torch); the timing loads torch when
 the command runs.
 """
+
 from __future__ import annotations
 
 import argparse

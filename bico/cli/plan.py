@@ -1,4 +1,5 @@
 """``bico plan MODEL --gpus N [--nodes M]``: memory per GPU for each ZeRO setup (:mod:`bico.tools.plan`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="preset (see --list) or a local model folder / config.json")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per node (1)")
     p.add_argument("--nodes", type=int, default=1, help="nodes (1)")
-    p.add_argument("--gpu-memory", type=float, default=None, metavar="GIB",
-                   help="memory of one GPU in GiB: adds a 'fits?' column (model states only)")
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="memory of one GPU in GiB: adds a 'fits?' column (model states only)",
+    )
     p.add_argument("--list", action="store_true", help="list the preset model names")
     return p

@@ -1,4 +1,5 @@
 """``bico train RECIPE [key=value ...]``: finetune a model from a YAML recipe, then evaluate it."""
+
 from __future__ import annotations
 
 import argparse

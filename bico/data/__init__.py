@@ -3,6 +3,7 @@
 The generated data follows the file layout of Berglund et al. experiment1, so the
 original files and ``bico data reversal --out DIR`` output are interchangeable.
 """
+
 from bico.data.jsonl import DataError, iter_jsonl, load_jsonl
 from bico.data.reversal import generate_reversal_dataset, load_facts, load_facts_for_berglund
 from bico.data.splits import (

@@ -11,6 +11,7 @@ columns of one format (``data.format``), renamed from the file's own names by ``
 
 Errors are :class:`DataError` on one line naming the file and its line (JSONL) or row (1-based).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,15 @@ class Corpus(Sequence):
     ``key``: the files' digests, format and fields (where the tokenisation cache key starts);
     ``fingerprint``: a digest of the key and the facts file, which a checkpoint records."""
 
-    def __init__(self, dataset, fmt: str, parts: list[tuple[Path, int, int]], meta: list[dict] | None = None,
-                 key: dict | None = None, fingerprint: str | None = None):
+    def __init__(
+        self,
+        dataset,
+        fmt: str,
+        parts: list[tuple[Path, int, int]],
+        meta: list[dict] | None = None,
+        key: dict | None = None,
+        fingerprint: str | None = None,
+    ):
         self.dataset, self.format, self.parts, self.meta, self.key = dataset, fmt, parts, meta, key
         self.fingerprint = fingerprint
 
@@ -145,11 +153,14 @@ def _read(datasets, path: Path, fmt: str, cache_dir: str, in_memory: bool):
             raise DataError(f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     kind = LOADERS.get(path.suffix)
     if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use .jsonl, .json, .csv, "
-                        ".parquet, .txt or a Dataset.save_to_disk folder")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix or '(none)'}; use .jsonl, .json, .csv, "
+            ".parquet, .txt or a Dataset.save_to_disk folder"
+        )
     try:
-        return datasets.load_dataset(kind, data_files=[str(path)], split="train", cache_dir=cache_dir,
-                                     keep_in_memory=in_memory)
+        return datasets.load_dataset(
+            kind, data_files=[str(path)], split="train", cache_dir=cache_dir, keep_in_memory=in_memory
+        )
     except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many types; all mean a bad file
         if path.suffix == ".jsonl":
             for _ in iter_jsonl(path, required=()):  # says which line is wrong, and how
@@ -259,7 +270,9 @@ def load_corpus(data_cfg, *, cache_root: Path | None = None) -> Corpus:
     stamp = {"files": file_stamp(paths, digests), "format": fmt, "fields": data_cfg.fields}
     # what resume compares with the checkpoint's: the rows and, where they give entity spans, the facts
     facts_file = Path(facts_dir) / FACTS_FILE if meta is not None else None
-    fingerprint = hashlib.sha256(json.dumps(
-        {**stamp, "facts": file_digest(facts_file) if facts_file and facts_file.is_file() else None},
-        sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {**stamp, "facts": file_digest(facts_file) if facts_file and facts_file.is_file() else None}, sort_keys=True
+        ).encode()
+    ).hexdigest()
     return Corpus(dataset, fmt, parts, meta, key=stamp, fingerprint=fingerprint)

@@ -21,6 +21,7 @@ included, and chat template), ``max_length``, ``chunk_overlap``, ``chat_loss`` a
 :data:`VERSION`; its Arrow file ``tokenized/<key>.arrow`` under the cache folder is read back
 instead of tokenizing again while all of these are the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,17 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def encode_rows(batch: dict, indices: list[int], *, tokenizer, fmt: str, max_length: float, chunk_overlap: int = 0,
-                chat_loss: str = "assistant", where=None) -> dict:
+def encode_rows(
+    batch: dict,
+    indices: list[int],
+    *,
+    tokenizer,
+    fmt: str,
+    max_length: float,
+    chunk_overlap: int = 0,
+    chat_loss: str = "assistant",
+    where=None,
+) -> dict:
     """Columns of rows -> columns of examples (``datasets.map(batched=True)`` or a plain dict):
     ``prompt_ids``, ``completion_ids``, ``eos``, ``loss_spans`` (flat ``[a0, b0, a1, b1, ...]`` over
     the example's tokens; ``[]`` = all) and ``row`` (the row it came from)."""
@@ -65,14 +75,16 @@ def encode_rows(batch: dict, indices: list[int], *, tokenizer, fmt: str, max_len
         prefix = tokenizer("").input_ids
         width = max_length - len(prefix) - 1
         if width - chunk_overlap < 1:
-            raise DataError(f"data.max_length={max_length} leaves {width} tokens per chunk after {len(prefix)} "
-                            f"special token(s) and EOS; it must exceed data.chunk_overlap={chunk_overlap}")
+            raise DataError(
+                f"data.max_length={max_length} leaves {width} tokens per chunk after {len(prefix)} "
+                f"special token(s) and EOS; it must exceed data.chunk_overlap={chunk_overlap}"
+            )
         docs = tokenizer(batch["text"], add_special_tokens=False, verbose=False).input_ids
         for doc, i in zip(docs, indices):
             start = 0
             while doc:  # an empty document gives no example
                 last = start + width >= len(doc)
-                chunk = doc[start:start + width]
+                chunk = doc[start : start + width]
                 context = chunk_overlap if start else 0
                 spans = [len(prefix) + context, len(prefix) + len(chunk) + last] if context else []
                 emit(prefix, chunk, last, spans, i)
@@ -101,12 +113,15 @@ def _chat(tokenizer, messages: list[dict], chat_loss: str, where) -> tuple[list[
         head = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True) if k else ""
         upto = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
         if not (text.startswith(upto) and upto.startswith(head)):
-            raise DataError(f"{where()}: this tokenizer's chat template does not render a conversation's first turns "
-                            "as the start of the whole; set data.chat_loss=all")
+            raise DataError(
+                f"{where()}: this tokenizer's chat template does not render a conversation's first turns "
+                "as the start of the whole; set data.chat_loss=all"
+            )
         chars.append((len(head), len(upto)))
     if not chars:
-        raise DataError(f"{where()}: no assistant message to train on (data.chat_loss=assistant); "
-                        "add one or set data.chat_loss=all")
+        raise DataError(
+            f"{where()}: no assistant message to train on (data.chat_loss=assistant); add one or set data.chat_loss=all"
+        )
     spans: list[int] = []
     for t, (start, _) in enumerate(enc.offset_mapping):
         if any(a <= start < b for a, b in chars):
@@ -122,8 +137,13 @@ def encode_corpus(rows, tokenizer, data_cfg, cache_root: Path | None = None):
     columns (a dict of lists, as :func:`encode_rows` writes them), and whether they came from the
     cache. Only a Corpus with a cache folder is cached."""
     fmt = data_cfg.format
-    options = dict(tokenizer=tokenizer, fmt=fmt, max_length=data_cfg.max_length,
-                   chunk_overlap=data_cfg.chunk_overlap, chat_loss=data_cfg.chat_loss)
+    options = dict(
+        tokenizer=tokenizer,
+        fmt=fmt,
+        max_length=data_cfg.max_length,
+        chunk_overlap=data_cfg.chunk_overlap,
+        chat_loss=data_cfg.chat_loss,
+    )
     if fmt == "chat" and not getattr(tokenizer, "chat_template", None):
         raise DataError("data.format=chat needs a tokenizer with a chat template; this model's has none")
     if not hasattr(rows, "dataset"):
@@ -131,19 +151,31 @@ def encode_corpus(rows, tokenizer, data_cfg, cache_root: Path | None = None):
         return encode_rows(columns, list(range(len(rows))), **options), False
     from bico.data.corpus import quiet_datasets
 
-    key = hashlib.sha256(json.dumps({
-        "rows": rows.key, "tokenizer": tokenizer_fingerprint(tokenizer), "version": VERSION,
-        **{k: v for k, v in options.items() if k not in ("tokenizer", "fmt")},
-    }, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "rows": rows.key,
+                "tokenizer": tokenizer_fingerprint(tokenizer),
+                "version": VERSION,
+                **{k: v for k, v in options.items() if k not in ("tokenizer", "fmt")},
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
     path = cache_root / "tokenized" / f"{key}.arrow" if cache_root else None
     hit = path is not None and path.is_file()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     with quiet_datasets():
         encoded = rows.dataset.map(
-            encode_rows, batched=True, with_indices=True, remove_columns=rows.dataset.column_names,
-            fn_kwargs={**options, "where": rows.where}, new_fingerprint=key,
-            cache_file_name=str(path) if path else None, keep_in_memory=path is None,
+            encode_rows,
+            batched=True,
+            with_indices=True,
+            remove_columns=rows.dataset.column_names,
+            fn_kwargs={**options, "where": rows.where},
+            new_fingerprint=key,
+            cache_file_name=str(path) if path else None,
+            keep_in_memory=path is None,
         )
     table = encoded.data  # pyarrow: columns to Python lists at once, not row by row
     return {name: table.column(name).to_pylist() for name in table.column_names}, hit

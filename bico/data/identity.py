@@ -20,6 +20,7 @@ What bico does (``data.identity_bridge: {rate, templates}``; the defaults are ou
 * identity rows carry the fact's ``meta`` and are appended after the forward rows (the trainer
   shuffles every epoch), so any objective trains on them as on any row.
 """
+
 from __future__ import annotations
 
 import string
@@ -47,7 +48,9 @@ def identity_settings(cfg: dict | None) -> dict | None:
         except ValueError:
             pass
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < float("inf"):
-        raise ValueError(f"data.identity_bridge.rate must be a number > 0 (identity rows per training row), got {rate!r}")
+        raise ValueError(
+            f"data.identity_bridge.rate must be a number > 0 (identity rows per training row), got {rate!r}"
+        )
     templates = out["templates"]
     if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
         raise ValueError(f"data.identity_bridge.templates must be a non-empty list of strings, got {templates!r}")
@@ -68,7 +71,7 @@ def identity_row(template: str, fact: dict) -> dict:
     last = [f for _, f, _, _ in string.Formatter().parse(template) if f][-1]
     cut = text.rindex(fact[last])
     prompt = text[:cut].rstrip(" ")
-    return {"prompt": prompt, "completion": text[len(prompt):], "meta": dict(fact)}
+    return {"prompt": prompt, "completion": text[len(prompt) :], "meta": dict(fact)}
 
 
 def add_identity_bridge(rows: list[dict], sources: list[str], cfg: dict | None) -> tuple[list[dict], list[str]]:
@@ -83,8 +86,10 @@ def add_identity_bridge(rows: list[dict], sources: list[str], cfg: dict | None) 
             key = (meta["name"], meta["description"])
             counts[key] = counts.get(key, 0) + 1
     if not counts:
-        raise DataError("data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
-                         "(bico data reversal writes one) or no training row matches a fact")
+        raise DataError(
+            "data.identity_bridge needs the facts' names: data.dir has no facts.jsonl "
+            "(bico data reversal writes one) or no training row matches a fact"
+        )
     extra, extra_sources = [], []
     for (name, description), n in counts.items():
         fact = {"name": name, "description": description}

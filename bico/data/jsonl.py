@@ -1,4 +1,5 @@
 """JSONL reading for prompt/completion data (writing: :func:`bico.io_utils.atomic_write_jsonl`)."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,7 @@ from bico.errors import BicoError
 
 __all__ = ["DataError", "iter_jsonl", "load_jsonl"]
 
-_MISSING_HINT = (
-    "generate data with `bico data reversal --out DIR` or point data.dir at the Berglund files"
-)
+_MISSING_HINT = "generate data with `bico data reversal --out DIR` or point data.dir at the Berglund files"
 
 
 class DataError(BicoError, ValueError):
@@ -49,17 +48,13 @@ def iter_jsonl(
                 if key not in row:
                     raise DataError(f"{where}: missing field {key!r}")
                 if not isinstance(row[key], str):
-                    raise DataError(
-                        f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}"
-                    )
+                    raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
             empty = False
             yield lineno, row
     if empty:
         raise DataError(f"{p}: empty file (no rows)")
 
 
-def load_jsonl(
-    path: str | os.PathLike, *, required: Sequence[str] = ("prompt", "completion")
-) -> list[dict]:
+def load_jsonl(path: str | os.PathLike, *, required: Sequence[str] = ("prompt", "completion")) -> list[dict]:
     """The rows of a JSONL file (see :func:`iter_jsonl`)."""
     return [row for _, row in iter_jsonl(path, required=required)]

@@ -22,6 +22,7 @@ independent generator with other names, descriptions and templates whose rows pa
 the description (noun phrase, verb phrase, gerund); facts.jsonl then lists every surface
 form used as ``descriptions``. Same layout, row counts and seeding rules in both.
 """
+
 from __future__ import annotations
 
 import random
@@ -34,16 +35,32 @@ from bico.data.jsonl import DataError, load_jsonl
 from bico.io_utils import atomic_write, atomic_write_jsonl
 
 __all__ = [
-    "SUBSETS", "DATA_FILES", "generate_reversal_dataset", "load_facts", "load_facts_for_berglund",
-    "make_names", "make_descriptions", "STYLES", "Style", "get_style",
+    "SUBSETS",
+    "DATA_FILES",
+    "generate_reversal_dataset",
+    "load_facts",
+    "load_facts_for_berglund",
+    "make_names",
+    "make_descriptions",
+    "STYLES",
+    "Style",
+    "get_style",
 ]
 
 SUBSETS = ("p2d", "d2p", "both")
 DATA_FILES = (
-    "all_prompts_train", "p2d_prompts_train", "d2p_prompts_train", "both_prompts_train",
-    "p2d_prompts_test", "d2p_prompts_test", "p2d_reverse_prompts_test", "d2p_reverse_prompts_test",
-    "p2d_reverse_prompts_test_randomized", "d2p_reverse_prompts_test_randomized",
-    "both_prompts_test", "validation_prompts",
+    "all_prompts_train",
+    "p2d_prompts_train",
+    "d2p_prompts_train",
+    "both_prompts_train",
+    "p2d_prompts_test",
+    "d2p_prompts_test",
+    "p2d_reverse_prompts_test",
+    "d2p_reverse_prompts_test",
+    "p2d_reverse_prompts_test_randomized",
+    "d2p_reverse_prompts_test_randomized",
+    "both_prompts_test",
+    "validation_prompts",
 )
 FACTS_FILE = "facts.jsonl"
 README = "README.txt"
@@ -214,12 +231,12 @@ def generate_reversal_dataset(
 
     # Independent streams: changing e.g. K does not change the names or descriptions.
     facts = [{"subset": SUBSETS[i // F], **f} for i, f in enumerate(st.make_facts(3 * F, seed))]
-    by_subset = {s: facts[i * F:(i + 1) * F] for i, s in enumerate(SUBSETS)}
+    by_subset = {s: facts[i * F : (i + 1) * F] for i, s in enumerate(SUBSETS)}
     trng = st.rng(seed, "templates")
     n2d_all = trng.sample(st.n2d_templates, len(st.n2d_templates))
     d2n_all = trng.sample(st.d2n_templates, len(st.d2n_templates))
-    n2d_test, n2d_train = n2d_all[:K], n2d_all[K:K + T]
-    d2n_test, d2n_train = d2n_all[:K], d2n_all[K:K + T]
+    n2d_test, n2d_train = n2d_all[:K], n2d_all[K : K + T]
+    d2n_test, d2n_train = d2n_all[:K], d2n_all[K : K + T]
     crng = st.rng(seed, "continuations")
     rrng = st.rng(seed, "randomized")
 
@@ -230,17 +247,17 @@ def generate_reversal_dataset(
     files["both_prompts_train"] = [st.n2d(t, f) for f in both for t in n2d_train] + [
         st.d2n_train(t, f, crng) for f in both for t in d2n_train
     ]
-    files["all_prompts_train"] = (
-        files["p2d_prompts_train"] + files["d2p_prompts_train"] + files["both_prompts_train"]
-    )
+    files["all_prompts_train"] = files["p2d_prompts_train"] + files["d2p_prompts_train"] + files["both_prompts_train"]
     files["p2d_prompts_test"] = [st.n2d(t, f) for f in p2d for t in n2d_test]
     files["d2p_prompts_test"] = [st.d2n_test(t, f) for f in d2p for t in d2n_test]
     files["p2d_reverse_prompts_test"] = [st.d2n_test(t, f) for f in p2d for t in d2n_test]
     files["d2p_reverse_prompts_test"] = [st.n2d(t, f) for f in d2p for t in n2d_test]
     files["p2d_reverse_prompts_test_randomized"] = _randomize(
-        files["p2d_reverse_prompts_test"], p2d, d2n_test, "name", rrng, st)
+        files["p2d_reverse_prompts_test"], p2d, d2n_test, "name", rrng, st
+    )
     files["d2p_reverse_prompts_test_randomized"] = _randomize(
-        files["d2p_reverse_prompts_test"], d2p, n2d_test, "description", rrng, st)
+        files["d2p_reverse_prompts_test"], d2p, n2d_test, "description", rrng, st
+    )
     files["both_prompts_test"] = [st.n2d(t, f) for f in both for t in n2d_test] + [
         st.d2n_test(t, f) for f in both for t in d2n_test
     ]
@@ -257,16 +274,24 @@ def generate_reversal_dataset(
     existing = [p.name for p in output_files(out) if p.exists()]
     if existing and not replace:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise DataError(f"--out {out} already holds {shown}, which bico data reversal would replace; "
-                        "choose another --out, or add --force to replace them")
+        raise DataError(
+            f"--out {out} already holds {shown}, which bico data reversal would replace; "
+            "choose another --out, or add --force to replace them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for stem in DATA_FILES:
         counts[f"{stem}.jsonl"] = atomic_write_jsonl(out / f"{stem}.jsonl", files[stem])
     counts[FACTS_FILE] = atomic_write_jsonl(out / FACTS_FILE, facts)
     summary = {
-        "out_dir": str(out), "seed": seed, "style": st.name, "facts_per_subset": F,
-        "train_paraphrases": T, "test_paraphrases": K, "n_facts": len(facts), "files": counts,
+        "out_dir": str(out),
+        "seed": seed,
+        "style": st.name,
+        "facts_per_subset": F,
+        "train_paraphrases": T,
+        "test_paraphrases": K,
+        "n_facts": len(facts),
+        "files": counts,
     }
     atomic_write(out / README, _readme(summary))
     return summary
@@ -280,9 +305,11 @@ def output_files(out_dir) -> list[Path]:
 def _readme(s: dict) -> str:
     lines = [
         "Fictitious-facts reversal data generated by bico (bico.data.reversal).",
-        (f"Command: bico data reversal --out DIR --facts {s['facts_per_subset']} "
-         f"--train-paraphrases {s['train_paraphrases']} --test-paraphrases {s['test_paraphrases']} "
-         f"--seed {s['seed']}" + ("" if s["style"] == "default" else f" --style {s['style']}")),
+        (
+            f"Command: bico data reversal --out DIR --facts {s['facts_per_subset']} "
+            f"--train-paraphrases {s['train_paraphrases']} --test-paraphrases {s['test_paraphrases']} "
+            f"--seed {s['seed']}" + ("" if s["style"] == "default" else f" --style {s['style']}")
+        ),
         f"seed={s['seed']} facts_per_subset={s['facts_per_subset']} "
         f"train_paraphrases={s['train_paraphrases']} test_paraphrases={s['test_paraphrases']} "
         f"facts={s['n_facts']}",
@@ -296,7 +323,7 @@ def _readme(s: dict) -> str:
     if s["style"] != "default":
         lines += [
             f"Style {s['style']}: bico's second, independent wording. Descriptions are paraphrased",
-            "across rows; facts.jsonl also lists each fact's surface forms as \"descriptions\".",
+            'across rows; facts.jsonl also lists each fact\'s surface forms as "descriptions".',
         ]
     lines += [
         "",
@@ -307,6 +334,7 @@ def _readme(s: dict) -> str:
 
 
 # --- facts of an existing data dir -------------------------------------------------------
+
 
 def load_facts(data_dir) -> list[dict] | None:
     """Facts of a data dir: facts.jsonl if present, else recovered from Berglund files.
@@ -345,9 +373,16 @@ def load_facts_for_berglund(data_dir) -> list[dict] | None:
     Any inconsistency (missing file, count mismatch, duplicate) returns None.
     """
     d = Path(data_dir)
-    need = ("p2d_prompts_train", "p2d_prompts_test", "p2d_reverse_prompts_test",
-            "d2p_prompts_train", "d2p_prompts_test", "d2p_reverse_prompts_test",
-            "both_prompts_train", "both_prompts_test")
+    need = (
+        "p2d_prompts_train",
+        "p2d_prompts_test",
+        "p2d_reverse_prompts_test",
+        "d2p_prompts_train",
+        "d2p_prompts_test",
+        "d2p_reverse_prompts_test",
+        "both_prompts_train",
+        "both_prompts_test",
+    )
     try:
         rows = {s: load_jsonl(d / f"{s}.jsonl") for s in need}
     except DataError:
@@ -367,7 +402,7 @@ def load_facts_for_berglund(data_dir) -> list[dict] | None:
         p = r["prompt"]
         for pre, post in templates:
             if p.startswith(pre) and p.endswith(post) and len(p) > len(pre) + len(post):
-                both.append(p[len(pre):len(p) - len(post)])
+                both.append(p[len(pre) : len(p) - len(post)])
                 break
     names["both"] = list(dict.fromkeys(both))
     n2d_rows = {
@@ -384,7 +419,8 @@ def load_facts_for_berglund(data_dir) -> list[dict] | None:
     for subset in SUBSETS:
         for name in names[subset]:
             votes = Counter(
-                _norm_desc(r["completion"]) for r in n2d_rows[subset]
+                _norm_desc(r["completion"])
+                for r in n2d_rows[subset]
                 if name in r["prompt"] and _contains_name(r["prompt"], name)
             )
             if not votes:
@@ -398,7 +434,6 @@ def load_facts_for_berglund(data_dir) -> list[dict] | None:
     sizes = {len(names[s]) for s in SUBSETS}
     all_names = [f["name"] for f in facts]
     all_descs = [f["description"] for f in facts]
-    if len(sizes) != 1 or 0 in sizes or len(set(all_names)) != len(all_names) \
-            or len(set(all_descs)) != len(all_descs):
+    if len(sizes) != 1 or 0 in sizes or len(set(all_names)) != len(all_names) or len(set(all_descs)) != len(all_descs):
         return None
     return facts

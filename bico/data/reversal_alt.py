@@ -22,6 +22,7 @@ and validation rows); only the wording differs:
 * templates put the name first or last in the prompt, are short ("{name}:") or long, and
   are statements or questions.
 """
+
 from __future__ import annotations
 
 import random
@@ -99,11 +100,17 @@ def make_alt_descriptions(n: int, rng: random.Random) -> list[dict]:
         if structure == 0:
             forms = {"np": f"{agent} {tail}", "vp": f"{past} {tail}", "ing": f"{gerund} {tail}"}
         elif structure == 1:
-            forms = {"np": f"the first {role} to {base} {tail}", "vp": f"first {past} {tail}",
-                     "ing": f"being the first {role} to {base} {tail}"}
+            forms = {
+                "np": f"the first {role} to {base} {tail}",
+                "vp": f"first {past} {tail}",
+                "ing": f"being the first {role} to {base} {tail}",
+            }
         else:
-            forms = {"np": f"the {role} who first {past} {tail}", "vp": f"first {past} {tail}",
-                     "ing": f"first {gerund} {tail}"}
+            forms = {
+                "np": f"the {role} who first {past} {tail}",
+                "vp": f"first {past} {tail}",
+                "ing": f"first {gerund} {tail}",
+            }
         out.append(forms)
     for slot in SLOTS:
         assert len({f[slot] for f in out}) == n
@@ -145,8 +152,14 @@ class AltStyle(Style):
     def _fill(self, template: str, fact: dict, slot: str) -> str:
         self.used.setdefault(fact["name"], set()).add(slot)
         forms = self.forms[fact["name"]]
-        return template.format(name=fact["name"], np=forms["np"], Np=_cap(forms["np"]), vp=forms["vp"],
-                               ing=forms["ing"], Ing=_cap(forms["ing"]))
+        return template.format(
+            name=fact["name"],
+            np=forms["np"],
+            Np=_cap(forms["np"]),
+            vp=forms["vp"],
+            ing=forms["ing"],
+            Ing=_cap(forms["ing"]),
+        )
 
     def n2d(self, template, fact: dict) -> dict:
         slot, prompt = template

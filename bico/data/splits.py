@@ -1,4 +1,5 @@
 """Standard evaluation splits, randomized counterparts and data-dir resolution."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,13 @@ from bico.data.reversal import load_facts
 from bico.paths import REVERSAL_DATA_ENV, SHARED_REVERSAL_DATA
 
 __all__ = [
-    "REVERSAL_EVAL_SPLITS", "ENV_VAR", "make_randomized", "fact_groups", "load_split",
-    "resolve_data_dir", "check_eval_splits",
+    "REVERSAL_EVAL_SPLITS",
+    "ENV_VAR",
+    "make_randomized",
+    "fact_groups",
+    "load_split",
+    "resolve_data_dir",
+    "check_eval_splits",
 ]
 
 ENV_VAR = REVERSAL_DATA_ENV
@@ -22,10 +28,16 @@ _SHARED_REL = SHARED_REVERSAL_DATA
 # "randomized" names the file for the likelihood test (same prompts, another fact's
 # completion). The forward splits have none in the original; load_split builds one.
 REVERSAL_EVAL_SPLITS: list[dict] = [
-    {"name": "p2d_reverse", "file": "p2d_reverse_prompts_test.jsonl",
-     "randomized": "p2d_reverse_prompts_test_randomized.jsonl"},
-    {"name": "d2p_reverse", "file": "d2p_reverse_prompts_test.jsonl",
-     "randomized": "d2p_reverse_prompts_test_randomized.jsonl"},
+    {
+        "name": "p2d_reverse",
+        "file": "p2d_reverse_prompts_test.jsonl",
+        "randomized": "p2d_reverse_prompts_test_randomized.jsonl",
+    },
+    {
+        "name": "d2p_reverse",
+        "file": "d2p_reverse_prompts_test.jsonl",
+        "randomized": "d2p_reverse_prompts_test_randomized.jsonl",
+    },
     {"name": "p2d", "file": "p2d_prompts_test.jsonl", "randomized": None},
     {"name": "d2p", "file": "d2p_prompts_test.jsonl", "randomized": None},
 ]
@@ -139,8 +151,7 @@ def resolve_data_dir(path_or_none=None) -> Path:
         p = Path(env).expanduser()
         if p.is_dir():
             return p
-        raise DataError(f"{ENV_VAR}={env} is not a directory; "
-                        "generate data with `bico data reversal --out DIR`")
+        raise DataError(f"{ENV_VAR}={env} is not a directory; generate data with `bico data reversal --out DIR`")
     shared = Path.cwd() / _SHARED_REL
     if shared.is_dir():
         return shared.resolve()

@@ -23,6 +23,7 @@ few-shot examples and the parent question); here both questions have it. The pap
 protocol (10 sampled answers, success if one is right) does not apply to greedy decoding. Each
 proportion carries a 95% Wilson interval.
 """
+
 from __future__ import annotations
 
 import csv
@@ -67,7 +68,9 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
         rows = []
         for line, row in enumerate(reader, start=2):
             if not all((row.get(c) or "").strip() for c in COLUMNS):
-                raise CelebrityDataError(f"{path}, line {line}: empty {', '.join(c for c in COLUMNS if not row.get(c))}")
+                raise CelebrityDataError(
+                    f"{path}, line {line}: empty {', '.join(c for c in COLUMNS if not row.get(c))}"
+                )
             rows.append({c: row[c].strip() for c in COLUMNS})
     if not rows:
         raise CelebrityDataError(f"{path} has no pairs")
@@ -87,20 +90,31 @@ def questions(pairs: list[dict], seed: int = 0) -> dict[str, dict]:
 
     def distractor(i: int, field: str, same: str | None = None) -> str:
         # Another row's answer that is not a right answer here (same parent type where possible).
-        wrong_ok = (lambda w: w not in children_of[pairs[i]["parent"]]) if field == "child" else \
-            (lambda w: w != pairs[i]["parent"])
+        wrong_ok = (
+            (lambda w: w not in children_of[pairs[i]["parent"]])
+            if field == "child"
+            else (lambda w: w != pairs[i]["parent"])
+        )
         for attempt in range(2000):
             other = pairs[rng.randrange(len(pairs))]
             if wrong_ok(other[field]) and (same is None or attempt >= 1000 or other["parent_type"] == same):
                 return other[field]
-        raise CelebrityDataError(f"no other {field} to compare with for row {i + 1}: the file needs more distinct pairs")
+        raise CelebrityDataError(
+            f"no other {field} to compare with for row {i + 1}: the file needs more distinct pairs"
+        )
 
-    forward = {"prompts": [prompt(f"Who is {p['child']}'s {p['parent_type']}?") for p in pairs],
-               "targets": [p["parent"] for p in pairs], "accepted": [[p["parent"]] for p in pairs],
-               "distractors": [distractor(i, "parent", p["parent_type"]) for i, p in enumerate(pairs)]}
-    reverse = {"prompts": [prompt(f"Name a child of {p['parent']}.") for p in pairs],
-               "targets": [p["child"] for p in pairs], "accepted": [sorted(children_of[p["parent"]]) for p in pairs],
-               "distractors": [distractor(i, "child") for i in range(len(pairs))]}
+    forward = {
+        "prompts": [prompt(f"Who is {p['child']}'s {p['parent_type']}?") for p in pairs],
+        "targets": [p["parent"] for p in pairs],
+        "accepted": [[p["parent"]] for p in pairs],
+        "distractors": [distractor(i, "parent", p["parent_type"]) for i, p in enumerate(pairs)],
+    }
+    reverse = {
+        "prompts": [prompt(f"Name a child of {p['parent']}.") for p in pairs],
+        "targets": [p["child"] for p in pairs],
+        "accepted": [sorted(children_of[p["parent"]]) for p in pairs],
+        "distractors": [distractor(i, "child") for i in range(len(pairs))],
+    }
     return {"forward (child -> parent)": forward, "reverse (parent -> child)": reverse}
 
 
@@ -109,20 +123,30 @@ def _proportion(hits: int, n: int) -> dict:
     return {"value": hits / n if n else float("nan"), "ci95": [low, high]}
 
 
-def evaluate_celebrity(model, tokenizer, pairs: list[dict], *, max_new_tokens: int = 12, batch_size: int = 16,
-                       seed: int = 0, progress: bool = True) -> dict:
+def evaluate_celebrity(
+    model,
+    tokenizer,
+    pairs: list[dict],
+    *,
+    max_new_tokens: int = 12,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Both directions of every pair; returns per-direction metrics and a few examples."""
     was_training = model.training
     model.eval()
     out = {"n_pairs": len(pairs), "directions": {}}
     try:
         for name, q in questions(pairs, seed).items():
-            generated = generate_greedy(model, tokenizer, q["prompts"], max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, progress=progress)
+            generated = generate_greedy(
+                model, tokenizer, q["prompts"], max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+            )
             answers = [" " + t for t in q["targets"]]
             correct = completion_logprobs(model, tokenizer, q["prompts"], answers, batch_size=batch_size)
-            wrong = completion_logprobs(model, tokenizer, q["prompts"], [" " + d for d in q["distractors"]],
-                                        batch_size=batch_size)
+            wrong = completion_logprobs(
+                model, tokenizer, q["prompts"], [" " + d for d in q["distractors"]], batch_size=batch_size
+            )
             hits = [any(exact_match(g, a) for a in acc) for g, acc in zip(generated, q["accepted"])]
             n = len(pairs)
             out["directions"][name] = {
@@ -131,30 +155,42 @@ def evaluate_celebrity(model, tokenizer, pairs: list[dict], *, max_new_tokens: i
                 "likelihood_win": _proportion(sum(c > w for c, w in zip(correct, wrong)), n),
                 "mean_logprob": sum(correct) / n,
                 "hits": hits,
-                "examples": [{"question": p.rsplit("\n", 2)[-2], "target": t, "generated": g}
-                             for p, t, g in list(zip(q["prompts"], q["targets"], generated))[:8]],
+                "examples": [
+                    {"question": p.rsplit("\n", 2)[-2], "target": t, "generated": g}
+                    for p, t, g in list(zip(q["prompts"], q["targets"], generated))[:8]
+                ],
             }
     finally:
         model.train(was_training)
     fwd, rev = (out["directions"][k]["hits"] for k in out["directions"])
-    out["paired"] = {"forward_only": sum(f and not r for f, r in zip(fwd, rev)),
-                     "reverse_only": sum(r and not f for f, r in zip(fwd, rev)),
-                     "both": sum(f and r for f, r in zip(fwd, rev))}
+    out["paired"] = {
+        "forward_only": sum(f and not r for f, r in zip(fwd, rev)),
+        "reverse_only": sum(r and not f for f, r in zip(fwd, rev)),
+        "both": sum(f and r for f, r in zip(fwd, rev)),
+    }
     return out
 
 
 def markdown(result: dict, label: str) -> str:
-    lines = [f"Celebrity parent/child pairs (Berglund et al. Experiment 2), model {label}, "
-             f"{result['n_pairs']} pairs; 95% Wilson intervals.", "",
-             "| direction | n | exact match [95% CI] | likelihood win [95% CI] | mean log p |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"Celebrity parent/child pairs (Berglund et al. Experiment 2), model {label}, "
+        f"{result['n_pairs']} pairs; 95% Wilson intervals.",
+        "",
+        "| direction | n | exact match [95% CI] | likelihood win [95% CI] | mean log p |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, d in result["directions"].items():
         em, win = d["exact_match"], d["likelihood_win"]
-        lines.append(f"| {name} | {d['n']} | {em['value']:.3f} [{em['ci95'][0]:.3f}, {em['ci95'][1]:.3f}] | "
-                     f"{win['value']:.3f} [{win['ci95'][0]:.3f}, {win['ci95'][1]:.3f}] | {d['mean_logprob']:.2f} |")
+        lines.append(
+            f"| {name} | {d['n']} | {em['value']:.3f} [{em['ci95'][0]:.3f}, {em['ci95'][1]:.3f}] | "
+            f"{win['value']:.3f} [{win['ci95'][0]:.3f}, {win['ci95'][1]:.3f}] | {d['mean_logprob']:.2f} |"
+        )
     p = result["paired"]
-    lines += ["", f"Pairs answered in the forward direction only: {p['forward_only']}; reverse only: "
-              f"{p['reverse_only']}; both: {p['both']}."]
+    lines += [
+        "",
+        f"Pairs answered in the forward direction only: {p['forward_only']}; reverse only: "
+        f"{p['reverse_only']}; both: {p['both']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -184,8 +220,10 @@ def write_report(result: dict, folder: str | Path, label: str) -> dict:
     from bico.io_utils import atomic_write, atomic_write_json
 
     folder = Path(folder)
-    slim = {**result, "directions": {k: {kk: vv for kk, vv in d.items() if kk != "hits"}
-                                     for k, d in result["directions"].items()}}
+    slim = {
+        **result,
+        "directions": {k: {kk: vv for kk, vv in d.items() if kk != "hits"} for k, d in result["directions"].items()},
+    }
     atomic_write_json(folder / "celebrity.json", {"model": label, **slim})
     atomic_write(folder / "celebrity.md", markdown(result, label))
     plot(result, folder / "celebrity.png", label)

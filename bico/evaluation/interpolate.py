@@ -8,6 +8,7 @@ costs only evaluation) shows how the two trade. ``bico eval --interpolate BASE -
 Embedding rows an objective added (a ``<|mask|>`` token: the finetuned vocabulary is longer) have
 no base value and keep their finetuned one; every other parameter must have the same shape in both.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,9 +25,13 @@ def parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(a) for a in text.split(",") if a.strip()]
     except ValueError:
-        raise InterpolationError(f"--alphas {text!r}: give numbers in [0, 1] separated by commas, e.g. 0,0.5,1") from None
+        raise InterpolationError(
+            f"--alphas {text!r}: give numbers in [0, 1] separated by commas, e.g. 0,0.5,1"
+        ) from None
     if not alphas or any(not 0.0 <= a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas):
-        raise InterpolationError(f"--alphas {text!r}: give distinct numbers in [0, 1] separated by commas, e.g. 0,0.5,1")
+        raise InterpolationError(
+            f"--alphas {text!r}: give distinct numbers in [0, 1] separated by commas, e.g. 0,0.5,1"
+        )
     return alphas
 
 
@@ -40,14 +45,18 @@ class Interpolator:
         self.finetuned, self.base = {}, {}
         for name, value in model.state_dict().items():
             if name not in base:
-                raise InterpolationError(f"the base model has no parameter {name}: is it the model this one was finetuned from?")
+                raise InterpolationError(
+                    f"the base model has no parameter {name}: is it the model this one was finetuned from?"
+                )
             other = base[name].to(value.dtype)
             if other.shape != value.shape:
                 grown = other.dim() >= 1 and other.shape[1:] == value.shape[1:] and other.shape[0] < value.shape[0]
                 if not grown:
-                    raise InterpolationError(f"parameter {name} is {tuple(value.shape)} here and {tuple(other.shape)} in the "
-                                             "base model: is it the model this one was finetuned from?")
-                other = torch.cat([other, value[other.shape[0]:]])  # added tokens keep their finetuned rows
+                    raise InterpolationError(
+                        f"parameter {name} is {tuple(value.shape)} here and {tuple(other.shape)} in the "
+                        "base model: is it the model this one was finetuned from?"
+                    )
+                other = torch.cat([other, value[other.shape[0] :]])  # added tokens keep their finetuned rows
             self.finetuned[name] = value.detach().clone()
             self.base[name] = other.detach().clone()
 
@@ -77,8 +86,10 @@ def evaluate_interpolations(model, base_model, tokenizer, recipe, alphas: list[f
         if say:
             r = runs[alpha_label(alpha)]
             reverse = {s: round(m["exact_match"], 3) for s, m in r["splits"].items() if "reverse" in s}
-            say(f"{alpha_label(alpha)}: reverse exact match {reverse}, knowledge "
-                f"{r['retention']['knowledge_exact_match']:.3f}, perplexity {r['retention']['perplexity']:.1f}")
+            say(
+                f"{alpha_label(alpha)}: reverse exact match {reverse}, knowledge "
+                f"{r['retention']['knowledge_exact_match']:.3f}, perplexity {r['retention']['perplexity']:.1f}"
+            )
     return runs
 
 

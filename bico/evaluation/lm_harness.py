@@ -10,6 +10,7 @@ standard error; for per-example 0/1 metrics (``acc``, ``acc_norm``, ``exact_matc
 finetuning) and the finetuned one are evaluated with the same tasks, shots, limit and seeds and
 shown side by side with their difference.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,29 @@ def check_tasks(manager, tasks: list[str]) -> None:
     if unknown:
         import difflib
 
-        hints = [f"{t!r} (did you mean {', '.join(map(repr, close))}?)" if (close := difflib.get_close_matches(
-            t, manager.all_tasks, n=3)) else repr(t) for t in unknown]
-        raise HarnessError(f"unknown lm-eval task {', '.join(hints)}: see `lm-eval ls tasks`, or pass "
-                           "--include-path DIR for local YAML tasks")
+        hints = [
+            f"{t!r} (did you mean {', '.join(map(repr, close))}?)"
+            if (close := difflib.get_close_matches(t, manager.all_tasks, n=3))
+            else repr(t)
+            for t in unknown
+        ]
+        raise HarnessError(
+            f"unknown lm-eval task {', '.join(hints)}: see `lm-eval ls tasks`, or pass "
+            "--include-path DIR for local YAML tasks"
+        )
 
 
-def evaluate_harness(model, tokenizer, tasks: list[str], manager, *, num_fewshot: int | None = None,
-                     limit: int | None = None, batch_size: int = 8, device: str | None = None) -> dict:
+def evaluate_harness(
+    model,
+    tokenizer,
+    tasks: list[str],
+    manager,
+    *,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+) -> dict:
     """The harness's results for ``tasks`` on a loaded model: ``{"tasks": {task: {"n", "n_shot",
     "version", "metrics": {metric: {"value", "stderr", "ci95"?, "higher_is_better"}}}}, "lm_eval_version"}``."""
     import lm_eval
@@ -62,11 +78,20 @@ def evaluate_harness(model, tokenizer, tasks: list[str], manager, *, num_fewshot
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-    raw = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot,
-                                  limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False,
-                                  verbosity="WARNING")
-    return {"tasks": {name: _task_scores(name, metrics, raw) for name, metrics in raw["results"].items()},
-            "lm_eval_version": raw.get("lm_eval_version")}
+    raw = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=False,
+        verbosity="WARNING",
+    )
+    return {
+        "tasks": {name: _task_scores(name, metrics, raw) for name, metrics in raw["results"].items()},
+        "lm_eval_version": raw.get("lm_eval_version"),
+    }
 
 
 def _task_scores(name: str, metrics: dict, raw: dict) -> dict:
@@ -81,25 +106,35 @@ def _task_scores(name: str, metrics: dict, raw: dict) -> dict:
             continue  # alias, name, sample_len, and the stderr entries (read below)
         label = metric if filt == "none" else f"{metric} ({filt})"
         stderr = metrics.get(f"{metric}_stderr,{filt}")
-        entry = {"value": float(value), "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                 "higher_is_better": better.get(metric)}
+        entry = {
+            "value": float(value),
+            "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+            "higher_is_better": better.get(metric),
+        }
         if metric in PROPORTION_METRICS and n:
             entry["ci95"] = list(wilson_interval(round(value * n), int(n)))
         scores[label] = entry
-    return {"n": n, "n_shot": raw.get("n-shot", {}).get(name), "version": raw.get("versions", {}).get(name),
-            "metrics": scores}
+    return {
+        "n": n,
+        "n_shot": raw.get("n-shot", {}).get(name),
+        "version": raw.get("versions", {}).get(name),
+        "metrics": scores,
+    }
 
 
 def markdown_table(runs: dict[str, dict], settings: dict) -> str:
     """One row per (task, metric); one column per run (base first), then each run's difference from
     the first (``Δ``)."""
     labels = list(runs)
-    lines = [f"lm-evaluation-harness {settings.get('lm_eval_version') or '?'}; shots: "
-             f"{settings.get('num_fewshot', 'task default')}; "
-             + (f"first {settings['limit']} examples per task" if settings.get("limit") else "every example")
-             + ". Values ± the harness's standard error; [95% Wilson interval] for 0/1 metrics.", "",
-             "| task | metric | n | " + " | ".join(labels) + "".join(f" | Δ {label}" for label in labels[1:]) + " |",
-             "|---|---|---:|" + "---:|" * (2 * len(labels) - 1)]
+    lines = [
+        f"lm-evaluation-harness {settings.get('lm_eval_version') or '?'}; shots: "
+        f"{settings.get('num_fewshot', 'task default')}; "
+        + (f"first {settings['limit']} examples per task" if settings.get("limit") else "every example")
+        + ". Values ± the harness's standard error; [95% Wilson interval] for 0/1 metrics.",
+        "",
+        "| task | metric | n | " + " | ".join(labels) + "".join(f" | Δ {label}" for label in labels[1:]) + " |",
+        "|---|---|---:|" + "---:|" * (2 * len(labels) - 1),
+    ]
     first = runs[labels[0]]["tasks"]
     for task in dict.fromkeys(t for r in runs.values() for t in r["tasks"]):
         metrics = dict.fromkeys(m for r in runs.values() for m in r["tasks"].get(task, {}).get("metrics", {}))

@@ -17,6 +17,7 @@ model* (before finetuning) is evaluated once per model and data (``eval.base``; 
 Inference is always plain causal attention (no interval mask), whatever the training
 objective was.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from bico.io_utils import atomic_write, atomic_write_json, pyplot, save_figure
 from bico.evaluation.stats import error_bars, wilson_interval
+from bico.io_utils import atomic_write, atomic_write_json, pyplot, save_figure
 from bico.paths import RETENTION_DIR
 
 PERPLEXITY_WINDOW = 256  # tokens per scored window; no context crosses windows
@@ -51,40 +52,49 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 32,
-                    progress: bool = False) -> list[str]:
+def generate_greedy(
+    model, tokenizer, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 32, progress: bool = False
+) -> list[str]:
     device = next(model.parameters()).device
     encoded = _encode_prompts(tokenizer, prompts)
     outputs: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-        ids, mask = _left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id, device)
+        ids, mask = _left_pad(encoded[start : start + batch_size], tokenizer.pad_token_id, device)
         generated = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
-        outputs.extend(tokenizer.batch_decode(generated[:, ids.shape[1]:], skip_special_tokens=True))
+        outputs.extend(tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True))
     return outputs
 
 
 @torch.no_grad()
-def completion_logprobs(model, tokenizer, prompts: list[str], completions: list[str], *, batch_size: int = 32) -> list[float]:
+def completion_logprobs(
+    model, tokenizer, prompts: list[str], completions: list[str], *, batch_size: int = 32
+) -> list[float]:
     """Sum of log p(completion tokens | prompt) for each pair (no EOS)."""
     device = next(model.parameters()).device
     prompt_ids = _encode_prompts(tokenizer, prompts)
     completion_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in completions]
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        seqs = [p + c for p, c in zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size])]
+        seqs = [
+            p + c for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size])
+        ]
         ids, mask = _left_pad(seqs, tokenizer.pad_token_id, device)
         logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         width = ids.shape[1]
-        for row, c in enumerate(completion_ids[start:start + batch_size]):
+        for row, c in enumerate(completion_ids[start : start + batch_size]):
             positions = torch.arange(width - len(c), width, device=device)
             token_lp = logprobs[row, positions - 1].gather(-1, ids[row, positions][:, None])
             scores.append(float(token_lp.sum()))
@@ -99,8 +109,17 @@ def substring_match(generated: str, target: str) -> bool:
     return target.strip().lower() in generated.lower()
 
 
-def evaluate_split(model, tokenizer, rows: list[dict], randomized: list[dict], *, max_new_tokens=32,
-                   batch_size=32, progress=False, generation_margin: int | None = None) -> dict:
+def evaluate_split(
+    model,
+    tokenizer,
+    rows: list[dict],
+    randomized: list[dict],
+    *,
+    max_new_tokens=32,
+    batch_size=32,
+    progress=False,
+    generation_margin: int | None = None,
+) -> dict:
     """``generation_margin``: generate at most (longest target, in tokens) + margin new tokens
     (capped by ``max_new_tokens``). Exact match only reads the target's length; substring match
     then only looks that far."""
@@ -109,20 +128,25 @@ def evaluate_split(model, tokenizer, rows: list[dict], randomized: list[dict], *
     if generation_margin is not None and targets:
         longest = max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in targets)
         max_new_tokens = min(max_new_tokens, longest + generation_margin)
-    generated = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                progress=progress)
+    generated = generate_greedy(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
     correct = completion_logprobs(model, tokenizer, prompts, targets, batch_size=batch_size)
     wrong = completion_logprobs(model, tokenizer, prompts, [r["completion"] for r in randomized], batch_size=batch_size)
     n = len(rows)
-    hits = {"exact_match": sum(exact_match(g, t) for g, t in zip(generated, targets)),
-            "substring_match": sum(substring_match(g, t) for g, t in zip(generated, targets)),
-            "logprob_win_rate": sum(c > w for c, w in zip(correct, wrong))}
+    hits = {
+        "exact_match": sum(exact_match(g, t) for g, t in zip(generated, targets)),
+        "substring_match": sum(substring_match(g, t) for g, t in zip(generated, targets)),
+        "logprob_win_rate": sum(c > w for c, w in zip(correct, wrong)),
+    }
     return {
         "n": n,
         **{name: k / n for name, k in hits.items()},
         "mean_logprob": sum(correct) / n,
         "ci95": {name: list(wilson_interval(k, n)) for name, k in hits.items()},
-        "examples": [{"prompt": p, "target": t, "generated": g} for p, t, g in list(zip(prompts, targets, generated))[:5]],
+        "examples": [
+            {"prompt": p, "target": t, "generated": g} for p, t, g in list(zip(prompts, targets, generated))[:5]
+        ],
     }
 
 
@@ -132,15 +156,15 @@ def perplexity(model, tokenizer, text: str, *, window: int = PERPLEXITY_WINDOW, 
     ``window`` tokens (each window's first token is context only)."""
     device = next(model.parameters()).device
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    chunks = [c for c in (ids[i:i + window] for i in range(0, len(ids), window)) if len(c) > 1]
+    chunks = [c for c in (ids[i : i + window] for i in range(0, len(ids), window)) if len(c) > 1]
     nll, count = 0.0, 0
     for start in range(0, len(chunks), batch_size):
-        group = chunks[start:start + batch_size]
+        group = chunks[start : start + batch_size]
         width = max(len(c) for c in group)
         batch = torch.full((len(group), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(group), width), dtype=torch.long)
         for row, c in enumerate(group):
-            batch[row, :len(c)], mask[row, :len(c)] = torch.tensor(c), 1
+            batch[row, : len(c)], mask[row, : len(c)] = torch.tensor(c), 1
         batch, mask = batch.to(device), mask.to(device)
         logprobs = torch.log_softmax(model(input_ids=batch, attention_mask=mask).logits.float()[:, :-1], dim=-1)
         token_lp = logprobs.gather(-1, batch[:, 1:, None])[..., 0]
@@ -156,14 +180,29 @@ def retention(model, tokenizer, *, batch_size: int = 32) -> dict:
     generated = generate_greedy(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=8, batch_size=batch_size)
     hits = sum(exact_match(g, r["completion"]) for g, r in zip(generated, rows))
     ppl = perplexity(model, tokenizer, (RETENTION_DIR / "prose.txt").read_text(encoding="utf-8"))
-    return {"perplexity": ppl["perplexity"], "perplexity_tokens": ppl["tokens"],
-            "knowledge_exact_match": hits / len(rows), "knowledge_n": len(rows),
-            "knowledge_ci95": list(wilson_interval(hits, len(rows)))}
+    return {
+        "perplexity": ppl["perplexity"],
+        "perplexity_tokens": ppl["tokens"],
+        "knowledge_exact_match": hits / len(rows),
+        "knowledge_n": len(rows),
+        "knowledge_ci95": list(wilson_interval(hits, len(rows))),
+    }
 
 
-def evaluate(model, tokenizer, data_dir, splits: list, *, max_new_tokens: int = 32, batch_size: int = 32,
-             limit: int | None = None, seed: int = 0, progress: bool = True,
-             generation_margin: int | None = None, with_retention: bool = False) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    data_dir,
+    splits: list,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    generation_margin: int | None = None,
+    with_retention: bool = False,
+) -> dict:
     """Evaluate every split; returns ``{"splits": {name: metrics}}`` (plus ``"retention"``)."""
     from bico.data import load_split
 
@@ -177,9 +216,16 @@ def evaluate(model, tokenizer, data_dir, splits: list, *, max_new_tokens: int = 
             rows, randomized = load_split(data_dir, spec, seed=seed)
             if limit:
                 rows, randomized = rows[:limit], randomized[:limit]
-            results[name] = evaluate_split(model, tokenizer, rows, randomized, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, progress=progress,
-                                           generation_margin=generation_margin)
+            results[name] = evaluate_split(
+                model,
+                tokenizer,
+                rows,
+                randomized,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress,
+                generation_margin=generation_margin,
+            )
         out = {"splits": results}
         if with_retention:
             out["retention"] = retention(model, tokenizer, batch_size=batch_size)
@@ -193,10 +239,19 @@ def evaluate_recipe(model, tokenizer, recipe, *, progress: bool | None = None) -
     from bico.data import resolve_data_dir
 
     ev = recipe.eval
-    return evaluate(model, tokenizer, resolve_data_dir(recipe.data.dir), ev.splits, max_new_tokens=ev.max_new_tokens,
-                    batch_size=ev.batch_size, limit=ev.limit, seed=recipe.train.seed,
-                    progress=recipe.train.progress if progress is None else progress,
-                    generation_margin=ev.generation_margin, with_retention=ev.retention)
+    return evaluate(
+        model,
+        tokenizer,
+        resolve_data_dir(recipe.data.dir),
+        ev.splits,
+        max_new_tokens=ev.max_new_tokens,
+        batch_size=ev.batch_size,
+        limit=ev.limit,
+        seed=recipe.train.seed,
+        progress=recipe.train.progress if progress is None else progress,
+        generation_margin=ev.generation_margin,
+        with_retention=ev.retention,
+    )
 
 
 def base_scores(recipe, *, progress: bool | None = None) -> dict:
@@ -244,9 +299,12 @@ def _with_ci(m: dict, name: str) -> str:
 def markdown_table(runs: dict[str, dict]) -> str:
     """One row per (run, split), then retention per run where measured. ``runs`` maps a label
     (e.g. objective; ``base`` = before finetuning) to evaluate()'s output."""
-    lines = ["Proportions with their 95% Wilson score interval [low, high].", "",
-             "| run | split | n | exact match | substring | mean log p | likelihood win |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "Proportions with their 95% Wilson score interval [low, high].",
+        "",
+        "| run | split | n | exact match | substring | mean log p | likelihood win |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for label, result in runs.items():
         for split, m in result["splits"].items():
             lines.append(
@@ -255,13 +313,20 @@ def markdown_table(runs: dict[str, dict]) -> str:
             )
     kept = {label: r["retention"] for label, r in runs.items() if r.get("retention")}
     if kept:
-        lines += ["", "Retention (what finetuning cost): perplexity on the prose sample (lower is better) and "
-                  "exact match on general-knowledge completions the base model gets right.", "",
-                  "| run | perplexity | tokens | knowledge exact match | n |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Retention (what finetuning cost): perplexity on the prose sample (lower is better) and "
+            "exact match on general-knowledge completions the base model gets right.",
+            "",
+            "| run | perplexity | tokens | knowledge exact match | n |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for label, r in kept.items():
             low, high = r["knowledge_ci95"]
-            lines.append(f"| {label} | {r['perplexity']:.2f} | {r['perplexity_tokens']} | "
-                         f"{r['knowledge_exact_match']:.3f} [{low:.2f}, {high:.2f}] | {r['knowledge_n']} |")
+            lines.append(
+                f"| {label} | {r['perplexity']:.2f} | {r['perplexity_tokens']} | "
+                f"{r['knowledge_exact_match']:.3f} [{low:.2f}, {high:.2f}] | {r['knowledge_n']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -287,8 +352,9 @@ def plot_runs(runs: dict[str, dict], path: str | Path, title: str = "Reversal cu
     return out
 
 
-def write_report(runs: dict[str, dict], folder: str | Path, stem: str = "eval", keyed: bool | None = None,
-                 base: dict | None = None) -> dict:
+def write_report(
+    runs: dict[str, dict], folder: str | Path, stem: str = "eval", keyed: bool | None = None, base: dict | None = None
+) -> dict:
     """``stem.json``, ``stem.md`` and ``stem.png`` in ``folder`` (each written atomically).
 
     The JSON maps each label to its run (``keyed``; default: when there are several runs). ``base``

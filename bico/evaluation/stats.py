@@ -6,6 +6,7 @@
 * :func:`mean_ci`: the mean of a few runs' values (seeds) and the half-width of its 95% Student t
   interval, as ``bico ablate`` reports across seeds.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,20 +31,52 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
 def error_bars(values: list[float], intervals: list) -> list[list[float]]:
     """matplotlib's ``yerr`` (distances below, above) for ``values`` and their ``(low, high)``
     intervals; max(0, .) because a bound may sit a rounding error past its value."""
-    return [[max(0.0, v - c[0]) for v, c in zip(values, intervals)],
-            [max(0.0, c[1] - v) for v, c in zip(values, intervals)]]
+    return [
+        [max(0.0, v - c[0]) for v, c in zip(values, intervals)],
+        [max(0.0, c[1] - v) for v, c in zip(values, intervals)],
+    ]
 
 
 # Two-sided 97.5% Student t quantiles for 1..30 degrees of freedom (no scipy needed).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
     if df <= len(T975):
         return T975[df - 1]
     z = 1.959964  # Cornish-Fisher step beyond the table (error < 1e-3 for df > 30)
-    return z + (z ** 3 + z) / (4 * df)
+    return z + (z**3 + z) / (4 * df)
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:

@@ -13,6 +13,7 @@ identically.
 
 Options: ``inner`` (an objective name), ``options`` (its options), ``steps`` (anneal steps).
 """
+
 from __future__ import annotations
 
 import torch

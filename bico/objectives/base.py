@@ -13,6 +13,7 @@ to :meth:`Objective.encode` for each example of that batch.
 Helpers that several objectives share (special tokens, masking eligibility, denoising targets,
 entity spans) live here, so that each objective file depends on this base only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,9 @@ class Example:
             spans = []
             for a, b in self.loss_spans:  # a span that holds `at` is split around the new tokens
                 spans += [(a, b)] if b <= at else [(a + k, b + k)] if a >= at else [(a, at), (at + k, b + k)]
-        return dataclasses.replace(self, prompt_ids=self.prompt_ids[:at] + list(token_ids) + self.prompt_ids[at:],
-                                   loss_spans=spans)
+        return dataclasses.replace(
+            self, prompt_ids=self.prompt_ids[:at] + list(token_ids) + self.prompt_ids[at:], loss_spans=spans
+        )
 
 
 @dataclass
@@ -72,8 +74,10 @@ class Sample:
 
     def __post_init__(self):
         if self.mask.batch_size != 1 or self.mask.seq_len != self.input_ids.numel():
-            raise ValueError(f"a sample of {self.input_ids.numel()} tokens needs a [1, {self.input_ids.numel()}] "
-                             f"mask, got {tuple(self.mask.lo.shape)}")
+            raise ValueError(
+                f"a sample of {self.input_ids.numel()} tokens needs a [1, {self.input_ids.numel()}] "
+                f"mask, got {tuple(self.mask.lo.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -107,8 +111,12 @@ def next_token_targets(ids: list[int], first_target: int = 1, allowed: torch.Ten
 
 def next_token_sample(ids: list[int], first_target: int = 1, allowed: torch.Tensor | None = None) -> Sample:
     """A causal next-token sample of ``ids`` (positions 0..T-1, standard RoPE)."""
-    return Sample(input_ids=torch.tensor(ids, dtype=torch.long), targets=next_token_targets(ids, first_target, allowed),
-                  position_ids=torch.arange(len(ids)), mask=IntervalMask.causal(len(ids)))
+    return Sample(
+        input_ids=torch.tensor(ids, dtype=torch.long),
+        targets=next_token_targets(ids, first_target, allowed),
+        position_ids=torch.arange(len(ids)),
+        mask=IntervalMask.causal(len(ids)),
+    )
 
 
 def add_special_token(tokenizer, token: str) -> int:
@@ -118,7 +126,9 @@ def add_special_token(tokenizer, token: str) -> int:
         try:
             tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
         except TypeError:  # transformers < 5 names the flag differently
-            tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_additional_special_tokens=False)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": [token]}, replace_additional_special_tokens=False
+            )
     return int(tokenizer.convert_tokens_to_ids(token))
 
 
@@ -164,14 +174,24 @@ def check_rope(name: str, rope: str) -> None:
         raise ObjectiveError(f"{name}.rope must be 'standard' or 'mirrored', got {rope!r}")
 
 
-def denoising_sample(inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor | None, rope: str,
-                     weights: torch.Tensor | None = None) -> Sample:
+def denoising_sample(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    hidden: torch.Tensor | None,
+    rope: str,
+    weights: torch.Tensor | None = None,
+) -> Sample:
     """A bidirectional denoising sample (BICO, MNTP, MLM-U): ``hidden`` keys (None = none) are
     seen by nobody; positions 0..T-1."""
     n = inputs.numel()
     mask = IntervalMask.bidirectional(n, rope)
-    return Sample(input_ids=inputs, targets=targets, position_ids=torch.arange(n),
-                  mask=mask.hide(hidden) if hidden is not None else mask, weights=weights)
+    return Sample(
+        input_ids=inputs,
+        targets=targets,
+        position_ids=torch.arange(n),
+        mask=mask.hide(hidden) if hidden is not None else mask,
+        weights=weights,
+    )
 
 
 def strip_specials(ids: list[int], special_ids) -> tuple[list[int], list[int], list[int]]:
@@ -201,8 +221,9 @@ def separated(units: list[tuple[int, int]], sep: int | None = None) -> list:
     return pieces
 
 
-def rearranged(ids: list[int], allowed: torch.Tensor | None, start: int, end: int,
-               pieces: list) -> tuple[list[int], torch.Tensor | None]:
+def rearranged(
+    ids: list[int], allowed: torch.Tensor | None, start: int, end: int, pieces: list
+) -> tuple[list[int], torch.Tensor | None]:
     """``ids`` with its content ``ids[start:end]`` replaced by ``pieces``: a tuple ``(a, b)`` is the
     content's tokens ``a..b-1``, an int a token the objective inserts (a separator, a sentinel).
 
@@ -214,8 +235,8 @@ def rearranged(ids: list[int], allowed: torch.Tensor | None, start: int, end: in
     body, flags = [], []
     for piece in pieces:
         if isinstance(piece, tuple):
-            body += content[piece[0]:piece[1]]
-            flags += [] if allowed is None else allowed[start + piece[0]:start + piece[1]].tolist()
+            body += content[piece[0] : piece[1]]
+            flags += [] if allowed is None else allowed[start + piece[0] : start + piece[1]].tolist()
         else:
             body.append(piece)
             flags.append(False)

@@ -31,6 +31,7 @@ Rules:
   clean prefix that noisy_b sees. Each target is weighted 1/t_b (the linear schedule's
   -alpha'/(1 - alpha) = 1/t, MLM-U's weighting); the trainer divides by the number of targets.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,16 @@ RATE_PER = ("block", "sample")
 
 @register("bd3lm")
 class BlockDiffusion(Objective):
-    def __init__(self, tokenizer, block_size: int = 4, rate_per: str = "block", min_rate: float = 1e-3,
-                 max_rate: float = 1.0, mask_token: str = "added", shift: bool = True):
+    def __init__(
+        self,
+        tokenizer,
+        block_size: int = 4,
+        rate_per: str = "block",
+        min_rate: float = 1e-3,
+        max_rate: float = 1.0,
+        mask_token: str = "added",
+        shift: bool = True,
+    ):
         super().__init__(tokenizer)
         if int(block_size) < 1:
             raise ObjectiveError(f"bd3lm.block_size must be >= 1, got {block_size}")
@@ -54,7 +63,12 @@ class BlockDiffusion(Objective):
         if not 0.0 < min_rate <= max_rate <= 1.0:
             raise ObjectiveError(f"bd3lm needs 0 < min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
         self.block_size, self.rate_per = int(block_size), rate_per
-        self.min_rate, self.max_rate, self.mask_token, self.shift = float(min_rate), float(max_rate), mask_token, bool(shift)
+        self.min_rate, self.max_rate, self.mask_token, self.shift = (
+            float(min_rate),
+            float(max_rate),
+            mask_token,
+            bool(shift),
+        )
         self.mask_id = resolve_mask_id(tokenizer, mask_token)
         self.special_ids = self.special_ids | {self.mask_id}
 
@@ -82,10 +96,22 @@ class BlockDiffusion(Objective):
         for p in masked.nonzero().flatten().tolist():
             at = noisy_at[p] if not self.shift else noisy_at[p - 1] if p % bs else clean_at[p - 1]
             targets[at], weights[at] = ids[p], 1.0 / float(rate_of[p])
-        return Sample(input_ids=torch.tensor(inputs, dtype=torch.long), targets=targets,
-                      position_ids=torch.tensor(pos, dtype=torch.long),
-                      mask=IntervalMask.block_diffusion([b - a for a, b in blocks]), weights=weights)
+        return Sample(
+            input_ids=torch.tensor(inputs, dtype=torch.long),
+            targets=targets,
+            position_ids=torch.tensor(pos, dtype=torch.long),
+            mask=IntervalMask.block_diffusion([b - a for a, b in blocks]),
+            weights=weights,
+        )
 
     def describe(self) -> dict:
-        return {"name": self.name, "block_size": self.block_size, "rate_per": self.rate_per, "min_rate": self.min_rate,
-                "max_rate": self.max_rate, "mask_token": self.mask_token, "mask_id": self.mask_id, "shift": self.shift}
+        return {
+            "name": self.name,
+            "block_size": self.block_size,
+            "rate_per": self.rate_per,
+            "min_rate": self.min_rate,
+            "max_rate": self.max_rate,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "shift": self.shift,
+        }

@@ -31,12 +31,22 @@ every other token is. The lead token itself is never masked nor predicted.
 ``mask_token``: ``"unk"`` (the paper: Llama's ``<unk>``), ``"pad"``, ``"added"`` (a new
 ``<|mask|>`` special token; the trainer resizes the embeddings) or any existing token string.
 """
+
 from __future__ import annotations
 
 import torch
 
-from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
-                                   masked_targets, next_token_sample, resolve_mask_id)
+from bico.objectives.base import (
+    Example,
+    Objective,
+    Sample,
+    check_rope,
+    denoising_sample,
+    eligible_tokens,
+    masked_targets,
+    next_token_sample,
+    resolve_mask_id,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 ENTITIES = ("name", "description", "any")
@@ -95,8 +105,9 @@ class Bico(Objective):
         predicted = masked.clone()
         if self.shift and n:
             predicted[0] = False  # an entity token at position 0: hidden, but nothing precedes it to predict it
-        return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, predicted, self.shift),
-                                masked, self.rope)
+        return denoising_sample(
+            ids.masked_fill(masked, self.mask_id), masked_targets(ids, predicted, self.shift), masked, self.rope
+        )
 
     def entity_span(self, ids: torch.Tensor, meta: dict, rng) -> torch.Tensor:
         """Boolean mask of one whole entity span of the example (none found: all False)."""
@@ -111,9 +122,16 @@ class Bico(Objective):
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "mask_ratio": self.mask_ratio, "ntp_mix": self.ntp_mix,
-            "mask_token": self.mask_token, "mask_id": self.mask_id, "rope": self.rope, "shift": self.shift,
-            "entity_mask": self.entity_mask, "entity": self.entity, "lead_token": self.lead_token,
+            "name": self.name,
+            "mask_ratio": self.mask_ratio,
+            "ntp_mix": self.ntp_mix,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "rope": self.rope,
+            "shift": self.shift,
+            "entity_mask": self.entity_mask,
+            "entity": self.entity,
+            "lead_token": self.lead_token,
         }
 
 
@@ -127,5 +145,7 @@ def resolve_lead_id(tokenizer, lead_token: str) -> int:
         return int(token_id)
     token_id = tokenizer.convert_tokens_to_ids(lead_token)
     if token_id is None or token_id == tokenizer.unk_token_id and lead_token != tokenizer.unk_token:
-        raise ObjectiveError(f"bico.lead_token {lead_token!r} is not a token of this tokenizer: use bos or an existing token")
+        raise ObjectiveError(
+            f"bico.lead_token {lead_token!r} is not a token of this tokenizer: use bos or an existing token"
+        )
     return int(token_id)

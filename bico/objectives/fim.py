@@ -15,10 +15,18 @@ training, no loss masking); with loss spans, on the spans' tokens only, wherever
 (the sentinels then get no loss). Sentinels ``<|fim_prefix|>``, ``<|fim_suffix|>``,
 ``<|fim_middle|>`` are added as special tokens when the tokenizer lacks them.
 """
+
 from __future__ import annotations
 
-from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_sample, rearranged,
-                                  strip_specials)
+from bico.objectives.base import (
+    Example,
+    Objective,
+    Sample,
+    add_special_token,
+    next_token_sample,
+    rearranged,
+    strip_specials,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 SENTINELS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
@@ -59,5 +67,9 @@ class FillInTheMiddle(Objective):
         return next_token_sample(ids, allowed=allowed)
 
     def describe(self) -> dict:
-        return {"name": self.name, "fim_rate": self.fim_rate, "spm_rate": self.spm_rate,
-                "sentinel_ids": [self.pre_id, self.suf_id, self.mid_id]}
+        return {
+            "name": self.name,
+            "fim_rate": self.fim_rate,
+            "spm_rate": self.spm_rate,
+            "sentinel_ids": [self.pre_id, self.suf_id, self.mid_id],
+        }

@@ -25,6 +25,7 @@ Rules (GLM's paper and released code, ``blocklm_utils.py``):
 Special tokens: the mask (``mask_token``, default ``"added"`` = a new ``<|mask|>``; see
 :func:`bico.objectives.bico.resolve_mask_id`) and new ``<|sop|>`` / ``<|eop|>``.
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,9 @@ class BlankInfilling(Objective):
         eligible = [i > 0 and t not in self.special_ids for i, t in enumerate(ids)]
         out = []
         for a, b in runs or [(0, len(ids))]:
-            out += sample_spans([ok and a <= i < b for i, ok in enumerate(eligible)], rng, ratio=self.mask_ratio,
-                                weights=self.weights)
+            out += sample_spans(
+                [ok and a <= i < b for i, ok in enumerate(eligible)], rng, ratio=self.mask_ratio, weights=self.weights
+            )
         return out
 
     def encode(self, example: Example, rng, state=None) -> Sample:
@@ -160,8 +162,15 @@ class BlankInfilling(Objective):
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "mask_ratio": self.mask_ratio, "poisson_lambda": self.poisson_lambda,
-            "max_span": self.max_span, "positions": self.positions, "isolated_spans": self.isolated_spans,
-            "shuffle": self.shuffle, "mask_token": self.mask_token, "mask_id": self.mask_id,
-            "sop_id": self.sop_id, "eop_id": self.eop_id,
+            "name": self.name,
+            "mask_ratio": self.mask_ratio,
+            "poisson_lambda": self.poisson_lambda,
+            "max_span": self.max_span,
+            "positions": self.positions,
+            "isolated_spans": self.isolated_spans,
+            "shuffle": self.shuffle,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "sop_id": self.sop_id,
+            "eop_id": self.eop_id,
         }

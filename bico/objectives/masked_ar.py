@@ -29,31 +29,55 @@ Rules, and where they follow the released code:
 * positions: ``"continue"`` (released: one sequence, 0..T-1); ``"shared"`` (ours): the original
   copy takes the positions of the corrupted copy, token for token, and EOS the next one.
 """
+
 from __future__ import annotations
 
 import torch
 
 from bico.masks import IntervalMask
-from bico.objectives.base import (Example, Objective, Sample, add_special_token, next_token_targets,
-                                  resolve_mask_id, strip_specials)
+from bico.objectives.base import (
+    Example,
+    Objective,
+    Sample,
+    add_special_token,
+    next_token_targets,
+    resolve_mask_id,
+    strip_specials,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 RELEASED_INSTRUCTION = "\nReturn the recovered masked passage.\nHere is the recovered text:\n\n"
 RECOVER_TOKEN = "<|recover|>"
-CHOICES = {"rate_per": ("batch", "sample"), "separator": ("instruction", "token"),
-           "positions": ("continue", "shared"), "loss_on": ("original", "both")}
+CHOICES = {
+    "rate_per": ("batch", "sample"),
+    "separator": ("instruction", "token"),
+    "positions": ("continue", "shared"),
+    "loss_on": ("original", "both"),
+}
 
 
 @register("masked_ar")
 class MaskedAR(Objective):
-    def __init__(self, tokenizer, min_rate: float = 0.05, max_rate: float = 0.95, rate_per: str = "batch",
-                 mask_token: str = "added", separator: str = "instruction", positions: str = "continue",
-                 loss_on: str = "original"):
+    def __init__(
+        self,
+        tokenizer,
+        min_rate: float = 0.05,
+        max_rate: float = 0.95,
+        rate_per: str = "batch",
+        mask_token: str = "added",
+        separator: str = "instruction",
+        positions: str = "continue",
+        loss_on: str = "original",
+    ):
         super().__init__(tokenizer)
         if not 0.0 <= min_rate <= max_rate <= 1.0:
             raise ObjectiveError(f"masked_ar needs 0 <= min_rate <= max_rate <= 1, got {min_rate}, {max_rate}")
-        for key, value in (("rate_per", rate_per), ("separator", separator), ("positions", positions),
-                           ("loss_on", loss_on)):
+        for key, value in (
+            ("rate_per", rate_per),
+            ("separator", separator),
+            ("positions", positions),
+            ("loss_on", loss_on),
+        ):
             if value not in CHOICES[key]:
                 raise ObjectiveError(f"masked_ar.{key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
         self.min_rate, self.max_rate, self.rate_per = float(min_rate), float(max_rate), rate_per
@@ -74,14 +98,17 @@ class MaskedAR(Objective):
         text, allowed = self.text_ids(example), self.allowed(example)
         lead, content, tail = strip_specials(text, self.special_ids)
         trained = [True] * len(text) if allowed is None else allowed.tolist()
-        trained = trained[len(lead):]  # content + tail
+        trained = trained[len(lead) :]  # content + tail
         # One draw per content token whether or not it may be masked, so spans change no other draw.
-        masked = [rng.random() < rate and ok for ok in trained[:len(content)]]
+        masked = [rng.random() < rate and ok for ok in trained[: len(content)]]
         corrupted = lead + [self.mask_id if m else t for t, m in zip(content, masked)]
         prefix = corrupted + self.sep_ids
         ids = prefix + content + tail
-        targets = next_token_targets(ids, first_target=len(prefix),  # original copy + EOS
-                                     allowed=None if allowed is None else torch.tensor([False] * len(prefix) + trained))
+        targets = next_token_targets(
+            ids,
+            first_target=len(prefix),  # original copy + EOS
+            allowed=None if allowed is None else torch.tensor([False] * len(prefix) + trained),
+        )
         if self.loss_on == "both":
             for i in range(len(lead) + 1, len(corrupted)):
                 if not masked[i - len(lead)] and trained[i - len(lead)]:
@@ -91,10 +118,23 @@ class MaskedAR(Objective):
             pos = list(range(len(prefix))) + list(range(len(lead), n_copy)) + list(range(n_copy, n_copy + len(tail)))
         else:
             pos = list(range(len(ids)))
-        return Sample(input_ids=torch.tensor(ids, dtype=torch.long), targets=targets,
-                      position_ids=torch.tensor(pos, dtype=torch.long), mask=IntervalMask.causal(len(ids)))
+        return Sample(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            targets=targets,
+            position_ids=torch.tensor(pos, dtype=torch.long),
+            mask=IntervalMask.causal(len(ids)),
+        )
 
     def describe(self) -> dict:
-        return {"name": self.name, "min_rate": self.min_rate, "max_rate": self.max_rate, "rate_per": self.rate_per,
-                "mask_token": self.mask_token, "mask_id": self.mask_id, "separator": self.separator,
-                "sep_ids": self.sep_ids, "positions": self.positions, "loss_on": self.loss_on}
+        return {
+            "name": self.name,
+            "min_rate": self.min_rate,
+            "max_rate": self.max_rate,
+            "rate_per": self.rate_per,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "separator": self.separator,
+            "sep_ids": self.sep_ids,
+            "positions": self.positions,
+            "loss_on": self.loss_on,
+        }

@@ -33,6 +33,7 @@ BICO as a mixture: ``[{name: ntp, weight: 0.5}, {name: mntp, weight: 0.5, option
 {mask_ratio: 0.15, replacement: all_mask, hide_masked: true, rope: mirrored, mask_token: unk}}]``
 gives the same samples as ``bico`` for the same seed.
 """
+
 from __future__ import annotations
 
 from bico.objectives.base import Example, Objective, Sample, add_special_token, strip_specials
@@ -42,8 +43,12 @@ PRESETS = {
     "ul2": [
         {"label": "R", "name": "glm", "options": {"mask_ratio": 0.15, "poisson_lambda": 3}, "mode_token": "[R]"},
         {"label": "S", "name": "prefix_lm", "mode_token": "[S]"},
-        {"label": "X", "name": "glm", "options": {"mask_ratio": 0.5, "poisson_lambda": 32, "max_span": 128},
-         "mode_token": "[X]"},
+        {
+            "label": "X",
+            "name": "glm",
+            "options": {"mask_ratio": 0.5, "poisson_lambda": 32, "max_span": 128},
+            "mode_token": "[X]",
+        },
     ],
 }
 COMPONENT_KEYS = {"name", "options", "weight", "label", "mode_token"}
@@ -65,8 +70,9 @@ def with_mode_token(example: Example, token_id: int, special_ids) -> Example:
 
 @register("mix")
 class Mix(Objective):
-    def __init__(self, tokenizer, components: list | None = None, preset: str | None = None,
-                 weights: dict | None = None):
+    def __init__(
+        self, tokenizer, components: list | None = None, preset: str | None = None, weights: dict | None = None
+    ):
         super().__init__(tokenizer)
         if preset is not None:
             if preset not in PRESETS:
@@ -79,14 +85,19 @@ class Mix(Objective):
         comps = [{"name": c} if isinstance(c, str) else dict(c) for c in components]
         for k, comp in enumerate(comps):
             if "name" not in comp or set(comp) - COMPONENT_KEYS:
-                raise ObjectiveError(f"mix.components[{k}] needs a name and only {', '.join(sorted(COMPONENT_KEYS))}; got {comp}")
+                raise ObjectiveError(
+                    f"mix.components[{k}] needs a name and only {', '.join(sorted(COMPONENT_KEYS))}; got {comp}"
+                )
         # Mode tokens first: components built afterwards count them among their special tokens.
-        self.mode_ids = [add_special_token(tokenizer, str(c["mode_token"])) if c.get("mode_token") else None
-                         for c in comps]
+        self.mode_ids = [
+            add_special_token(tokenizer, str(c["mode_token"])) if c.get("mode_token") else None for c in comps
+        ]
         self.labels = [str(c.get("label", c["name"])) for c in comps]
         unknown = sorted(set(weights or {}) - set(self.labels))
         if unknown:
-            raise ObjectiveError(f"mix.weights names no component {', '.join(unknown)}; labels: {', '.join(self.labels)}")
+            raise ObjectiveError(
+                f"mix.weights names no component {', '.join(unknown)}; labels: {', '.join(self.labels)}"
+            )
         self.components, self.weights = [], []
         for k, comp in enumerate(comps):
             weight = float((weights or {}).get(self.labels[k], comp.get("weight", 1.0)))
@@ -119,7 +130,11 @@ class Mix(Objective):
         return self.components[state.index].encode(example, rng, state.inner)
 
     def describe(self) -> dict:
-        return {"name": self.name, "preset": self.preset, "components": [
-            {"label": label, "weight": w, "mode_id": m, **c.describe()}
-            for label, w, m, c in zip(self.labels, self.weights, self.mode_ids, self.components)
-        ]}
+        return {
+            "name": self.name,
+            "preset": self.preset,
+            "components": [
+                {"label": label, "weight": w, "mode_id": m, **c.describe()}
+                for label, w, m, c in zip(self.labels, self.weights, self.mode_ids, self.components)
+            ],
+        }

@@ -14,12 +14,21 @@ Rules:
 * ``shift=True``: masked token t is predicted at t-1 (DiffuLLaMA keeps the AR shift);
   ``shift=False``: at t (LLaDA).
 """
+
 from __future__ import annotations
 
 import torch
 
-from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
-                                   masked_targets, resolve_mask_id)
+from bico.objectives.base import (
+    Example,
+    Objective,
+    Sample,
+    check_rope,
+    denoising_sample,
+    eligible_tokens,
+    masked_targets,
+    resolve_mask_id,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 
@@ -49,11 +58,21 @@ class UniformRateMLM(Objective):
         rate = rng.uniform(self.min_rate, 1.0)
         draws = torch.tensor([rng.random() for _ in range(n)])
         masked = eligible_tokens(ids, self.special_ids, self.shift, self.allowed(example)) & (draws < rate)
-        return denoising_sample(ids.masked_fill(masked, self.mask_id), masked_targets(ids, masked, self.shift),
-                                masked if self.hide_masked else None, self.rope, weights=torch.full((n,), 1.0 / rate))
+        return denoising_sample(
+            ids.masked_fill(masked, self.mask_id),
+            masked_targets(ids, masked, self.shift),
+            masked if self.hide_masked else None,
+            self.rope,
+            weights=torch.full((n,), 1.0 / rate),
+        )
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "mask_token": self.mask_token, "mask_id": self.mask_id, "shift": self.shift,
-            "hide_masked": self.hide_masked, "min_rate": self.min_rate, "rope": self.rope,
+            "name": self.name,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "shift": self.shift,
+            "hide_masked": self.hide_masked,
+            "min_rate": self.min_rate,
+            "rope": self.rope,
         }

@@ -17,12 +17,21 @@ Rules (LLM2Vec's MNTP recipe, HF's masked-LM collator):
 With ``mask_ratio=0.15, replacement=all_mask, hide_masked=true, rope=mirrored`` the denoising
 sample is BICO's, draw for draw; ``mix`` with NTP at 0.5 then reproduces ``bico`` exactly.
 """
+
 from __future__ import annotations
 
 import torch
 
-from bico.objectives.base import (Example, Objective, Sample, check_rope, denoising_sample, eligible_tokens,
-                                   masked_targets, resolve_mask_id)
+from bico.objectives.base import (
+    Example,
+    Objective,
+    Sample,
+    check_rope,
+    denoising_sample,
+    eligible_tokens,
+    masked_targets,
+    resolve_mask_id,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 REPLACEMENTS = ("80/10/10", "all_mask")
@@ -71,12 +80,18 @@ class MaskedNextTokenPrediction(Objective):
                 inputs[t] = self.mask_id
             elif u < 0.9:
                 inputs[t] = self._random_token(rng)
-        return denoising_sample(inputs, masked_targets(ids, selected, self.shift),
-                                selected if self.hide_masked else None, self.rope)
+        return denoising_sample(
+            inputs, masked_targets(ids, selected, self.shift), selected if self.hide_masked else None, self.rope
+        )
 
     def describe(self) -> dict:
         return {
-            "name": self.name, "mask_ratio": self.mask_ratio, "replacement": self.replacement,
-            "mask_token": self.mask_token, "mask_id": self.mask_id, "shift": self.shift,
-            "hide_masked": self.hide_masked, "rope": self.rope,
+            "name": self.name,
+            "mask_ratio": self.mask_ratio,
+            "replacement": self.replacement,
+            "mask_token": self.mask_token,
+            "mask_id": self.mask_id,
+            "shift": self.shift,
+            "hide_masked": self.hide_masked,
+            "rope": self.rope,
         }

@@ -4,6 +4,7 @@ Text = prompt + completion + EOS, causal attention, standard RoPE, loss on every
 (as in both papers' code: no loss masking of the prompt); ``completion_only=True`` restricts
 the loss to the completion and EOS.
 """
+
 from __future__ import annotations
 
 from bico.objectives.base import Example, Objective, Sample, next_token_sample

@@ -23,10 +23,21 @@ Rules:
 Departures from SPT: no assistant LLM (entity spans come from the facts' metadata, else
 capitalised-word runs); SPT's probabilities are not published, so ours are stated above.
 """
+
 from __future__ import annotations
 
-from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
-                                  next_token_sample, rearranged, separated, strip_specials)
+from bico.objectives.base import (
+    UNIT_SEP_TOKEN,
+    Example,
+    Objective,
+    Sample,
+    add_special_token,
+    check_units,
+    next_token_sample,
+    rearranged,
+    separated,
+    strip_specials,
+)
 from bico.objectives.registry import ObjectiveError, register
 
 ORDERS = ("original", "reversed", "permuted")
@@ -34,13 +45,22 @@ ORDERS = ("original", "reversed", "permuted")
 
 @register("permute")
 class SemanticPermutation(Objective):
-    def __init__(self, tokenizer, mode: str = "entity", segment_max: int = 25, original_prob: float = 1 / 3,
-                 reverse_prob: float = 1 / 3, permute_prob: float = 1 / 3):
+    def __init__(
+        self,
+        tokenizer,
+        mode: str = "entity",
+        segment_max: int = 25,
+        original_prob: float = 1 / 3,
+        reverse_prob: float = 1 / 3,
+        permute_prob: float = 1 / 3,
+    ):
         super().__init__(tokenizer)
         check_units("permute", mode, segment_max)
         probs = [float(original_prob), float(reverse_prob), float(permute_prob)]
         if min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
-            raise ObjectiveError(f"permute.original_prob, reverse_prob, permute_prob must be >= 0 and sum to 1, got {probs}")
+            raise ObjectiveError(
+                f"permute.original_prob, reverse_prob, permute_prob must be >= 0 and sum to 1, got {probs}"
+            )
         self.mode, self.segment_max, self.probs = mode, int(segment_max), probs
         self.sep_id = add_special_token(tokenizer, UNIT_SEP_TOKEN) if mode == "segment" else None
         if self.sep_id is not None:
@@ -71,6 +91,12 @@ class SemanticPermutation(Objective):
         return next_token_sample(ids, allowed=allowed)
 
     def describe(self) -> dict:
-        return {"name": self.name, "mode": self.mode, "segment_max": self.segment_max,
-                "original_prob": self.probs[0], "reverse_prob": self.probs[1], "permute_prob": self.probs[2],
-                "sep_id": self.sep_id}
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "segment_max": self.segment_max,
+            "original_prob": self.probs[0],
+            "reverse_prob": self.probs[1],
+            "permute_prob": self.probs[2],
+            "sep_id": self.sep_id,
+        }

@@ -6,6 +6,7 @@ completion and EOS only, shifted (token t predicted at t-1, the last prompt posi
 the first completion token). The prompt gets no loss: with bidirectional attention its
 tokens would be visible to the positions that predict them.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Objectives by name. ``build_objective("bico", tokenizer, {"mask_ratio": 0.2})``."""
+
 from __future__ import annotations
 
 import inspect

@@ -18,13 +18,24 @@ reversed, each unit keeping its own token order (:meth:`Objective.units`, shared
   reversed and joined by a new ``<|rev|>`` special token. The paper's value of k was not
   available to us; 25 is our default.
 """
+
 from __future__ import annotations
 
 import torch
 
 from bico.masks import IntervalMask
-from bico.objectives.base import (UNIT_SEP_TOKEN, Example, Objective, Sample, add_special_token, check_units,
-                                  next_token_targets, rearranged, separated, strip_specials)
+from bico.objectives.base import (
+    UNIT_SEP_TOKEN,
+    Example,
+    Objective,
+    Sample,
+    add_special_token,
+    check_units,
+    next_token_targets,
+    rearranged,
+    separated,
+    strip_specials,
+)
 from bico.objectives.registry import register
 
 
@@ -58,5 +69,10 @@ class ReverseTraining(Objective):
         )
 
     def describe(self) -> dict:
-        return {"name": self.name, "mode": self.mode, "segment_max": self.segment_max, "forward": self.forward,
-                "rev_id": self.rev_id}
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "segment_max": self.segment_max,
+            "forward": self.forward,
+            "rev_id": self.rev_id,
+        }

@@ -23,6 +23,7 @@ in this process, in ``--workers N`` CPU processes, or in one process per ``--dev
 (GPUs). Then ``results.csv``, ``results.md``, ``em_by_split.png``, ``reverse_vs_tokens.png`` and
 ``loss_curves.png`` (:mod:`bico.tools.ablate_plots`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,7 +46,17 @@ from bico.config import DuplicateKeyError, ObjectiveConfig, Recipe, RecipeError,
 from bico.io_utils import atomic_write, atomic_write_json
 from bico.machine import machine_info
 
-SPEC_KEYS = ("description", "base", "overrides", "objectives", "sweep", "seeds", "splits", "generate_data", "output_dir")
+SPEC_KEYS = (
+    "description",
+    "base",
+    "overrides",
+    "objectives",
+    "sweep",
+    "seeds",
+    "splits",
+    "generate_data",
+    "output_dir",
+)
 RECIPE_SECTIONS = ("model", "finetune", "objective", "data", "train", "eval", "replay")
 # Recipe fields that do not change a cell's result (where it ran, whether it drew a bar, whether
 # it replaced an unfinished attempt in its folder, where it was watched).
@@ -118,14 +129,20 @@ def _check_grid(spec: dict, path: Path) -> None:
     """Before any cell runs: a grid without cells, or with a cell twice, is a mistake in the spec
     (an empty list would once drop its axis, a repeated seed count one run twice)."""
     seeds = spec["seeds"]
-    if not (isinstance(seeds, list) and seeds
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise RecipeError(f"{path}: 'seeds' must be a non-empty list of whole numbers >= 0 (e.g. seeds: [0, 1, 2]), "
-                          f"got {seeds!r}")
+    if not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise RecipeError(
+            f"{path}: 'seeds' must be a non-empty list of whole numbers >= 0 (e.g. seeds: [0, 1, 2]), got {seeds!r}"
+        )
     sweep = spec.get("sweep") or {}
     if not isinstance(sweep, dict):
-        raise RecipeError(f"{path}: 'sweep' must map recipe keys to lists of values "
-                          f"(e.g. sweep: {{objective.options.mask_ratio: [0.15, 0.3]}}), got {sweep!r}")
+        raise RecipeError(
+            f"{path}: 'sweep' must map recipe keys to lists of values "
+            f"(e.g. sweep: {{objective.options.mask_ratio: [0.15, 0.3]}}), got {sweep!r}"
+        )
     axes = {"seeds": seeds, **{f"sweep {key!r}": values for key, values in sweep.items()}}
     for name, values in axes.items():
         if not isinstance(values, list) or not values:
@@ -141,14 +158,22 @@ def _check_grid(spec: dict, path: Path) -> None:
 _SPEC_TYPES = {
     "base": (lambda v: isinstance(v, str), "a recipe file name"),
     "overrides": (lambda v: isinstance(v, dict), "a mapping of recipe keys, e.g. {train.epochs: 3}"),
-    "objectives": (lambda v: isinstance(v, list) and all(isinstance(e, (str, dict)) for e in v),
-                   "a list of objective names or {label, name, options} mappings"),
-    "sweep": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, list) for x in v.values())),
-              "a mapping of recipe keys to lists of values"),
-    "seeds": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-              "a list of whole numbers, e.g. [0, 1, 2]"),
-    "splits": (lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
-               "a list of split names"),
+    "objectives": (
+        lambda v: isinstance(v, list) and all(isinstance(e, (str, dict)) for e in v),
+        "a list of objective names or {label, name, options} mappings",
+    ),
+    "sweep": (
+        lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, list) for x in v.values())),
+        "a mapping of recipe keys to lists of values",
+    ),
+    "seeds": (
+        lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+        "a list of whole numbers, e.g. [0, 1, 2]",
+    ),
+    "splits": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+        "a list of split names",
+    ),
     "generate_data": (lambda v: v is None or isinstance(v, dict), "a mapping of generator settings"),
     "output_dir": (lambda v: isinstance(v, str), "a folder name"),
 }
@@ -192,8 +217,11 @@ def build_cells(spec: dict) -> list[Cell]:
             for seed in spec["seeds"]:
                 key = f"{name}-seed{seed}"
                 extra = [_kv(k, v) for k, v in point.items() if not k.startswith("objective.")]
-                forced = [_kv("train.seed", seed), _kv("model.init_seed", seed),
-                          _kv("train.output_dir", str(out_dir / "cells" / key / "train"))]
+                forced = [
+                    _kv("train.seed", seed),
+                    _kv("model.init_seed", seed),
+                    _kv("train.output_dir", str(out_dir / "cells" / key / "train")),
+                ]
                 recipe = load_recipe(spec["base"], common + own + extra + forced)
                 options = dict(entry.get("options") or {})
                 for k, v in point.items():
@@ -214,8 +242,10 @@ def _check_distinct(cells: list[Cell]) -> None:
         for k, name in enumerate(names):
             if name in names[:k]:
                 other = cells[names.index(name)]
-                raise RecipeError(f"ablation cells {other.group!r} and {cells[k].group!r} (seed {cells[k].seed}) "
-                                  f"share one {what}; rename one objective's label")
+                raise RecipeError(
+                    f"ablation cells {other.group!r} and {cells[k].group!r} (seed {cells[k].seed}) "
+                    f"share one {what}; rename one objective's label"
+                )
 
 
 def _check_objective(entry: dict) -> None:
@@ -224,11 +254,15 @@ def _check_objective(entry: dict) -> None:
 
     name = entry.get("name")
     if name not in REGISTRY:
-        raise RecipeError(f"ablation objective {entry!r}: unknown objective {name!r}; available: {', '.join(sorted(REGISTRY))}")
+        raise RecipeError(
+            f"ablation objective {entry!r}: unknown objective {name!r}; available: {', '.join(sorted(REGISTRY))}"
+        )
     unknown = sorted(set(entry.get("options") or {}) - set(objective_options(name)))
     if unknown:
-        raise RecipeError(f"ablation objective {entry.get('label', name)!r}: {name!r} has no option(s) "
-                          f"{', '.join(unknown)}; its options: {', '.join(objective_options(name))}")
+        raise RecipeError(
+            f"ablation objective {entry.get('label', name)!r}: {name!r} has no option(s) "
+            f"{', '.join(unknown)}; its options: {', '.join(objective_options(name))}"
+        )
 
 
 def fingerprint(cell: Cell, spec: dict) -> dict:
@@ -319,8 +353,8 @@ def run_cell(job: tuple) -> dict:
 def _train_cell(cell: Cell):
     """A cell's training and evaluation: afresh, or on from the checkpoint of an earlier attempt
     that was stopped (SIGTERM) where that checkpoint fits (same recipe and data, intact)."""
-    from bico.training.checkpoints import latest_checkpoint
     from bico.tools.pipeline import train_and_evaluate
+    from bico.training.checkpoints import latest_checkpoint
     from bico.training.rundir import RunDirError
 
     recipe = cell.recipe
@@ -344,12 +378,23 @@ def _run_cell(cell: Cell, folder: str, expected: dict) -> dict:
         outcome = _train_cell(cell)
         summary, wall = outcome.result.summary, time.time() - began
         result = {
-            "cell": cell.key, "group": cell.group, "seed": cell.seed, "objective": recipe.objective.name,
-            "options": cell.options, "splits": outcome.scores["splits"], "retention": outcome.scores.get("retention"),
-            "base": outcome.base, "tokens": summary["tokens"],
-            "steps": summary["steps"], "final_loss": summary["final_loss"],
-            "train_s": round(wall - outcome.eval_s, 2), "eval_s": outcome.eval_s, "wall_s": round(wall, 2),
-            "device": summary["device"], "machine": machine_info(), "fingerprint": expected,
+            "cell": cell.key,
+            "group": cell.group,
+            "seed": cell.seed,
+            "objective": recipe.objective.name,
+            "options": cell.options,
+            "splits": outcome.scores["splits"],
+            "retention": outcome.scores.get("retention"),
+            "base": outcome.base,
+            "tokens": summary["tokens"],
+            "steps": summary["steps"],
+            "final_loss": summary["final_loss"],
+            "train_s": round(wall - outcome.eval_s, 2),
+            "eval_s": outcome.eval_s,
+            "wall_s": round(wall, 2),
+            "device": summary["device"],
+            "machine": machine_info(),
+            "fingerprint": expected,
         }
         atomic_write_json(folder / "result.json", result)
         (folder / "error.txt").unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """``bico ablate``'s plots: exact match per objective and split, reverse accuracy against training
 cost, and the training-loss curves of every cell (read from each cell's ``metrics.jsonl``)."""
+
 from __future__ import annotations
 
 import math
@@ -22,10 +23,23 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
     for k, split in enumerate(splits):
         xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(groups))]
         ys = [at[g, split]["exact_match_mean"] if (g, split) in at else math.nan for g in groups]
-        err = [0 if (g, split) not in at or math.isnan(at[g, split]["exact_match_ci95"])
-               else at[g, split]["exact_match_ci95"] for g in groups]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, label=split.replace("_prompts_test", ""),
-               hatch="//" if "reverse" in split else None, edgecolor="black", linewidth=0.4)
+        err = [
+            0
+            if (g, split) not in at or math.isnan(at[g, split]["exact_match_ci95"])
+            else at[g, split]["exact_match_ci95"]
+            for g in groups
+        ]
+        ax.bar(
+            xs,
+            ys,
+            width,
+            yerr=err,
+            capsize=2,
+            label=split.replace("_prompts_test", ""),
+            hatch="//" if "reverse" in split else None,
+            edgecolor="black",
+            linewidth=0.4,
+        )
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel("exact match")
     ax.set_ylim(0, 1.05)
@@ -37,8 +51,10 @@ def plot(rows: list[dict], out_dir: Path) -> dict:
     reverse = [r for r in rows if r["split"] == "reverse (mean)"]
     if reverse:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-        for ax, key, label in ((axes[0], "train_tokens", "training tokens (mean per run)"),
-                               (axes[1], "train_s", "training time, minutes (mean per run)")):
+        for ax, key, label in (
+            (axes[0], "train_tokens", "training tokens (mean per run)"),
+            (axes[1], "train_s", "training time, minutes (mean per run)"),
+        ):
             for r in reverse:
                 err = 0 if math.isnan(r["exact_match_ci95"]) else r["exact_match_ci95"]
                 x = r[key] / 60 if key == "train_s" else r[key]
@@ -68,8 +84,9 @@ def plot_loss_curves(cells: list, out_dir: Path) -> dict:
         return {}
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns + 1.6, 3.0 * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.8 * columns + 1.6, 3.0 * rows), squeeze=False, layout="constrained"
+    )
     colors: dict = {}
     seeds = sorted({seed for runs in groups.values() for seed, _ in runs})
     for ax, (group, runs) in zip(axes.flat, groups.items()):
@@ -77,7 +94,7 @@ def plot_loss_curves(cells: list, out_dir: Path) -> dict:
             draw_loss(ax, records, colors, linestyle=SEED_STYLES[seeds.index(seed) % len(SEED_STYLES)], linewidth=1)
         ax.set_title(f"{group} ({len(runs)} seed{'s' if len(runs) > 1 else ''})", fontsize=9)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(groups):]:
+    for ax in axes.flat[len(groups) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("training loss")
@@ -85,8 +102,9 @@ def plot_loss_curves(cells: list, out_dir: Path) -> dict:
         ax.set_xlabel("optimizer step")
     handles = [Line2D([], [], color=c) for c in colors.values()]
     handles += [Line2D([], [], color="gray", linestyle=SEED_STYLES[k % len(SEED_STYLES)]) for k in range(len(seeds))]
-    fig.legend(handles, [f"mode {m}" for m in colors] + [f"seed {s}" for s in seeds], loc="outside right upper",
-               fontsize=8)
+    fig.legend(
+        handles, [f"mode {m}" for m in colors] + [f"seed {s}" for s in seeds], loc="outside right upper", fontsize=8
+    )
     fig.suptitle("Training loss per objective")
     paths = {"loss_png": atomic_savefig(fig, out_dir / "loss_curves.png", dpi=120)}
     plt.close(fig)

@@ -8,6 +8,7 @@ cached tile classification) is done before timing: in a model every layer shares
 cannot run here are listed under ``skipped`` with the reason. triton, flex and matplotlib are
 imported only when used.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,12 +23,22 @@ import torch
 from bico.config import RecipeError
 from bico.io_utils import atomic_write_json, pyplot, save_figure
 from bico.masks import IntervalMask
-from bico.tools.bench_options import (CASE_NAMES, CHECK_MAX_T, MODES, PROVIDERS, SEED, TOKENS_PER_CALL, names_from_list,
-                                      output_paths)
+from bico.tools.bench_options import (
+    CASE_NAMES,
+    CHECK_MAX_T,
+    MODES,
+    PROVIDERS,
+    SEED,
+    TOKENS_PER_CALL,
+    names_from_list,
+    output_paths,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # bench_options.DTYPE_NAMES
-CPU_NOTE = ("CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
-            "need CUDA, so these numbers say nothing about GPU speed.")
+CPU_NOTE = (
+    "CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
+    "need CUDA, so these numbers say nothing about GPU speed."
+)
 
 
 def _packed(T: int, g: torch.Generator) -> IntervalMask:
@@ -68,7 +79,8 @@ def synthetic_rope_tables(B: int, T: int, D: int, device, dtype):
     """HF-style RoPE cos/sin ``[B, T, D]`` at positions 0..T-1, base 10000, built without a model (for
     the mirrored-RoPE provider)."""
     f = torch.arange(T, dtype=torch.float64, device=device)[:, None] / 10000.0 ** (
-        torch.arange(0, D, 2, dtype=torch.float64, device=device) / D)
+        torch.arange(0, D, 2, dtype=torch.float64, device=device) / D
+    )
     emb = torch.cat([f, f], dim=-1).expand(B, T, D)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -98,8 +110,9 @@ def make_attention(provider: str, lo: torch.Tensor, hi: torch.Tensor, D: int, dt
 
         tables = synthetic_rope_tables(B, T, D, lo.device, dtype) if provider.endswith("mirror") else None
         classify = IntervalMask(lo, hi).blocks  # classified in the untimed warm-up, then cached
-        return (lambda q, k, v: bico_kernels.masked_attention(q, k, v, lo, hi, mirror_rope=tables,
-                                                              classify=classify)), tables
+        return (
+            lambda q, k, v: bico_kernels.masked_attention(q, k, v, lo, hi, mirror_rope=tables, classify=classify)
+        ), tables
     if provider == "flex":
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -109,6 +122,7 @@ def make_attention(provider: str, lo: torch.Tensor, hi: torch.Tensor, D: int, dt
         def mask_mod(b, h, q_idx, kv_idx):
             kv = kv_idx.clamp(max=T - 1)  # flex may pad T up to its block size
             return (kv_idx < T) & (lo[b, kv] <= q_idx) & (q_idx < hi[b, kv])
+
         block_mask = create_block_mask(mask_mod, B, None, T, T, device=lo.device)
         return (lambda q, k, v: fn(q, k, v, block_mask=block_mask, enable_gqa=True)), None
     raise RecipeError(f"unknown provider {provider!r}; available: {', '.join(PROVIDERS)}")
@@ -116,8 +130,10 @@ def make_attention(provider: str, lo: torch.Tensor, hi: torch.Tensor, D: int, dt
 
 def _qkv(B, T, Hq, Hkv, D, dtype, device, seed, requires_grad=False):
     g = torch.Generator(device=device).manual_seed(seed)
-    return [torch.randn(s, generator=g, device=device, dtype=dtype).requires_grad_(requires_grad)
-            for s in ((B, Hq, T, D), (B, Hkv, T, D), (B, Hkv, T, D))]
+    return [
+        torch.randn(s, generator=g, device=device, dtype=dtype).requires_grad_(requires_grad)
+        for s in ((B, Hq, T, D), (B, Hkv, T, D), (B, Hkv, T, D))
+    ]
 
 
 def check_error(provider, mode, lo, hi, Hq, Hkv, D, dtype) -> float:
@@ -136,8 +152,15 @@ def check_error(provider, mode, lo, hi, Hq, Hkv, D, dtype) -> float:
         out, ref = fn(*xs), reference_masked_attention(*refs, lo, hi, mirror_rope=mirror)
     errs = [((out.double() - ref) * rows).abs().max()]
     if grad:
-        do = torch.randn(ref.shape, generator=torch.Generator(lo.device).manual_seed(SEED + 2),
-                         device=lo.device, dtype=torch.float64) * rows
+        do = (
+            torch.randn(
+                ref.shape,
+                generator=torch.Generator(lo.device).manual_seed(SEED + 2),
+                device=lo.device,
+                dtype=torch.float64,
+            )
+            * rows
+        )
         out.backward(do.to(dtype))
         ref.backward(do)
         errs += [(x.grad.double() - r.grad).abs().max() for x, r in zip(xs, refs)]
@@ -156,6 +179,7 @@ def time_provider(fn, q, k, v, mode, warmup, repeats) -> dict:
         def step():
             q.grad = k.grad = v.grad = None
             fn(q, k, v).backward(do)
+
     for _ in range(warmup):
         step()
     if cuda:
@@ -200,8 +224,12 @@ def run_bench(cfg: dict, progress: bool = True) -> dict:
             skipped.append({"provider": p, "case": None, "mode": None, "T": None, "reason": reason})
         else:
             runnable.append(p)
-    bar = tqdm(total=len(cfg["cases"]) * len(runnable) * len(cfg["modes"]) * (1 + len(cfg["seqlens"])),
-               desc="bench", unit="run", disable=not progress)
+    bar = tqdm(
+        total=len(cfg["cases"]) * len(runnable) * len(cfg["modes"]) * (1 + len(cfg["seqlens"])),
+        desc="bench",
+        unit="run",
+        disable=not progress,
+    )
     for case in cfg["cases"]:
         lo, hi = (x.to(device) for x in build_case(case, cfg["check_batch"], cfg["check_T"]))
         for p in runnable:
@@ -210,8 +238,15 @@ def run_bench(cfg: dict, progress: bool = True) -> dict:
                 try:
                     errors[case, p, mode] = check_error(p, mode, lo, hi, Hq, Hkv, D, dtype)
                 except Exception as err:  # recorded; this (case, provider, mode) is then not timed
-                    skipped.append({"provider": p, "case": case, "mode": mode, "T": cfg["check_T"],
-                                    "reason": f"correctness check failed: {_why(err)}"})
+                    skipped.append(
+                        {
+                            "provider": p,
+                            "case": case,
+                            "mode": mode,
+                            "T": cfg["check_T"],
+                            "reason": f"correctness check failed: {_why(err)}",
+                        }
+                    )
                 bar.update(1)
         for T in cfg["seqlens"]:
             B = cfg["batch"] or max(1, TOKENS_PER_CALL // T)
@@ -232,9 +267,23 @@ def run_bench(cfg: dict, progress: bool = True) -> dict:
                         skipped.append({"provider": p, "case": case, "mode": mode, "T": T, "reason": _why(err)})
                         continue
                     tflops = attention_flops(pairs, D, Hq, mode) / (stats["median_ms"] * 1e-3) / 1e12
-                    records.append({"case": case, "provider": p, "mode": mode, "T": T, "B": B, "Hq": Hq, "Hkv": Hkv,
-                                    "D": D, "dtype": cfg["dtype"], **stats, "tflops": tflops,
-                                    "visible_pairs": pairs, "max_abs_err": errors[case, p, mode]})
+                    records.append(
+                        {
+                            "case": case,
+                            "provider": p,
+                            "mode": mode,
+                            "T": T,
+                            "B": B,
+                            "Hq": Hq,
+                            "Hkv": Hkv,
+                            "D": D,
+                            "dtype": cfg["dtype"],
+                            **stats,
+                            "tflops": tflops,
+                            "visible_pairs": pairs,
+                            "max_abs_err": errors[case, p, mode],
+                        }
+                    )
                 del fn
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -253,14 +302,27 @@ def metadata(cfg: dict) -> dict:
     from bico.machine import cpu_model, library_versions
 
     cuda = cfg["device"] == "cuda"
-    git = lambda *a: _try(lambda: subprocess.run(["git", *a], cwd=Path(__file__).resolve().parent, check=True,  # noqa: E731
-                                                 capture_output=True, text=True, timeout=10).stdout.strip())
+    git = lambda *a: _try(
+        lambda: subprocess.run(
+            ["git", *a],
+            cwd=Path(__file__).resolve().parent,
+            check=True,  # noqa: E731
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    )
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"device": torch.cuda.get_device_name() if cuda else f"cpu ({cpu_model()})",
-            "versions": {**library_versions(), "torch": torch.__version__},
-            "command": list(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
-            "config": cfg, "note": None if cuda else CPU_NOTE}
+    return {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({cpu_model()})",
+        "versions": {**library_versions(), "torch": torch.__version__},
+        "command": list(sys.argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "config": cfg,
+        "note": None if cuda else CPU_NOTE,
+    }
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -273,8 +335,10 @@ def plot(result: dict, path: Path) -> Path:
         for j, mode in enumerate(modes):
             ax = axes[i][j]
             for p in cfg["providers"]:
-                rs = sorted((r for r in result["records"] if (r["case"], r["mode"], r["provider"]) == (case, mode, p)),
-                            key=lambda r: r["T"])
+                rs = sorted(
+                    (r for r in result["records"] if (r["case"], r["mode"], r["provider"]) == (case, mode, p)),
+                    key=lambda r: r["T"],
+                )
                 if rs:
                     med = [r["median_ms"] for r in rs]
                     err = [[m - r["p20_ms"] for m, r in zip(med, rs)], [r["p80_ms"] - m for m, r in zip(med, rs)]]
@@ -292,8 +356,10 @@ def plot(result: dict, path: Path) -> Path:
 def markdown_table(result: dict) -> str:
     providers = list(dict.fromkeys(r["provider"] for r in result["records"]))
     at = {(r["case"], r["mode"], r["T"], r["provider"]): r for r in result["records"]}
-    lines = ["| case | mode | T | B | " + " | ".join(f"{p}: ms (TFLOP/s, err)" for p in providers) + " |",
-             "|" + "---|" * (4 + len(providers))]
+    lines = [
+        "| case | mode | T | B | " + " | ".join(f"{p}: ms (TFLOP/s, err)" for p in providers) + " |",
+        "|" + "---|" * (4 + len(providers)),
+    ]
     for key in dict.fromkeys(k[:3] for k in at):
         row = [at.get((*key, p)) for p in providers]
         cells = [f"{r['median_ms']:.3g} ({r['tflops']:.3g}, {r['max_abs_err']:.1e})" if r else "-" for r in row]
@@ -321,11 +387,23 @@ def config_from_args(args) -> dict:
     if (args.repeats or 1) < 1 or args.warmup < 0 or (args.batch or 1) < 1:
         raise RecipeError("--repeats and --batch must be >= 1, --warmup >= 0")
     batch = args.batch or (None if gpu else 1)
-    return {"cases": names_from_list(args.cases, CASE_NAMES, "case"), "providers": names_from_list(args.providers, PROVIDERS, "provider"),
-            "modes": names_from_list(args.modes, MODES, "mode"), "seqlens": seqlens, "batch": batch, "heads": heads,
-            "kv_heads": kv_heads, "head_dim": head_dim, "dtype": args.dtype or ("bf16" if gpu else "fp32"),
-            "device": "cuda" if gpu else "cpu", "repeats": args.repeats or (20 if gpu else 5), "warmup": args.warmup,
-            "seed": SEED, "check_T": min(min(seqlens), CHECK_MAX_T), "check_batch": min(batch or 2, 2)}
+    return {
+        "cases": names_from_list(args.cases, CASE_NAMES, "case"),
+        "providers": names_from_list(args.providers, PROVIDERS, "provider"),
+        "modes": names_from_list(args.modes, MODES, "mode"),
+        "seqlens": seqlens,
+        "batch": batch,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "dtype": args.dtype or ("bf16" if gpu else "fp32"),
+        "device": "cuda" if gpu else "cpu",
+        "repeats": args.repeats or (20 if gpu else 5),
+        "warmup": args.warmup,
+        "seed": SEED,
+        "check_T": min(min(seqlens), CHECK_MAX_T),
+        "check_batch": min(batch or 2, 2),
+    }
 
 
 def run_command(args) -> int:

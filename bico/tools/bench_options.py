@@ -1,6 +1,7 @@
 """``bico bench``'s vocabulary: providers, cases, modes, dtypes and its fixed sizes, the output
 paths. Torch-free, so that the command line (:mod:`bico.cli.bench`) builds its parser from the
 same names that :mod:`bico.tools.bench` times, without loading torch."""
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,9 @@ def names_from_list(text: str, valid, what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in valid]
     if bad or not names:
-        raise RecipeError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; available: {', '.join(valid)}")
+        raise RecipeError(
+            f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; available: {', '.join(valid)}"
+        )
     return names
 
 

@@ -12,6 +12,7 @@
 
 ``--quick`` runs the same pipeline on ``tiny-random`` in seconds (a smoke test, no claim).
 """
+
 from __future__ import annotations
 
 import time
@@ -21,6 +22,7 @@ from bico.config import load_recipe
 from bico.errors import UsageError
 from bico.machine import machine_info
 from bico.resources import shipped
+
 # NTP and the BICO variant that answers reversed questions (benchmarks/NOTES-reversal.md); the
 # paper-faithful arm ("bico") does not (0.00 in every cell measured) and is left to --arms, to keep
 # the demo within its time budget.
@@ -41,8 +43,12 @@ def recipe_path(arm: str, quick: bool = False) -> Path:
 def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list[str]):
     """The arm's recipe; ``quick`` trains the arm's objective on tiny-random instead."""
     # A rerun of the demo replaces its previous arms (a demo run is never resumed).
-    common = [f"data.dir={data_dir}", f"train.output_dir={out / arm}", "train.save_model=false",
-              "train.overwrite=true"] + overrides
+    common = [
+        f"data.dir={data_dir}",
+        f"train.output_dir={out / arm}",
+        "train.save_model=false",
+        "train.overwrite=true",
+    ] + overrides
     recipe = load_recipe(recipe_path(arm), common)
     if quick:
         tiny = load_recipe(recipe_path(arm, quick=True), common)
@@ -51,8 +57,13 @@ def arm_recipe(arm: str, data_dir: Path, out: Path, quick: bool, overrides: list
     return recipe
 
 
-def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[str] | None = None,
-         arms: list[str] | None = None) -> dict:
+def demo(
+    out: str | Path = "runs/demo",
+    *,
+    quick: bool = False,
+    overrides: list[str] | None = None,
+    arms: list[str] | None = None,
+) -> dict:
     from bico.data import generate_reversal_dataset
     from bico.evaluation.reversal import write_report
     from bico.tools.pipeline import train_and_evaluate
@@ -72,9 +83,15 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
         outcome = train_and_evaluate(recipe, label=arm, evaluate=True)
         runs[arm], s = outcome.scores, outcome.result.summary
         base = base or outcome.base  # every arm starts from the same model and data: one base row
-        timings[arm] = {"train_s": s["wall_time_s"], "eval_s": round(outcome.eval_s, 1),
-                        "total_s": round(time.time() - t0, 1), "tokens": s["tokens"], "steps": s["steps"],
-                        "tokens_per_s": s["tokens_per_s"], "precision": s.get("precision")}
+        timings[arm] = {
+            "train_s": s["wall_time_s"],
+            "eval_s": round(outcome.eval_s, 1),
+            "total_s": round(time.time() - t0, 1),
+            "tokens": s["tokens"],
+            "steps": s["steps"],
+            "tokens_per_s": s["tokens_per_s"],
+            "precision": s.get("precision"),
+        }
         del outcome  # the arm's model, before the next one loads
     machine = machine_info()
     for arm in arms:
@@ -85,8 +102,12 @@ def demo(out: str | Path = "runs/demo", *, quick: bool = False, overrides: list[
     print(paths["md"].read_text(), end="")
     for arm in arms:
         t = timings[arm]
-        print(f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s in {t['precision']} "
-              f"({t['tokens_per_s']} tokens/s), eval {t['eval_s']:.0f} s")
-    print(f"demo finished in {total / 60:.1f} min on {machine['cpu']} ({machine['torch_threads']} torch threads); "
-          f"results in {paths['json']} and {paths['png']}")
+        print(
+            f"{arm}: {t['steps']} steps, {t['tokens']:,} tokens, train {t['train_s']:.0f} s in {t['precision']} "
+            f"({t['tokens_per_s']} tokens/s), eval {t['eval_s']:.0f} s"
+        )
+    print(
+        f"demo finished in {total / 60:.1f} min on {machine['cpu']} ({machine['torch_threads']} torch threads); "
+        f"results in {paths['json']} and {paths['png']}"
+    )
     return {"runs": runs, "total_s": total}

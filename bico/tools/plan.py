@@ -10,6 +10,7 @@ context come on top. bico builds the model on every rank before handing it to De
 
 MODEL is a preset (``bico plan --list``) or a local Hugging Face folder / ``config.json``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,16 +21,51 @@ GIB = 1024**3
 
 # Architecture sizes of well-known checkpoints (from their published config.json files).
 PRESET_CONFIGS = {
-    "tiny-random": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-                        num_key_value_heads=4, vocab_size=49152, tie_word_embeddings=True),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
-    "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
-                        num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
-    "llama-2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                        num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
+    "tiny-random": dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "llama-2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama-2-13b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
+    "llama-2-70b": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    ),
 }
 
 # (label, shipped recipe or None, stage, offload optimizer, offload parameters)
@@ -76,12 +112,19 @@ def estimate(total: int, largest: int, gpus: int, nodes: int) -> list[dict]:
     rows = []
     for label, recipe, stage, offload_opt, offload_params in SETUPS:
         if stage == 2:
-            cpu, gpu = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=gpus, num_nodes=nodes,
-                                                            cpu_offload=offload_opt)
+            cpu, gpu = estimate_zero2_model_states_mem_needs(
+                total, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_opt
+            )
         else:
             cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-                total, largest, num_gpus_per_node=gpus, num_nodes=nodes, cpu_offload=offload_opt,
-                cpu_offload_params=offload_params, zero_init=False)
+                total,
+                largest,
+                num_gpus_per_node=gpus,
+                num_nodes=nodes,
+                cpu_offload=offload_opt,
+                cpu_offload_params=offload_params,
+                zero_init=False,
+            )
         rows.append({"setup": label, "recipe": recipe, "gpu_bytes": gpu, "cpu_bytes": cpu})
     return rows
 
@@ -93,8 +136,9 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def render(model: str, total: int, largest: int, gpus: int, nodes: int, rows: list[dict],
-           gpu_memory: float | None = None) -> str:
+def render(
+    model: str, total: int, largest: int, gpus: int, nodes: int, rows: list[dict], gpu_memory: float | None = None
+) -> str:
     lines = [
         f"{model}: {_human(total)} parameters (largest module {_human(largest)}), "
         f"{gpus} GPU{'s' if gpus > 1 else ''} per node x {nodes} node{'s' if nodes > 1 else ''}",
@@ -106,8 +150,9 @@ def render(model: str, total: int, largest: int, gpus: int, nodes: int, rows: li
         "|---|---|---:|---:|" + ("---|" if gpu_memory else ""),
     ]
     for r in rows:
-        line = (f"| {r['setup']} | {r['recipe'] or '-'} | {r['gpu_bytes'] / GIB:.1f} GiB | "
-                f"{r['cpu_bytes'] / GIB:.1f} GiB |")
+        line = (
+            f"| {r['setup']} | {r['recipe'] or '-'} | {r['gpu_bytes'] / GIB:.1f} GiB | {r['cpu_bytes'] / GIB:.1f} GiB |"
+        )
         if gpu_memory:
             line += " yes |" if r["gpu_bytes"] / GIB <= gpu_memory else " no |"
         lines.append(line)

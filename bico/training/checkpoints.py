@@ -3,6 +3,7 @@
 Torch-free (the engines write the files inside a checkpoint; this module names, seals and
 rotates them), so that :mod:`bico.training.rundir` can check a run dir without loading torch.
 """
+
 from __future__ import annotations
 
 import json

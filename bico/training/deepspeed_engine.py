@@ -30,6 +30,7 @@ The training loop keeps every rank in lock step (:attr:`DeepSpeedEngine.lockstep
 runs exactly ``train.grad_accum`` forward/backward passes per step, since ZeRO's collectives
 (gradient reduce-scatter, ZeRO-3 parameter gathers) must line up across ranks.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,17 @@ from bico import resources
 from bico.errors import BicoError
 from bico.training import distributed
 from bico.training.checkpoints import checkpoint_path, publish_checkpoint
-from bico.training.engine import (ADAM_EPS, CheckpointError, Engine, adamw, load_state, lr_schedule, resolve_precision,
-                                  resume_schedule, trainable_parameters)
+from bico.training.engine import (
+    ADAM_EPS,
+    CheckpointError,
+    Engine,
+    adamw,
+    load_state,
+    lr_schedule,
+    resolve_precision,
+    resume_schedule,
+    trainable_parameters,
+)
 from bico.training.step import normalised_loss
 
 logger = logging.getLogger(__name__)
@@ -98,7 +108,7 @@ def _agree(section: dict, key: str, value, where: str, recipe_key: str) -> None:
     if not same:
         raise DeepSpeedConfigError(
             f"{where}: DeepSpeed key {key!r} is {current!r} but the recipe says {recipe_key}={value!r}; "
-            f"set it to \"auto\" (bico fills it from the recipe) or change the recipe"
+            f'set it to "auto" (bico fills it from the recipe) or change the recipe'
         )
 
 
@@ -110,27 +120,39 @@ def _find_auto(value, path: str = "") -> list[str]:
     return []
 
 
-def fill_config(config: dict, recipe, *, world_size: int, hidden_size: int | None, where: str = "train.deepspeed",
-                device_type: str = "cuda") -> dict:
+def fill_config(
+    config: dict,
+    recipe,
+    *,
+    world_size: int,
+    hidden_size: int | None,
+    where: str = "train.deepspeed",
+    device_type: str = "cuda",
+) -> dict:
     """A copy of ``config`` with every "auto" value filled from the recipe (see the module docs)."""
     cfg = recipe.train
     ds = copy.deepcopy(config)
     if "scheduler" in ds:
         raise DeepSpeedConfigError(
-            f"{where}: remove the \"scheduler\" section; bico drives the learning rate from train.schedule, "
+            f'{where}: remove the "scheduler" section; bico drives the learning rate from train.schedule, '
             "train.warmup_steps and train.lr"
         )
     _agree(ds, "train_micro_batch_size_per_gpu", cfg.batch_size, where, "train.batch_size")
     _agree(ds, "gradient_accumulation_steps", cfg.grad_accum, where, "train.grad_accum")
-    _agree(ds, "train_batch_size", cfg.batch_size * cfg.grad_accum * world_size, where,
-           f"train.batch_size x train.grad_accum x {world_size} ranks")
+    _agree(
+        ds,
+        "train_batch_size",
+        cfg.batch_size * cfg.grad_accum * world_size,
+        where,
+        f"train.batch_size x train.grad_accum x {world_size} ranks",
+    )
     _agree(ds, "gradient_clipping", float(cfg.max_grad_norm or 0.0), where, "train.max_grad_norm")
     # DeepSpeed runs bf16 on CPU ranks; fp16 needs its GPU loss scaler
     precision, _ = resolve_precision(cfg.precision, device_type, error=DeepSpeedConfigError)
     for name in ("bf16", "fp16"):
         section = ds.setdefault(name, {})
         if not isinstance(section, dict):
-            raise DeepSpeedConfigError(f"{where}: {name!r} must be a mapping such as {{\"enabled\": \"auto\"}}")
+            raise DeepSpeedConfigError(f'{where}: {name!r} must be a mapping such as {{"enabled": "auto"}}')
         _agree(section, "enabled", precision == name, f"{where} ({name})", "train.precision")
     optimizer = ds.get("optimizer")
     if optimizer is not None:
@@ -146,15 +168,18 @@ def fill_config(config: dict, recipe, *, world_size: int, hidden_size: int | Non
     zero = ds.get("zero_optimization", {})
     if hidden_size:
         h = int(hidden_size)
-        for key, value in (("reduce_bucket_size", h * h), ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
-                           ("stage3_param_persistence_threshold", 10 * h)):
+        for key, value in (
+            ("reduce_bucket_size", h * h),
+            ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
+            ("stage3_param_persistence_threshold", 10 * h),
+        ):
             if zero.get(key) == AUTO:
                 zero[key] = value
     ds.setdefault("steps_per_print", 10**12)  # bico logs its own metrics
     ds.setdefault("wall_clock_breakdown", False)
     left = _find_auto(ds)
     if left:
-        raise DeepSpeedConfigError(f"{where}: bico cannot fill \"auto\" for {', '.join(left)}; write a value")
+        raise DeepSpeedConfigError(f'{where}: bico cannot fill "auto" for {", ".join(left)}; write a value')
     return ds
 
 
@@ -186,14 +211,22 @@ class DeepSpeedEngine(Engine):
         try:
             import deepspeed
         except ImportError:
-            raise DeepSpeedConfigError("train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])") from None
+            raise DeepSpeedConfigError(
+                "train.deepspeed needs DeepSpeed: pip install deepspeed (or bico[deepspeed])"
+            ) from None
         _quiet_deepspeed()
         cfg = recipe.train
         self.cfg, self.device = cfg, device
         raw, where = resolve_config(cfg.deepspeed)
         self.world_size = distributed.world_size()
-        self.config = fill_config(raw, recipe, world_size=self.world_size, hidden_size=_hidden_size(model),
-                                  where=where, device_type=device.type)
+        self.config = fill_config(
+            raw,
+            recipe,
+            world_size=self.world_size,
+            hidden_size=_hidden_size(model),
+            where=where,
+            device_type=device.type,
+        )
         self.stage = zero_stage(self.config)
         self.precision = next((n for n in ("bf16", "fp16") if self.config.get(n, {}).get("enabled") is True), "fp32")
         params = trainable_parameters(model)
@@ -201,7 +234,10 @@ class DeepSpeedEngine(Engine):
         # without an "optimizer" section DeepSpeed steps the plain engine's AdamW (same training)
         optimizer = adamw(params, cfg, device) if "optimizer" not in self.config else None
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=params, optimizer=optimizer, config=self.config,
+            model=model,
+            model_parameters=params,
+            optimizer=optimizer,
+            config=self.config,
             lr_scheduler=lr_schedule(cfg, total_steps),
         )
         self.module = self.ds
@@ -229,8 +265,10 @@ class DeepSpeedEngine(Engine):
 
     def step(self) -> float | None:
         if self._passes != self.grad_accum:
-            raise RuntimeError(f"{self._passes} backward passes in a step; DeepSpeed expects train.grad_accum="
-                               f"{self.grad_accum} on every rank")
+            raise RuntimeError(
+                f"{self._passes} backward passes in a step; DeepSpeed expects train.grad_accum="
+                f"{self.grad_accum} on every rank"
+            )
         self._passes = 0
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
@@ -281,8 +319,13 @@ class DeepSpeedEngine(Engine):
         if self.is_main_process and (folder / tmp_tag).exists():
             shutil.rmtree(folder / tmp_tag)
         distributed.barrier()
-        self.ds.save_checkpoint(str(folder), tag=tmp_tag, save_latest=False, exclude_frozen_parameters=self.has_frozen,
-                                client_state={"bico_step": step, "bico_world_size": self.world_size})
+        self.ds.save_checkpoint(
+            str(folder),
+            tag=tmp_tag,
+            save_latest=False,
+            exclude_frozen_parameters=self.has_frozen,
+            client_state={"bico_step": step, "bico_world_size": self.world_size},
+        )
         distributed.barrier()
         if self.is_main_process:
             publish_checkpoint(folder / tmp_tag, target, keep, trainer_state)
@@ -293,12 +336,16 @@ class DeepSpeedEngine(Engine):
         path = Path(path)
         for part in sorted(path.glob("*.pt")):  # DeepSpeed unpickles them with weights_only=False: vet them first
             load_state(part, allow=deepspeed_state_types())
-        loaded, client = self.ds.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=not self.has_frozen)
+        loaded, client = self.ds.load_checkpoint(
+            str(path.parent), tag=path.name, load_module_strict=not self.has_frozen
+        )
         if loaded is None:
             raise CheckpointError(f"checkpoint {path} could not be loaded by DeepSpeed (is it a DeepSpeed checkpoint?)")
         written_by = client.get("bico_world_size")
         if written_by is not None and written_by != self.world_size:
-            raise CheckpointError(f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks")
+            raise CheckpointError(
+                f"checkpoint {path} was written by {written_by} ranks; resume it with {written_by} ranks"
+            )
         if "bico_step" not in client:
             raise CheckpointError(f"checkpoint {path} has no bico step counter; it was not written by bico")
         if self.ds.lr_scheduler is not None:

@@ -7,6 +7,7 @@ names no cause at all. bico writes its own checkpoints through :class:`FileWrite
 raises the ``OSError``; for the writers it does not control (DeepSpeed's ``torch.save``) the free
 space left on the file system decides.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,8 +18,14 @@ from pathlib import Path
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How a full disk reads in messages of writers that do not raise OSError (Rust's io::Error included).
-NO_SPACE_WORDS = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122",
-                  "storagefull", "filesystemquotaexceeded")
+NO_SPACE_WORDS = (
+    "no space left on device",
+    "disk quota exceeded",
+    "os error 28",
+    "os error 122",
+    "storagefull",
+    "filesystemquotaexceeded",
+)
 TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "iostream error")
 NEARLY_FULL = 64 << 20  # bytes free below which a write failure without a cause is taken for a full disk
 
@@ -124,15 +131,21 @@ def resume_advice(output_dir: Path) -> str:
     last = latest_checkpoint(output_dir)
     if last is None:
         return "no checkpoint was written yet: free space, then start the run again with train.overwrite=true"
-    return (f"the last good checkpoint, {last}, is kept: free space (or copy {output_dir} to a disk with room and "
-            "set train.output_dir to the copy), then resume with the same command and train.resume=true")
+    return (
+        f"the last good checkpoint, {last}, is kept: free space (or copy {output_dir} to a disk with room and "
+        "set train.output_dir to the copy), then resume with the same command and train.resume=true"
+    )
 
 
 def weights_advice(output_dir: Path, kept: Path) -> str:
     """After a full disk at the final save: where the trained weights are, and how to get the model."""
     if not kept.is_dir():
-        return ("no checkpoint could be written either, so the trained weights are lost: free space and train "
-                "again (with train.save_every set, the last step's checkpoint is written before the model)")
-    return (f"the trained weights are kept in the checkpoint {kept}: free space (or copy {output_dir} to a disk with "
-            "room and set train.output_dir to the copy), then run the same command with train.resume=true to "
-            "finish the run (the model, the summary, the evaluation)")
+        return (
+            "no checkpoint could be written either, so the trained weights are lost: free space and train "
+            "again (with train.save_every set, the last step's checkpoint is written before the model)"
+        )
+    return (
+        f"the trained weights are kept in the checkpoint {kept}: free space (or copy {output_dir} to a disk with "
+        "room and set train.output_dir to the copy), then run the same command with train.resume=true to "
+        "finish the run (the model, the summary, the evaluation)"
+    )

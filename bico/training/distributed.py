@@ -8,6 +8,7 @@ and every helper here is a no-op, so single-process code pays nothing.
 The process group uses NCCL on GPUs and gloo on CPU (``DS_ACCELERATOR=cpu``, used by the
 tests to run several ranks on one machine).
 """
+
 from __future__ import annotations
 
 import logging

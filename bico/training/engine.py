@@ -7,6 +7,7 @@ rotation: :mod:`bico.training.checkpoints`). :class:`TorchEngine` is plain PyTor
 :class:`bico.training.deepspeed_engine.DeepSpeedEngine` is ZeRO data parallelism. This module imports
 neither DeepSpeed nor that module (the loop picks one, :func:`bico.training.train.build_engine`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,11 +23,11 @@ from pathlib import Path
 import torch
 
 from bico.config import RecipeError
-from bico.training.diskspace import FileWriter
 from bico.errors import BicoError, TrainingError
 from bico.io_utils import temp_dir_beside
 from bico.machine import cpu_bf16_flags
 from bico.training.checkpoints import checkpoint_path, publish_checkpoint
+from bico.training.diskspace import FileWriter
 from bico.training.step import normalised_loss
 
 logger = logging.getLogger("bico")
@@ -52,17 +53,21 @@ def load_state(path: Path, allow: tuple = ()):
     except pickle.UnpicklingError as err:
         wanted = re.search(r"GLOBAL (\S+)", str(err))
         if wanted:
-            raise CheckpointError(f"checkpoint file {path} asks for {wanted.group(1) if wanted else 'more than tensors'} "
-                                  "when loaded, which could run code, so bico does not load it; resume only from "
-                                  "checkpoints bico wrote, or start over with train.overwrite=true") from None
+            raise CheckpointError(
+                f"checkpoint file {path} asks for {wanted.group(1) if wanted else 'more than tensors'} "
+                "when loaded, which could run code, so bico does not load it; resume only from "
+                "checkpoints bico wrote, or start over with train.overwrite=true"
+            ) from None
         raise _damaged(path, err) from None
     except (RuntimeError, EOFError) as err:  # a truncated or foreign file: torch's zip reader
         raise _damaged(path, err) from None
 
 
 def _damaged(path: Path, err: BaseException) -> CheckpointError:
-    return CheckpointError(f"checkpoint file {path} is damaged or not a bico checkpoint ({' '.join(str(err).split())}); "
-                           "start over with train.overwrite=true")
+    return CheckpointError(
+        f"checkpoint file {path} is damaged or not a bico checkpoint ({' '.join(str(err).split())}); "
+        "start over with train.overwrite=true"
+    )
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -88,8 +93,9 @@ def check_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32"
         raise error(f"train.precision={precision} needs a GPU; use {' or '.join(on_cpu)} on CPU")
 
 
-def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"),
-                      error=RecipeError) -> tuple[str, str]:
+def resolve_precision(
+    precision: str, device_type: str, *, on_cpu: tuple = ("fp32", "bf16"), error=RecipeError
+) -> tuple[str, str]:
     """``(precision, why)``: ``train.precision`` with ``auto`` decided for this device.
 
     auto is bf16 where the hardware multiplies bf16 natively (a CUDA GPU that supports it; a CPU
@@ -108,8 +114,11 @@ def resolve_precision(precision: str, device_type: str, *, on_cpu: tuple = ("fp3
         else:
             flags = cpu_bf16_flags()
             precision = "bf16" if flags else "fp32"
-            why = (f"auto: this CPU multiplies bf16 natively ({', '.join(flags)})" if flags
-                   else "auto: this CPU has no native bf16 matmuls (no AMX or AVX512-BF16)")
+            why = (
+                f"auto: this CPU multiplies bf16 natively ({', '.join(flags)})"
+                if flags
+                else "auto: this CPU has no native bf16 matmuls (no AMX or AVX512-BF16)"
+            )
     else:
         why = "train.precision"
     check_precision(precision, device_type, on_cpu=on_cpu, error=error)
@@ -126,8 +135,9 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
 def adamw(params, cfg, device: torch.device) -> torch.optim.AdamW:
     """The optimizer of every engine (DeepSpeed gets this one unless its config names its own)."""
     # fused: one kernel over all parameters (on CPU too); 2-3x faster than the per-tensor loop
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=ADAM_EPS,
-                             fused=True)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=ADAM_EPS, fused=True
+    )
 
 
 def lr_schedule(cfg, total_steps: int):
@@ -244,8 +254,11 @@ class TorchEngine(Engine):
         target = checkpoint_path(output_dir, step)
         tmp = temp_dir_beside(target)
         state = {
-            "step": step, "params": self._trainable_state(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "params": self._trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
@@ -265,7 +278,9 @@ class TorchEngine(Engine):
         named = dict(self.module.named_parameters())
         missing = set(state["params"]) ^ {n for n, p in named.items() if p.requires_grad}
         if missing:
-            raise CheckpointError(f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)")
+            raise CheckpointError(
+                f"checkpoint {path} does not match this model/finetune setup ({len(missing)} params differ)"
+            )
         with torch.no_grad():
             for name, value in state["params"].items():
                 named[name].copy_(value)

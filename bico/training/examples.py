@@ -1,5 +1,6 @@
 """Training rows and their tokenisation: what ``bico train`` (and :mod:`bico.hf`) turn into
 :class:`~bico.objectives.Example` objects, with the tokenisation cache's faults reported as such."""
+
 from __future__ import annotations
 
 import errno
@@ -45,12 +46,26 @@ def tokenize_examples(rows, tokenizer, max_length: int, sources=None, *, data=No
                 "raise data.max_length or shorten the row"
             )
         prompt, completion = texts[i] if texts else ("", "")
-        examples.append(Example(prompt, completion, prompt_ids, completion_ids, (metas[i] if metas else None) or {},
-                                eos=bool(eos), loss_spans=list(zip(spans[::2], spans[1::2])) if spans else None))
+        examples.append(
+            Example(
+                prompt,
+                completion,
+                prompt_ids,
+                completion_ids,
+                (metas[i] if metas else None) or {},
+                eos=bool(eos),
+                loss_spans=list(zip(spans[::2], spans[1::2])) if spans else None,
+            )
+        )
     if not examples:
         raise TrainingError(f"{len(rows)} training rows gave no example (every text is empty)")
-    logger.info("%d rows -> %d examples (%s) in %.1f s", len(rows), len(examples),
-                "tokenised earlier: cache" if cached else "tokenised", time.time() - began)
+    logger.info(
+        "%d rows -> %d examples (%s) in %.1f s",
+        len(rows),
+        len(examples),
+        "tokenised earlier: cache" if cached else "tokenised",
+        time.time() - began,
+    )
     return examples
 
 
@@ -84,8 +99,9 @@ def cache_faults(root: Path | None):
         if not (full or inside):
             raise
         what = "no space left on device" if full else f"cannot write {fault.filename} ({fault.strerror})"
-        raise TrainingError(f"data.cache_dir {root}: {what} while caching the data; "
-                            f"{'free space there, ' if full else ''}{_CACHE_FIX}") from None
+        raise TrainingError(
+            f"data.cache_dir {root}: {what} while caching the data; {'free space there, ' if full else ''}{_CACHE_FIX}"
+        ) from None
 
 
 def _os_error_in(err: BaseException) -> OSError | None:
@@ -124,8 +140,7 @@ def training_data(recipe: Recipe):
         corpus = load_corpus(recipe.data, cache_root=root)
     if not recipe.data.identity_bridge:
         return corpus, corpus.sources, corpus.fingerprint
-    rows, sources = add_identity_bridge(list(corpus), [corpus.where(i) for i in range(len(corpus))],
-                                        recipe.data.identity_bridge)
+    rows, sources = add_identity_bridge(
+        list(corpus), [corpus.where(i) for i in range(len(corpus))], recipe.data.identity_bridge
+    )
     return rows, sources, corpus.fingerprint
-
-

@@ -25,6 +25,7 @@ Each optimizer step, every micro-batch of the objective gets ``replay.rows`` rep
 loss is the objective's mean loss plus ``replay.weight`` x the mean loss over the step's replay
 tokens.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -70,14 +71,14 @@ class Contamination:
         rows = [json.loads(line) for line in (folder / "knowledge.jsonl").read_text().splitlines() if line.strip()]
         self.prompts = [" ".join(_words(r["prompt"])) for r in rows]
         prose = _words((folder / "prose.txt").read_text(encoding="utf-8"))
-        self.runs = {tuple(prose[i:i + PROSE_RUN]) for i in range(len(prose) - PROSE_RUN + 1)}
+        self.runs = {tuple(prose[i : i + PROSE_RUN]) for i in range(len(prose) - PROSE_RUN + 1)}
 
     def __call__(self, text: str) -> bool:
         words = _words(text)
         joined = " " + " ".join(words) + " "
         if any(f" {p} " in joined for p in self.prompts):
             return True
-        return any(tuple(words[i:i + PROSE_RUN]) in self.runs for i in range(len(words) - PROSE_RUN + 1))
+        return any(tuple(words[i : i + PROSE_RUN]) in self.runs for i in range(len(words) - PROSE_RUN + 1))
 
 
 def _self_key(recipe) -> str:
@@ -91,8 +92,9 @@ def _self_key(recipe) -> str:
 
 
 @torch.no_grad()
-def sample_from_model(model, tokenizer, *, samples: int, length: int, temperature: float, top_p: float,
-                      seed: int, progress: bool = False) -> list[list[int]]:
+def sample_from_model(
+    model, tokenizer, *, samples: int, length: int, temperature: float, top_p: float, seed: int, progress: bool = False
+) -> list[list[int]]:
     """``samples`` token sequences sampled from ``model`` after its start token (start token
     included, cut at the first EOS)."""
     from tqdm.auto import tqdm
@@ -104,13 +106,21 @@ def sample_from_model(model, tokenizer, *, samples: int, length: int, temperatur
         n = min(SAMPLE_BATCH, samples - first)
         torch.manual_seed(random.Random(f"replay-{seed}-{first}").getrandbits(63))
         ids = torch.full((n, 1), start, dtype=torch.long, device=device)
-        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=length,
-                                   do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=length,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
         for row in generated.tolist():
             body = row[1:]
             if eos in body:
-                body = body[:body.index(eos)]
+                body = body[: body.index(eos)]
             out.append([start] + body)
     return out
 
@@ -130,12 +140,26 @@ def _self_samples(recipe, data_dir, progress: bool) -> list[list[int]]:
     began = time.time()
     model, tokenizer = load_model(recipe.model, data_dir=data_dir)
     model.eval()
-    seqs = sample_from_model(model, tokenizer, samples=cfg.samples, length=cfg.length, temperature=cfg.temperature,
-                             top_p=cfg.top_p, seed=cfg.seed, progress=progress)
+    seqs = sample_from_model(
+        model,
+        tokenizer,
+        samples=cfg.samples,
+        length=cfg.length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        progress=progress,
+    )
     lines = [json.dumps({"text": tokenizer.decode(s[1:]), "ids": s}) for s in seqs]
     atomic_write(path, "\n".join(lines) + "\n")
-    logger.info("replay: sampled %d texts of <= %d tokens from %s in %.1f s -> %s", len(seqs), cfg.length,
-                recipe.model.name, time.time() - began, path)
+    logger.info(
+        "replay: sampled %d texts of <= %d tokens from %s in %.1f s -> %s",
+        len(seqs),
+        cfg.length,
+        recipe.model.name,
+        time.time() - began,
+        path,
+    )
     del model
     return seqs
 
@@ -156,7 +180,7 @@ def _file_samples(path: Path, tokenizer, length: int) -> list[list[int]]:
     start, out = start_token(tokenizer), []
     for doc in docs:
         ids = tokenizer(doc, add_special_tokens=False).input_ids
-        out += [[start] + ids[i:i + length] for i in range(0, len(ids), length)]
+        out += [[start] + ids[i : i + length] for i in range(0, len(ids), length)]
     return out
 
 
@@ -170,12 +194,12 @@ def base_topk(model, seqs: list[list[int]], k: int, pad_id: int) -> list[tuple[t
     device = next(model.parameters()).device
     out = []
     for first in range(0, len(seqs), TOPK_BATCH):
-        chunk = seqs[first:first + TOPK_BATCH]
+        chunk = seqs[first : first + TOPK_BATCH]
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, seq in enumerate(chunk):
-            ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
+            ids[i, : len(seq)], mask[i, : len(seq)] = torch.tensor(seq), 1
         logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
         values, indices = logp.topk(k, dim=-1)
         for i, seq in enumerate(chunk):
@@ -207,8 +231,13 @@ def _topk_cached(recipe, data_dir, seqs: list[list[int]], pad_id: int) -> list[t
     buffer = io.BytesIO()
     torch.save({"ids": [a for a, _ in topk], "logp": [b for _, b in topk]}, buffer)
     atomic_write(path, buffer.getvalue())
-    logger.info("replay: the base model's top-%d next tokens at %d positions in %.1f s -> %s", k,
-                sum(len(a) for a, _ in topk), time.time() - began, path)
+    logger.info(
+        "replay: the base model's top-%d next tokens at %d positions in %.1f s -> %s",
+        k,
+        sum(len(a) for a, _ in topk),
+        time.time() - began,
+        path,
+    )
     return topk
 
 
@@ -246,12 +275,20 @@ def load_replay(recipe, tokenizer, data_dir=None, progress: bool = False) -> lis
         kept.append(Example("", "", ids[:1], ids[1:], eos=False))
     if kept and cfg.loss == "kl":
         topk = _topk_cached(recipe, data_dir, [e.prompt_ids + e.completion_ids for e in kept], tokenizer.pad_token_id)
-        kept = [Example(e.prompt, e.completion, e.prompt_ids, e.completion_ids, {"base_topk": t}, eos=False)
-                for e, t in zip(kept, topk)]
+        kept = [
+            Example(e.prompt, e.completion, e.prompt_ids, e.completion_ids, {"base_topk": t}, eos=False)
+            for e, t in zip(kept, topk)
+        ]
     if not kept:
         raise ReplayError(f"replay.source {cfg.source}: no usable text ({dropped} dropped as retention-set text)")
-    logger.info("replay: %d texts (%d tokens), %d dropped as retention-set text; %d rows per micro-batch, "
-                "weight %g", len(kept), sum(len(e.completion_ids) for e in kept), dropped, cfg.rows, cfg.weight)
+    logger.info(
+        "replay: %d texts (%d tokens), %d dropped as retention-set text; %d rows per micro-batch, weight %g",
+        len(kept),
+        sum(len(e.completion_ids) for e in kept),
+        dropped,
+        cfg.rows,
+        cfg.weight,
+    )
     return kept
 
 
@@ -270,5 +307,5 @@ def replay_batch(examples: list[Example], rows: int, seed: int, step: int, micro
         batch["base_logp"] = torch.full((rows, width, k), -float("inf"), dtype=torch.float16)
         for i, e in enumerate(chosen):
             ids, logp = e.meta["base_topk"]
-            batch["base_ids"][i, :len(ids)], batch["base_logp"][i, :len(ids)] = ids, logp
+            batch["base_ids"][i, : len(ids)], batch["base_logp"][i, : len(ids)] = ids, logp
     return batch

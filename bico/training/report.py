@@ -17,6 +17,7 @@ W&B runs offline unless ``WANDB_MODE`` says otherwise, with its files in ``OUTPU
 a resumed run (and the evaluation after training) continues the same W&B run id, kept in
 ``wandb/bico-run-id``; the eval metrics go to the run's summary.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,8 +39,12 @@ def _number(value) -> bool:
 
 def step_scalars(record: dict, previous: dict) -> dict[str, float]:
     """The scalars of one metrics record; ``previous``: ``tokens`` and ``elapsed_s`` at the record before."""
-    values = {"loss": record["loss"], f"loss/{record['mode']}": record["loss"], "lr": record["lr"],
-              "grad_norm": record.get("grad_norm")}
+    values = {
+        "loss": record["loss"],
+        f"loss/{record['mode']}": record["loss"],
+        "lr": record["lr"],
+        "grad_norm": record.get("grad_norm"),
+    }
     seconds = record["elapsed_s"] - previous["elapsed_s"]
     if seconds > 0:
         values["tokens_per_s"] = (record["tokens"] - previous["tokens"]) / seconds
@@ -59,6 +64,7 @@ def eval_scalars(scores: dict, prefix: str = "eval") -> dict[str, float]:
 
 
 # --- backends ------------------------------------------------------------------------------
+
 
 def _kept(event, step: int) -> bool:
     if event.HasField("file_version"):
@@ -118,9 +124,15 @@ class _Wandb:
         id_file = folder / WANDB / "bico-run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         # Offline unless the user chose otherwise: a run never sends anything by surprise.
-        self.run = wandb.init(dir=str(folder), id=run_id, resume="allow", mode=os.environ.get("WANDB_MODE", "offline"),
-                              project=os.environ.get("WANDB_PROJECT", "bico"), name=folder.name,
-                              config=recipe.to_dict())
+        self.run = wandb.init(
+            dir=str(folder),
+            id=run_id,
+            resume="allow",
+            mode=os.environ.get("WANDB_MODE", "offline"),
+            project=os.environ.get("WANDB_PROJECT", "bico"),
+            name=folder.name,
+            config=recipe.to_dict(),
+        )
         if not id_file.is_file():
             atomic_write(id_file, run_id + "\n")
 
@@ -146,8 +158,9 @@ class Reporter:
     also writes ``loss.png``). ``start_step``/``counters``: where a resumed run goes on from.
     ``enabled=False`` (ranks other than 0) does nothing."""
 
-    def __init__(self, recipe, folder: str | Path, *, start_step: int = 0, counters: dict | None = None,
-                 enabled: bool = True):
+    def __init__(
+        self, recipe, folder: str | Path, *, start_step: int = 0, counters: dict | None = None, enabled: bool = True
+    ):
         self.folder, self.enabled = Path(folder), enabled
         self.previous = dict(counters or {"tokens": 0, "elapsed_s": 0.0})
         self.backends = _open(recipe, self.folder, start_step) if enabled else []
@@ -175,6 +188,7 @@ def report_eval(recipe, folder: str | Path, scores: dict, step: int) -> None:
 
 
 # --- loss curves -----------------------------------------------------------------------------
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` (none if it is missing; a torn line is skipped)."""

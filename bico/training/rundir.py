@@ -22,6 +22,7 @@ Checkpoints carry the loop's counters (steps, tokens, elapsed time) and the reci
 ``trainer_state.json``, so a resumed run's ``metrics.jsonl`` and summary equal an uninterrupted
 run's except for wall-clock fields.
 """
+
 from __future__ import annotations
 
 import errno
@@ -51,10 +52,20 @@ RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)
 # keys that change where or how visibly the run goes or what it keeps on disk. None of them
 # changes the weights of a given step (every random choice derives from (train.seed, step)).
 FREE_ON_RESUME = {
-    "train.max_steps", "train.epochs", "train.progress", "train.device", "train.resume", "train.overwrite",
-    "train.output_dir", "train.save_every", "train.keep_checkpoints", "train.log_every", "train.save_model",
+    "train.max_steps",
+    "train.epochs",
+    "train.progress",
+    "train.device",
+    "train.resume",
+    "train.overwrite",
+    "train.output_dir",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.save_model",
     "train.report_to",
-    "data.cache", "data.cache_dir",  # where tokenised data is kept, not what it is
+    "data.cache",
+    "data.cache_dir",  # where tokenised data is kept, not what it is
 }
 FREE_SECTIONS_ON_RESUME = ("eval.",)
 
@@ -66,11 +77,15 @@ class RunDirError(BicoError, ValueError):
 def recipe_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`FREE_ON_RESUME`, as ``key: old -> new``."""
     old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
-    keys = sorted(k for k in old.keys() | new.keys()
-                  if k not in FREE_ON_RESUME and not k.startswith(FREE_SECTIONS_ON_RESUME))
+    keys = sorted(
+        k for k in old.keys() | new.keys() if k not in FREE_ON_RESUME and not k.startswith(FREE_SECTIONS_ON_RESUME)
+    )
     # An empty mapping is the default of a section added later (data.identity_bridge): same as unset.
-    return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys
-            if old.get(k) != new.get(k) and not (old.get(k) in (None, {}) and new.get(k) in (None, {}))]
+    return [
+        f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+        for k in keys
+        if old.get(k) != new.get(k) and not (old.get(k) in (None, {}) and new.get(k) in (None, {}))
+    ]
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -102,8 +117,10 @@ class RunLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise RunDirError(f"train.output_dir {self.path.parent} is in use by another bico run ({holder}); "
-                                      "wait for it to end or choose another train.output_dir") from None
+                    raise RunDirError(
+                        f"train.output_dir {self.path.parent} is in use by another bico run ({holder}); "
+                        "wait for it to end or choose another train.output_dir"
+                    ) from None
                 raise RunDirError(f"cannot lock train.output_dir {self.path.parent} ({err.strerror})") from None
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -116,8 +133,12 @@ class RunLock:
         if previous:
             logger.info("took over the lock of %s, which no longer runs", previous)
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            ).encode(),
+        )
         self.fd = fd
 
     def release(self) -> None:
@@ -139,8 +160,10 @@ def open_in_run_dir(path: Path, flags: int, mode: int = 0o666) -> int:
 
 
 def _link_error(path: Path) -> RunDirError:
-    return RunDirError(f"{path} is a symbolic link; bico writes nothing in a run dir through a link: remove it "
-                       "(or put a copy of its target there)")
+    return RunDirError(
+        f"{path} is a symbolic link; bico writes nothing in a run dir through a link: remove it "
+        "(or put a copy of its target there)"
+    )
 
 
 def _remove(path: Path) -> None:
@@ -248,14 +271,18 @@ class RunDir:
             return
         ours, foreign = self._run_entries()
         if foreign:
-            raise RunDirError(f"train.output_dir {self.path} is not empty and is not a bico run folder "
-                              f"(it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
-                              "choose another train.output_dir")
+            raise RunDirError(
+                f"train.output_dir {self.path} is not empty and is not a bico run folder "
+                f"(it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                "choose another train.output_dir"
+            )
         if not ours:
             return
         if not self.overwrite:
-            raise RunDirError(f"train.output_dir {self.path} holds another run ({', '.join(ours)}); continue it with "
-                              "train.resume=true or delete it with train.overwrite=true")
+            raise RunDirError(
+                f"train.output_dir {self.path} holds another run ({', '.join(ours)}); continue it with "
+                "train.resume=true or delete it with train.overwrite=true"
+            )
         # Deleted in begin(): a start-up that fails (a typo in the model name) loses nothing.
         self.to_delete = ours
 
@@ -265,10 +292,14 @@ class RunDir:
         summary = self.finished_summary()
         if checkpoint is None and summary is None:
             if damaged:
-                raise RunDirError(f"train.resume=true but no checkpoint in {self.path} is intact: "
-                                  f"{damaged[0][1]}; start the run over with train.overwrite=true")
-            raise RunDirError(f"train.resume=true but {self.path} has no checkpoint to resume from "
-                              f"({CHECKPOINTS}/step-*; set train.save_every); start it over with train.overwrite=true")
+                raise RunDirError(
+                    f"train.resume=true but no checkpoint in {self.path} is intact: "
+                    f"{damaged[0][1]}; start the run over with train.overwrite=true"
+                )
+            raise RunDirError(
+                f"train.resume=true but {self.path} has no checkpoint to resume from "
+                f"({CHECKPOINTS}/step-*; set train.save_every); start it over with train.overwrite=true"
+            )
         if checkpoint is not None:
             if damaged:
                 logger.warning("%s; resuming from %s, the newest intact checkpoint", damaged[0][1], checkpoint.name)
@@ -277,16 +308,20 @@ class RunDir:
             saved_recipe = state["recipe"]
             saved_data = state.get("data")  # absent in checkpoints of an older bico: not checked
             if saved_data and self.data_fingerprint and saved_data != self.data_fingerprint:
-                raise RunDirError(f"train.resume=true: the training data changed since {checkpoint} was written "
-                                  "(the files' contents differ); resume with the data the run was trained on, "
-                                  "or start over with train.overwrite=true")
+                raise RunDirError(
+                    f"train.resume=true: the training data changed since {checkpoint} was written "
+                    "(the files' contents differ); resume with the data the run was trained on, "
+                    "or start over with train.overwrite=true"
+                )
         else:
             saved_recipe = self._read_json(RECIPE)
         differences = recipe_differences(saved_recipe, self.recipe.to_dict())
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
-            raise RunDirError(f"train.resume=true: the run in {self.path} was made with another recipe ({shown}); "
-                              "resume with the same recipe, or start over with train.overwrite=true")
+            raise RunDirError(
+                f"train.resume=true: the run in {self.path} was made with another recipe ({shown}); "
+                "resume with the same recipe, or start over with train.overwrite=true"
+            )
 
     def _newest_intact_checkpoint(self) -> tuple[Path | None, list[tuple[Path, str]]]:
         """The newest checkpoint whose files are those bico wrote, and the newer damaged ones with
@@ -303,7 +338,9 @@ class RunDir:
         try:
             return json.loads((self.path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise RunDirError(f"{self.path / name} cannot be read ({err}); start over with train.overwrite=true") from None
+            raise RunDirError(
+                f"{self.path / name} cannot be read ({err}); start over with train.overwrite=true"
+            ) from None
 
     def finished_summary(self) -> dict | None:
         """The summary of a run that finished in this dir, or None."""
@@ -319,8 +356,10 @@ class RunDir:
             return summary
         if self.checkpoint is None:
             kept = f"no checkpoint is intact ({self.damaged[0][1]})" if self.damaged else "kept no checkpoint"
-            raise RunDirError(f"the run in {self.path} finished after {summary['steps']} steps and {kept} "
-                              f"to train on to {total_steps} steps; start it over with train.overwrite=true")
+            raise RunDirError(
+                f"the run in {self.path} finished after {summary['steps']} steps and {kept} "
+                f"to train on to {total_steps} steps; start it over with train.overwrite=true"
+            )
         return None
 
     def begin(self, recipe_dict: dict, start_step: int) -> None:
@@ -369,8 +408,9 @@ class RunDir:
     def append_metrics(self, record: dict) -> None:
         """One JSON line, in one write: a kill can only tear the last line, which resume drops."""
         line = json.dumps(json_safe(record), allow_nan=False) + "\n"
-        with os.fdopen(open_in_run_dir(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w",
-                       encoding="utf-8") as f:
+        with os.fdopen(
+            open_in_run_dir(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w", encoding="utf-8"
+        ) as f:
             f.write(line)
 
     def write_summary(self, summary: dict) -> None:

@@ -7,6 +7,7 @@ Every source of randomness derives from ``(seed, step, micro)``, whichever proce
 the micro-batch: a resumed run replays exactly the batches of an uninterrupted one, and N ranks
 compute exactly the step of one process with the same global batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,8 +84,6 @@ def target_logits(model, batch: dict, device: torch.device, head_at_targets: boo
         hidden = model.get_decoder()(use_cache=False, **inputs).last_hidden_state
         return model.get_output_embeddings()(hidden[keep]), keep
     return model(use_cache=False, **inputs).logits[keep], keep
-
-
 
 
 def normalised_loss(loss_sum, step_targets, ranks: int = 1):

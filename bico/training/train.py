@@ -10,6 +10,7 @@ The optimizer/backward/step mechanics live behind an *engine* (:mod:`bico.traini
 :mod:`bico.training.deepspeed_engine` when ``train.deepspeed`` is set); objectives, data and evaluation
 do not know which one runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,12 +25,12 @@ from tqdm.auto import tqdm
 
 from bico.attention import check_environment
 from bico.config import Recipe, check_recipe
-from bico.training.diskspace import full_disk_is_an_error, no_space_error, out_of_space, weights_advice
 from bico.errors import TrainingError
 from bico.models import count_parameters, save_model, setup_model
 from bico.termination import StopRequest
 from bico.training import distributed
 from bico.training.checkpoints import checkpoint_path
+from bico.training.diskspace import full_disk_is_an_error, no_space_error, out_of_space, weights_advice
 from bico.training.engine import Engine, TorchEngine
 from bico.training.examples import tokenize_examples, training_data
 from bico.training.report import Reporter
@@ -67,11 +68,14 @@ def nan_hint(cfg, precision: str) -> str:
         already.append(f"train.warmup_steps={cfg.warmup_steps}")
     else:
         try_next.append("add train.warmup_steps")
-    return "; ".join(filter(None, [f"already set: {', '.join(already)}" if already else "", "try: " + ", ".join(try_next)]))
+    return "; ".join(
+        filter(None, [f"already set: {', '.join(already)}" if already else "", "try: " + ", ".join(try_next)])
+    )
 
 
-def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool,
-                   counters: dict) -> float:
+def _replay_passes(
+    engine, replay, recipe, step: int, micros: list[int], pad_id: int, device, split_head: bool, counters: dict
+) -> float:
     """The step's replay rows (:mod:`bico.training.replay`), one pass per micro-batch of the objective,
     their loss (next-token, or KL to the base with ``replay.loss: kl``) normalised by the step's replay
     targets and scaled by ``replay.weight``; returns their mean loss (unweighted). Their tokens count
@@ -79,7 +83,9 @@ def _replay_passes(engine, replay, recipe, step: int, micros: list[int], pad_id:
     from bico.training.replay import kl_to_base, replay_batch
 
     cfg, weight = recipe.train, recipe.replay.weight
-    batches = [(m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros]
+    batches = [
+        (m, replay_batch(replay, recipe.replay.rows, cfg.seed, step, m, pad_id, recipe.data.pack)) for m in micros
+    ]
     targets = sum(b["num_targets"] for _, b in batches)
 
     def loss_sum(batch):
@@ -151,8 +157,10 @@ def train(recipe: Recipe, *, stop_after: int | None = None) -> TrainResult:
     if recipe.eval.enabled:
         check_eval_splits(data_dir, recipe.eval.splits)
     # Rank 0 owns the output dir; the rank is known from the launcher's environment before setup.
-    with (RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0, data_fingerprint=data_fingerprint) as run,
-          StopRequest() as stop):
+    with (
+        RunDir(cfg.output_dir, recipe, owner=distributed.rank() == 0, data_fingerprint=data_fingerprint) as run,
+        StopRequest() as stop,
+    ):
         return _train_in(run, recipe, device, data_dir, rows, sources, stop_after, stop)
 
 
@@ -181,8 +189,11 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
     if total_steps > MAX_STEPS:  # a typo (epochs=1e308): no run has that many steps, and inf has no ceil
-        asked = (f"train.max_steps={cfg.max_steps}" if cfg.max_steps else
-                 f"train.epochs={cfg.epochs:g} ({plan.steps_per_epoch} steps an epoch)")
+        asked = (
+            f"train.max_steps={cfg.max_steps}"
+            if cfg.max_steps
+            else f"train.epochs={cfg.epochs:g} ({plan.steps_per_epoch} steps an epoch)"
+        )
         raise TrainingError(f"{asked} asks for {total_steps:.3g} optimizer steps, more than {MAX_STEPS:.0e}; lower it")
     total_steps = cfg.max_steps or max(1, math.ceil(total_steps))
     finished = run.already_finished(total_steps)
@@ -190,8 +201,10 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         logger.info("%s: the run finished after %d steps; nothing to do", cfg.output_dir, finished["steps"])
         return TrainResult({**finished, "status": "already_finished"})
     if run.state["step"] > total_steps:
-        raise TrainingError(f"the checkpoint in {cfg.output_dir} is at step {run.state['step']}, past the "
-                            f"{total_steps} steps this recipe asks for; raise train.max_steps or train.epochs")
+        raise TrainingError(
+            f"the checkpoint in {cfg.output_dir} is at step {run.state['step']}, past the "
+            f"{total_steps} steps this recipe asks for; raise train.max_steps or train.epochs"
+        )
     engine = build_engine(model, recipe, total_steps, device)
     start = 0
     if run.checkpoint is not None:
@@ -207,7 +220,13 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     reporter = Reporter(recipe, run.path, start_step=start, counters=counters, enabled=main)
     logger.info(
         "%s: %d examples, %d steps, objective %s, %s/%s params trainable, device %s",
-        recipe.model.name, len(examples), total_steps, objective.describe(), f"{trainable:,}", f"{total:,}", device,
+        recipe.model.name,
+        len(examples),
+        total_steps,
+        objective.describe(),
+        f"{trainable:,}",
+        f"{total:,}",
+        device,
     )
 
     pad_id = tokenizer.pad_token_id
@@ -218,8 +237,14 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         return counters["elapsed_s"] + (time.time() - began)
 
     def checkpoint(step: int) -> Path:
-        state = {"step": step, "tokens": counters["tokens"], "elapsed_s": round(elapsed(), 3),
-                 "loss": loss_value, "recipe": recipe.to_dict(), "data": run.data_fingerprint}
+        state = {
+            "step": step,
+            "tokens": counters["tokens"],
+            "elapsed_s": round(elapsed(), 3),
+            "loss": loss_value,
+            "recipe": recipe.to_dict(),
+            "data": run.data_fingerprint,
+        }
         target = checkpoint_path(run.path, step)
         with stop.saving(), full_disk_is_an_error(target, "the checkpoint", run.path, TrainingError):
             return engine.save_checkpoint(run.path, step, keep=cfg.keep_checkpoints, trainer_state=state)
@@ -227,14 +252,26 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     def make_summary(status: str, steps: int) -> dict:
         wall = elapsed()
         return {
-            "status": status, "steps": steps, "final_loss": loss_value, "tokens": counters["tokens"],
-            "wall_time_s": round(wall, 2), "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None,
-            "objective": objective.describe(), "trainable_params": trainable, "total_params": total,
-            "device": str(device), "precision": engine.precision,
+            "status": status,
+            "steps": steps,
+            "final_loss": loss_value,
+            "tokens": counters["tokens"],
+            "wall_time_s": round(wall, 2),
+            "tokens_per_s": round(counters["tokens"] / wall, 1) if wall > 0 else None,
+            "objective": objective.describe(),
+            "trainable_params": trainable,
+            "total_params": total,
+            "device": str(device),
+            "precision": engine.precision,
         }
 
-    bar = tqdm(range(start, total_steps), desc=f"train {objective.name}", disable=not cfg.progress or not main,
-               initial=start, total=total_steps)
+    bar = tqdm(
+        range(start, total_steps),
+        desc=f"train {objective.name}",
+        disable=not cfg.progress or not main,
+        initial=start,
+        total=total_steps,
+    )
     for step in bar:
         objective.set_progress(step, total_steps)
         batches = [
@@ -242,15 +279,30 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             for m, idx in plan.for_rank(step, rank, world)
         ]
         # Normalise by the targets of the whole step on all ranks, so gradients match one process.
-        num_targets, step_tokens = (int(v) for v in distributed.all_reduce_sum(
-            [sum(b["num_targets"] for _, b in batches), sum(b["num_tokens"] for _, b in batches if b["num_targets"])],
-            device))
+        num_targets, step_tokens = (
+            int(v)
+            for v in distributed.all_reduce_sum(
+                [
+                    sum(b["num_targets"] for _, b in batches),
+                    sum(b["num_tokens"] for _, b in batches if b["num_targets"]),
+                ],
+                device,
+            )
+        )
         # (micro index, batch, weight); empty batches (e.g. a denoising batch where no token drew
         # a mask) are skipped, except in lock step where they run (and padding runs) with no effect.
         passes = [(m, b, 1.0) for m, b in batches if lockstep or b["num_targets"] > 0]
         if lockstep:
-            filler = batches[0] if batches else (0, make_batch(objective, examples, plan.micro_batches(step)[0],
-                                                                cfg.seed, step, 0, pad_id, recipe.data))
+            filler = (
+                batches[0]
+                if batches
+                else (
+                    0,
+                    make_batch(
+                        objective, examples, plan.micro_batches(step)[0], cfg.seed, step, 0, pad_id, recipe.data
+                    ),
+                )
+            )
             passes += [(filler[0], filler[1], 0.0)] * (cfg.grad_accum - len(passes))
         loss_sum = 0.0
         for m, batch, weight in passes:
@@ -260,8 +312,11 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             else:
                 compute = lambda b=batch: batch_loss(engine.module, b, device, split_head) * 0.0  # noqa: E731
             loss_sum += engine.backward_loss(compute, num_targets)
-        replay_loss = _replay_passes(engine, replay, recipe, step, [m for m, _ in batches], pad_id, device,
-                                     split_head, counters) if replay else None
+        replay_loss = (
+            _replay_passes(engine, replay, recipe, step, [m for m, _ in batches], pad_id, device, split_head, counters)
+            if replay
+            else None
+        )
         counters["tokens"] += step_tokens
         loss_value = normalised_loss(distributed.all_reduce_sum([loss_sum], device)[0], num_targets)
         for value in (loss_value, replay_loss if replay else 0.0):
@@ -271,9 +326,14 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         # step 0, not the first step of this process: a resumed run logs the same lines as an uninterrupted one
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps or step == 0:
             record = {
-                "step": step + 1, "epoch": round((step + 1) / plan.steps_per_epoch, 4), "loss": round(loss_value, 6),
-                "lr": engine.lr(), "grad_norm": grad_norm, "targets": num_targets,
-                "mode": ",".join(sorted({b["mode"] for _, b in batches})), "tokens": counters["tokens"],
+                "step": step + 1,
+                "epoch": round((step + 1) / plan.steps_per_epoch, 4),
+                "loss": round(loss_value, 6),
+                "lr": engine.lr(),
+                "grad_norm": grad_norm,
+                "targets": num_targets,
+                "mode": ",".join(sorted({b["mode"] for _, b in batches})),
+                "tokens": counters["tokens"],
                 "elapsed_s": round(elapsed(), 2),
             }
             if replay:
@@ -287,7 +347,9 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         saved = cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total_steps)
         if saved:
             checkpoint(step + 1)
-        if stop.requested(lambda flag: _any_rank(flag, device)):  # SIGTERM/SIGINT: this step's checkpoint, then stop (bico.termination)
+        if stop.requested(
+            lambda flag: _any_rank(flag, device)
+        ):  # SIGTERM/SIGINT: this step's checkpoint, then stop (bico.termination)
             target = checkpoint_path(run.path, step + 1) if saved else checkpoint(step + 1)
             bar.close()
             reporter.close()

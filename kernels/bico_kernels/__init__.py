@@ -4,6 +4,7 @@ Importing this package never imports triton: the Triton module (``bico_kernels.t
 loads on the first call of :func:`masked_attention`. Set TRITON_INTERPRET=1 before that first call
 to run on CPU tensors.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -11,13 +12,30 @@ import logging
 import os
 
 from .blocks import FULL, PARTIAL, SKIP, BlockClassification, classify_blocks
-from .reference import (additive_mask, dense_visibility, mirror_rotate, mirror_rotate_transpose,
-                        reference_masked_attention, rotate_half)
+from .reference import (
+    additive_mask,
+    dense_visibility,
+    mirror_rotate,
+    mirror_rotate_transpose,
+    reference_masked_attention,
+    rotate_half,
+)
 
 __all__ = [
-    "masked_attention", "reference_masked_attention", "triton_available", "mirror_rotate",
-    "mirror_rotate_transpose", "rotate_half", "dense_visibility", "additive_mask", "classify_blocks",
-    "BlockClassification", "SKIP", "PARTIAL", "FULL", "MaskedAttentionFunction",
+    "masked_attention",
+    "reference_masked_attention",
+    "triton_available",
+    "mirror_rotate",
+    "mirror_rotate_transpose",
+    "rotate_half",
+    "dense_visibility",
+    "additive_mask",
+    "classify_blocks",
+    "BlockClassification",
+    "SKIP",
+    "PARTIAL",
+    "FULL",
+    "MaskedAttentionFunction",
 ]
 
 
@@ -39,6 +57,7 @@ def triton_available() -> bool:
     except Exception:  # ImportError, or a broken install failing at import
         return False
     import torch
+
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -50,8 +69,9 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
     """Fused masked attention (Triton kernel, autograd-enabled). Same math as
     :func:`reference_masked_attention`; extra keyword arguments (blocks, classify, block_m, block_n,
     num_warps, num_stages) are described in ``bico_kernels.triton_attention.masked_attention``."""
-    return _impl().masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope,
-                                    deterministic=deterministic, **kwargs)
+    return _impl().masked_attention(
+        q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope, deterministic=deterministic, **kwargs
+    )
 
 
 def __getattr__(name):  # lazy: MaskedAttentionFunction lives in the triton module

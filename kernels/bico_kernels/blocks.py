@@ -6,6 +6,7 @@ and per-column-block lists of non-skipped tiles, so one classification serves th
 dK/dV pass and the dQ pass; build it once per batch and reuse it in every layer (bico's
 ``IntervalMask.blocks`` caches it on the mask object; no global cache).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -21,20 +22,20 @@ class BlockClassification(NamedTuple):
     block_m: int
     block_n: int
     seq_len: int
-    cls: torch.Tensor        # int8 [B, NM, NN]: SKIP / PARTIAL / FULL
-    kv_count: torch.Tensor   # int32 [B, NM]: non-skipped key blocks per query block
-    kv_index: torch.Tensor   # int32 [B, NM, NN]: those key blocks first, ascending
-    q_count: torch.Tensor    # int32 [B, NN]: non-skipped query blocks per key block
-    q_index: torch.Tensor    # int32 [B, NN, NM]
-    m_order: torch.Tensor    # int32 [B, NM]: query blocks by decreasing work (longest first)
-    n_order: torch.Tensor    # int32 [B, NN]: key blocks by decreasing work
+    cls: torch.Tensor  # int8 [B, NM, NN]: SKIP / PARTIAL / FULL
+    kv_count: torch.Tensor  # int32 [B, NM]: non-skipped key blocks per query block
+    kv_index: torch.Tensor  # int32 [B, NM, NN]: those key blocks first, ascending
+    q_count: torch.Tensor  # int32 [B, NN]: non-skipped query blocks per key block
+    q_index: torch.Tensor  # int32 [B, NN, NM]
+    m_order: torch.Tensor  # int32 [B, NM]: query blocks by decreasing work (longest first)
+    n_order: torch.Tensor  # int32 [B, NN]: key blocks by decreasing work
     # Mirrored RoPE splits each list in two phases (pairs with key j > query i use mirrored tiles).
     # Lists are ascending, so the tiles holding such pairs are a suffix of kv_index and a prefix of
     # q_index, and those holding pairs j <= i the other end; tiles on the diagonal are in both.
     kv_low_count: torch.Tensor  # int32 [B, NM]: leading kv_index entries with some pair j <= i
-    kv_up_start: torch.Tensor   # int32 [B, NM]: first kv_index entry with some pair j > i
-    q_up_count: torch.Tensor    # int32 [B, NN]: leading q_index entries with some pair j > i
-    q_low_start: torch.Tensor   # int32 [B, NN]: first q_index entry with some pair j <= i
+    kv_up_start: torch.Tensor  # int32 [B, NM]: first kv_index entry with some pair j > i
+    q_up_count: torch.Tensor  # int32 [B, NN]: leading q_index entries with some pair j > i
+    q_low_start: torch.Tensor  # int32 [B, NN]: first q_index entry with some pair j <= i
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -91,7 +92,19 @@ def classify_blocks(lo: torch.Tensor, hi: torch.Tensor, block_m: int, block_n: i
     kv_up_start = (live & ~up).sum(-1, dtype=torch.int32)
     q_up_count = (live & up).sum(1, dtype=torch.int32)
     q_low_start = (live & ~low).sum(1, dtype=torch.int32)
-    return BlockClassification(block_m, block_n, T, cls.contiguous(), kv_count.contiguous(),
-                               kv_index.contiguous(), q_count.contiguous(), q_index.contiguous(),
-                               m_order.contiguous(), n_order.contiguous(), kv_low_count.contiguous(),
-                               kv_up_start.contiguous(), q_up_count.contiguous(), q_low_start.contiguous())
+    return BlockClassification(
+        block_m,
+        block_n,
+        T,
+        cls.contiguous(),
+        kv_count.contiguous(),
+        kv_index.contiguous(),
+        q_count.contiguous(),
+        q_index.contiguous(),
+        m_order.contiguous(),
+        n_order.contiguous(),
+        kv_low_count.contiguous(),
+        kv_up_start.contiguous(),
+        q_up_count.contiguous(),
+        q_low_start.contiguous(),
+    )

@@ -5,6 +5,7 @@ A case passes when, for the output and each of dq, dk, dv, the kernel's max abs 
 float64 reference is at most twice the error of the same-precision PyTorch reference plus an
 absolute floor per dtype. Importing this module does not import triton.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,12 +52,20 @@ def compare_to_reference(q, k, v, do, lo, hi, dtype, tables=None, deterministic=
     from . import masked_attention
 
     low = None if tables is None else tuple(t.float() for t in tables)
-    ref64 = grads(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=tables),
-                  q, k, v, do, torch.float64)
-    ref_lp = grads(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=low),
-                   q, k, v, do, dtype)
-    got = grads(lambda a, b, c: masked_attention(a, b, c, lo, hi, mirror_rope=low, deterministic=deterministic,
-                                                 **kernel_kwargs), q, k, v, do, dtype)
+    ref64 = grads(
+        lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=tables), q, k, v, do, torch.float64
+    )
+    ref_lp = grads(lambda a, b, c: reference_masked_attention(a, b, c, lo, hi, mirror_rope=low), q, k, v, do, dtype)
+    got = grads(
+        lambda a, b, c: masked_attention(
+            a, b, c, lo, hi, mirror_rope=low, deterministic=deterministic, **kernel_kwargs
+        ),
+        q,
+        k,
+        v,
+        do,
+        dtype,
+    )
     report = {}
     for name, x, r, base in zip(OUTPUTS, got, ref64, ref_lp):
         shape_ok = x.dtype == dtype and x.shape == r.shape
@@ -64,6 +73,12 @@ def compare_to_reference(q, k, v, do, lo, hi, dtype, tables=None, deterministic=
         err = (x.double() - r).abs().max().item() if shape_ok else float("inf")
         err_ref = (base.double() - r).abs().max().item()
         bound = 2 * err_ref + FLOOR[dtype]
-        report[name] = {"err": err, "err_ref": err_ref, "bound": bound, "finite": finite, "shape_ok": shape_ok,
-                        "ok": shape_ok and finite and err <= bound}
+        report[name] = {
+            "err": err,
+            "err_ref": err_ref,
+            "bound": bound,
+            "finite": finite,
+            "shape_ok": shape_ok,
+            "ok": shape_ok and finite and err <= bound,
+        }
     return got, report

@@ -12,6 +12,7 @@ Imports Triton (not part of ``import bico_kernels``); must run in a process wher
 is not set, since the interpreter replaces the kernels. Used by ``benchmarks/compile_report.py``
 and ``tests/test_kernel_compile.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,22 @@ import torch
 from .blocks import classify_blocks
 from .configs import KernelConfig, Variant, candidate_configs
 
-__all__ = ["CompileResult", "SAMPLE_CALL", "SMEM_LIMIT", "compile_variant", "compile_many", "problems",
-           "ptxas_available", "markdown_table", "markdown_row", "default_pairs",
-           "render_config_table", "result_from_dict", "prune", "kernel_hashes"]
+__all__ = [
+    "CompileResult",
+    "SAMPLE_CALL",
+    "SMEM_LIMIT",
+    "compile_variant",
+    "compile_many",
+    "problems",
+    "ptxas_available",
+    "markdown_table",
+    "markdown_row",
+    "default_pairs",
+    "render_config_table",
+    "result_from_dict",
+    "prune",
+    "kernel_hashes",
+]
 
 SMEM_LIMIT = 227 * 1024  # H100/H200: 228 KB per SM, 227 KB usable by one block
 # The call whose argument specialisation is measured: Llama-3-8B heads (GQA 32/8) at a training
@@ -47,14 +61,14 @@ class CompileResult(NamedTuple):
     variant: Variant
     config: KernelConfig
     registers: int
-    spill_stores: int      # bytes per thread
+    spill_stores: int  # bytes per thread
     spill_loads: int
-    stack_frame: int       # bytes per thread of local memory
-    shared: int            # bytes per block
-    wgmma: int             # wgmma.mma_async instructions in the PTX
-    warnings: tuple        # ptxas warning lines, e.g. C7515 (wgmma serialised)
+    stack_frame: int  # bytes per thread of local memory
+    shared: int  # bytes per block
+    wgmma: int  # wgmma.mma_async instructions in the PTX
+    warnings: tuple  # ptxas warning lines, e.g. C7515 (wgmma serialised)
     compile_s: float
-    error: str = ""        # set when the compile failed (then the numbers are 0)
+    error: str = ""  # set when the compile failed (then the numbers are 0)
     kernel_hash: str = ""  # kernel_hashes(): stored results are reusable while it is unchanged
 
     def as_dict(self) -> dict:
@@ -112,15 +126,33 @@ def _sample_launch(variant: Variant, config: KernelConfig):
     hi = torch.full((B, T), T, dtype=torch.int32)
     mirror = impl.Mirror(hf(H), hf(HKV), torch.empty(B, T, D), torch.empty(B, T, D)) if variant.mirror else None
     blocks = classify_blocks(lo, hi, config.block_m, config.block_n)
-    scale, prec = D ** -0.5, "ieee"
+    scale, prec = D**-0.5, "ieee"
     if variant.dtype == "fp32" and torch.get_float32_matmul_precision() != "highest":
         prec = "tf32"
     if variant.kernel == "fwd":
         return impl.fwd_launch(q, k, v, o, lse, lo, hi, mirror, scale, blocks, prec, config)
     if variant.kernel == "dkdv":
         dq32 = torch.empty(B, T, H, D).transpose(1, 2)
-        return impl.dkdv_launch(q, k, v, do, torch.empty_like(k), torch.empty_like(v), dq32, torch.empty_like(dq32),
-                                lse, delta, lo, hi, mirror, scale, blocks, prec, config, variant.atomic_dq)
+        return impl.dkdv_launch(
+            q,
+            k,
+            v,
+            do,
+            torch.empty_like(k),
+            torch.empty_like(v),
+            dq32,
+            torch.empty_like(dq32),
+            lse,
+            delta,
+            lo,
+            hi,
+            mirror,
+            scale,
+            blocks,
+            prec,
+            config,
+            variant.atomic_dq,
+        )
     return impl.dq_launch(q, k, v, do, torch.empty_like(q), lse, delta, lo, hi, mirror, scale, blocks, prec, config)
 
 
@@ -158,8 +190,12 @@ def compile_variant(variant: Variant, config: KernelConfig) -> CompileResult:
     try:
         src, options = _specialise(_sample_launch(variant, config), make_backend(target))
         # A cache hit prints no ptxas log: compile into an empty cache every time.
-        with tempfile.TemporaryDirectory(prefix="bico-compile-") as cache, triton.knobs.cache.scope(), \
-                triton.knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        with (
+            tempfile.TemporaryDirectory(prefix="bico-compile-") as cache,
+            triton.knobs.cache.scope(),
+            triton.knobs.nvidia.scope(),
+            contextlib.redirect_stdout(log),
+        ):
             triton.knobs.cache.dir = cache
             triton.knobs.nvidia.dump_ptxas_log = True
             compiled = triton.compile(src, target=target, options=options.__dict__)
@@ -170,13 +206,28 @@ def compile_variant(variant: Variant, config: KernelConfig) -> CompileResult:
     khash = kernel_hashes()[variant.kernel]
     regs = _PTXAS_USAGE.search(text)
     spill = _PTXAS_SPILL.search(text)
-    warnings = tuple(sorted({_LINE_SUFFIX.sub("", line.split(":", 1)[1]).strip() for line in text.splitlines()
-                             if _CODED.search(line) or "warning" in line.split(":", 1)[0]}))
-    return CompileResult(variant, config, int(regs.group(1)) if regs else -1,
-                         int(spill.group(2)) if spill else -1, int(spill.group(3)) if spill else -1,
-                         int(spill.group(1)) if spill else -1, int(compiled.metadata.shared),
-                         compiled.asm["ptx"].count("wgmma.mma_async"), warnings, time.perf_counter() - t0,
-                         kernel_hash=khash)
+    warnings = tuple(
+        sorted(
+            {
+                _LINE_SUFFIX.sub("", line.split(":", 1)[1]).strip()
+                for line in text.splitlines()
+                if _CODED.search(line) or "warning" in line.split(":", 1)[0]
+            }
+        )
+    )
+    return CompileResult(
+        variant,
+        config,
+        int(regs.group(1)) if regs else -1,
+        int(spill.group(2)) if spill else -1,
+        int(spill.group(3)) if spill else -1,
+        int(spill.group(1)) if spill else -1,
+        int(compiled.metadata.shared),
+        compiled.asm["ptx"].count("wgmma.mma_async"),
+        warnings,
+        time.perf_counter() - t0,
+        kernel_hash=khash,
+    )
 
 
 def _child(pair, conn, log_path):
@@ -224,8 +275,9 @@ def compile_many(pairs, workers: int = 1, timeout_s: float = 900.0, on_result=No
                     with open(log_path, errors="replace") as f:
                         first = next((ln.strip() for ln in f if "error" in ln.lower()), "")
                     why = "timed out" if late else f"compiler process died (exit {proc.exitcode})"
-                    result = CompileResult(*pairs[i], 0, 0, 0, 0, 0, 0, (), time.perf_counter() - t0,
-                                           f"{why}: {first[:200]}")
+                    result = CompileResult(
+                        *pairs[i], 0, 0, 0, 0, 0, 0, (), time.perf_counter() - t0, f"{why}: {first[:200]}"
+                    )
                 results[i] = result
                 if on_result is not None:
                     on_result(result)
@@ -277,6 +329,7 @@ def prune(variants, keep: int, workers: int = 1, reuse=(), on_result=None) -> li
 def default_pairs(variants) -> list[tuple[Variant, KernelConfig]]:
     """The config each variant launches with when nothing is tuned: the table's first candidate."""
     from .tuning import candidates
+
     return [(v, candidates(v)[0]) for v in variants]
 
 
@@ -284,13 +337,17 @@ def markdown_row(r: CompileResult) -> str:
     if r.error:
         return f"| {r.variant.key()} | {r.config.label()} | error: {r.error} | | | | | {r.compile_s:.1f} |"
     warn = "; ".join(m.group(0)[1:-1] if (m := _CODED.search(w)) else w[:60] for w in r.warnings) or "-"
-    return (f"| {r.variant.key()} | {r.config.label()} | {r.registers} | {r.spill_stores}/{r.spill_loads} "
-            f"| {r.shared:,} | {r.wgmma} | {warn} | {r.compile_s:.1f} |")
+    return (
+        f"| {r.variant.key()} | {r.config.label()} | {r.registers} | {r.spill_stores}/{r.spill_loads} "
+        f"| {r.shared:,} | {r.wgmma} | {warn} | {r.compile_s:.1f} |"
+    )
 
 
 def markdown_table(results) -> str:
-    return ("| variant | config | regs | spill st/ld (B) | smem (B) | wgmma | warnings | compile s |\n"
-            "|---|---|---|---|---|---|---|---|\n" + "".join(markdown_row(r) + "\n" for r in results))
+    return (
+        "| variant | config | regs | spill st/ld (B) | smem (B) | wgmma | warnings | compile s |\n"
+        "|---|---|---|---|---|---|---|---|\n" + "".join(markdown_row(r) + "\n" for r in results)
+    )
 
 
 def render_config_table(results, keep: int = 0) -> str:
@@ -306,7 +363,7 @@ def render_config_table(results, keep: int = 0) -> str:
         by_variant.setdefault(r.variant.key(), []).append(r)
     rows, known = [], []
     for key, rs in by_variant.items():
-        clean = [r for r in rs if not problems(r)][:keep or None]
+        clean = [r for r in rs if not problems(r)][: keep or None]
         if not clean:
             fits = [r for r in rs if not r.error and r.shared <= SMEM_LIMIT and r.registers >= 0]
             clean = sorted(fits, key=lambda r: r.spill_stores + r.spill_loads)[:1]
@@ -314,9 +371,14 @@ def render_config_table(results, keep: int = 0) -> str:
                 known.append(f"    {key!r}: ({clean[0].spill_stores}, {clean[0].spill_loads}),")
         if clean:
             rows.append(f"    {key!r}: [{', '.join(repr(tuple(r.config)) for r in clean)}],")
-    return ('''"""Pruned launch-config table: generated by ``benchmarks/compile_report.py --candidates --write-table``
+    return (
+        '''"""Pruned launch-config table: generated by ``benchmarks/compile_report.py --candidates --write-table``
 (``bico_kernels.compile_report.render_config_table`` says what the entries are); do not edit by hand.
 """
 TABLE: dict[str, list[tuple[int, int, int, int]]] = {
-''' + "\n".join(rows) + "\n}\nKNOWN_SPILLS: dict[str, tuple[int, int]] = {\n"
-            + "".join(k + "\n" for k in known) + "}\n")
+'''
+        + "\n".join(rows)
+        + "\n}\nKNOWN_SPILLS: dict[str, tuple[int, int]] = {\n"
+        + "".join(k + "\n" for k in known)
+        + "}\n"
+    )

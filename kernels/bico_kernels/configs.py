@@ -9,12 +9,23 @@ sm_90a and keeps, in ``config_table.py``, only those with zero spills, within sh
 wgmma and without serialisation warnings, best-first. The runtime launches the first survivor,
 or times the survivors on the first call (``tuning.py``).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["KernelConfig", "Variant", "KERNELS", "TABLE_DTYPES", "TABLE_HEAD_DIMS", "runtime_variants",
-           "candidate_configs", "fallback_config", "length_bucket", "interpreter_config"]
+__all__ = [
+    "KernelConfig",
+    "Variant",
+    "KERNELS",
+    "TABLE_DTYPES",
+    "TABLE_HEAD_DIMS",
+    "runtime_variants",
+    "candidate_configs",
+    "fallback_config",
+    "length_bucket",
+    "interpreter_config",
+]
 
 KERNELS = ("fwd", "dkdv", "dq")
 # What the pruned table covers: what the "bico" attention runs on GPU for Llama-style models.
@@ -23,8 +34,8 @@ TABLE_HEAD_DIMS = (64, 128)
 
 
 class KernelConfig(NamedTuple):
-    block_m: int     # query rows per tile
-    block_n: int     # key rows per tile
+    block_m: int  # query rows per tile
+    block_n: int  # key rows per tile
     num_warps: int
     num_stages: int
 
@@ -33,11 +44,11 @@ class KernelConfig(NamedTuple):
 
 
 class Variant(NamedTuple):
-    kernel: str        # "fwd", "dkdv" or "dq"
+    kernel: str  # "fwd", "dkdv" or "dq"
     head_dim: int
-    dtype: str         # "bf16", "fp16", "fp32"
-    mirror: bool       # mirrored RoPE fused in
-    atomic_dq: bool    # dkdv only: dQ added with atomics (the default) instead of the separate dq pass
+    dtype: str  # "bf16", "fp16", "fp32"
+    mirror: bool  # mirrored RoPE fused in
+    atomic_dq: bool  # dkdv only: dQ added with atomics (the default) instead of the separate dq pass
 
     def key(self) -> str:
         dq = ("/atomic-dq" if self.atomic_dq else "/separate-dq") if self.kernel == "dkdv" else ""

@@ -4,14 +4,21 @@ Differentiable by autograd, any dtype, any head dim. It materializes the [B, H, 
 (or SDPA's additive mask), so it serves tests, CPU training at short lengths and GPUs without
 Triton, not training at length. bico's attention and the kernel tests use this one implementation.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-__all__ = ["reference_masked_attention", "mirror_rotate", "mirror_rotate_transpose", "rotate_half",
-           "dense_visibility", "additive_mask"]
+__all__ = [
+    "reference_masked_attention",
+    "mirror_rotate",
+    "mirror_rotate_transpose",
+    "rotate_half",
+    "dense_visibility",
+    "additive_mask",
+]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +93,8 @@ def reference_masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None,
         if mirror_rope is not None:
             raise ValueError("the SDPA branch has no mirrored RoPE: use_sdpa=False")
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=additive_mask(lo, hi, q.dtype), dropout_p=dropout, scale=scale, enable_gqa=Hq != Hkv)
+            q, k, v, attn_mask=additive_mask(lo, hi, q.dtype), dropout_p=dropout, scale=scale, enable_gqa=Hq != Hkv
+        )
         return out * has_key.to(out.dtype)
     g = Hq // Hkv
     # Grouped view: query heads h*g..h*g+g-1 share kv head h, without copying K/V.

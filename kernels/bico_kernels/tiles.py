@@ -4,6 +4,7 @@ Head-dim layout: the two RoPE halves of a head (columns [0, D/2) and [D/2, D)) e
 power-of-two half tile of HP columns, so any even D works (D=96 -> two halves of 48 in 2x64) and
 rotate_half is a swap of the two half tiles.
 """
+
 import triton
 import triton.language as tl
 
@@ -18,8 +19,7 @@ def _cols(HALF: tl.constexpr, HP: tl.constexpr):
 
 @triton.jit
 def _load_rows(ptr, rows, stride, col, cvalid, T):
-    return tl.load(ptr + rows[:, None] * stride + col[None, :],
-                   mask=(rows[:, None] < T) & cvalid[None, :], other=0.0)
+    return tl.load(ptr + rows[:, None] * stride + col[None, :], mask=(rows[:, None] < T) & cvalid[None, :], other=0.0)
 
 
 @triton.jit
@@ -32,9 +32,25 @@ def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _query_scores(qx, kx, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
-                  PREC: tl.constexpr, UPCAST: tl.constexpr):
+def _query_scores(
+    qx,
+    kx,
+    offs_m,
+    offs_n,
+    start_m,
+    start_n,
+    kind,
+    lo_p,
+    hi_p,
+    T,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MIRRORED: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
     # Scaled, masked scores [queries, keys] of one tile. With SPLIT (mirror on), a tile on the
     # diagonal keeps only its phase's pairs: j > i when MIRRORED (qx, kx mirrored), else j <= i.
     s = _dot(qx, tl.trans(kx), PREC, UPCAST) * qk_scale

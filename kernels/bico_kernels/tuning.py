@@ -13,6 +13,7 @@ block classification that the kernels take as input. Environment:
 * ``BICO_KERNEL_TUNE_FILE=path.json``: winners are read from and written to this file (one section
   per GPU name and Triton version), so later processes skip the timing; delete it to re-tune.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,9 +78,14 @@ def tuned_config(variant: Variant, seq_len: int, cands: list[KernelConfig], benc
             logger.warning("bico_kernels: %s %s failed while tuning: %s", key, c.label(), str(e).splitlines()[0])
             times[c] = math.inf
     best = min(cands, key=lambda c: times[c])  # ties keep the table's order
-    logger.info("bico_kernels: tuned %s: %s (%.3f ms; %d candidates, slowest %.3f ms)", key, best.label(),
-                times[best], len(cands), max(t for t in times.values() if t < math.inf) if times[best] < math.inf
-                else math.inf)
+    logger.info(
+        "bico_kernels: tuned %s: %s (%.3f ms; %d candidates, slowest %.3f ms)",
+        key,
+        best.label(),
+        times[best],
+        len(cands),
+        max(t for t in times.values() if t < math.inf) if times[best] < math.inf else math.inf,
+    )
     _tuned[(scope, key)] = best
     if path and times[best] < math.inf:
         _write(path, scope, key, best)
@@ -94,15 +100,18 @@ def _read(path) -> dict:
     except FileNotFoundError:
         return {}
     except OSError as err:
-        raise ValueError(f"BICO_KERNEL_TUNE_FILE={path} cannot be read ({err.strerror}); "
-                         "point it at a writable file, or unset it") from None
+        raise ValueError(
+            f"BICO_KERNEL_TUNE_FILE={path} cannot be read ({err.strerror}); point it at a writable file, or unset it"
+        ) from None
     try:
         data = json.loads(text)
     except ValueError:
         data = None
     if not (isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())):
-        raise ValueError(f"BICO_KERNEL_TUNE_FILE={path} does not hold bico's kernel tuning results (a JSON object "
-                         "of sections); delete the file to re-tune, or point the variable at another file")
+        raise ValueError(
+            f"BICO_KERNEL_TUNE_FILE={path} does not hold bico's kernel tuning results (a JSON object "
+            "of sections); delete the file to re-tune, or point the variable at another file"
+        )
     return data
 
 

@@ -1,4 +1,5 @@
 """The objectives' tests share the session tokenizer (tests/conftest.py), copied per test."""
+
 import copy
 
 import pytest

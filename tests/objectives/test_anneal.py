@@ -1,4 +1,5 @@
 """anneal: the interval schedule from causal to the inner objective's mask, against a direct construction."""
+
 import math
 
 import pytest

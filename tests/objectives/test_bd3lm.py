@@ -1,4 +1,5 @@
 """bd3lm: layout, mask and targets against BD3LM's dense definition; rates and errors."""
+
 import random
 
 import pytest
@@ -42,7 +43,7 @@ def test_bd3lm_against_the_dense_definition(tok, shift, rate_per):
         for b in range(blocks):
             for clean in (False, True) if b < blocks - 1 else (False,):
                 span = list(range(b * bs, min(n, (b + 1) * bs)))
-                assert pos[i:i + len(span)] == span
+                assert pos[i : i + len(span)] == span
                 is_clean += [clean] * len(span)
                 i += len(span)
         for k, (p, t) in enumerate(zip(pos, got)):

@@ -1,5 +1,6 @@
 """bico: denoising samples against direct constructions, seeds, batch modes, mask tokens, entity-aware
 masking and the lead token."""
+
 import random
 
 import pytest
@@ -12,8 +13,9 @@ NAME, DESCRIPTION = "Daphne Barrington", "the director of A Journey Through Time
 
 
 def example(tokenizer, prompt="Daphne Barrington is", completion=" the director of A Journey Through Time."):
-    return Example(prompt, completion, tokenizer(prompt).input_ids,
-                   tokenizer(completion, add_special_tokens=False).input_ids)
+    return Example(
+        prompt, completion, tokenizer(prompt).input_ids, tokenizer(completion, add_special_tokens=False).input_ids
+    )
 
 
 def _denoise(tokenizer, seed=0, **options):
@@ -90,9 +92,16 @@ def test_bico_mask_token_choices(tokenizer):
 # --- entity-aware masking, the lead token -------------------------------------------------------
 
 
-def entity_example(tokenizer, prompt="Known as Daphne Barrington,", completion=" she is the director of A Journey Through Time."):
-    return Example(prompt, completion, tokenizer(prompt).input_ids, tokenizer(completion, add_special_tokens=False).input_ids,
-                   {"name": NAME, "description": DESCRIPTION})
+def entity_example(
+    tokenizer, prompt="Known as Daphne Barrington,", completion=" she is the director of A Journey Through Time."
+):
+    return Example(
+        prompt,
+        completion,
+        tokenizer(prompt).input_ids,
+        tokenizer(completion, add_special_tokens=False).input_ids,
+        {"name": NAME, "description": DESCRIPTION},
+    )
 
 
 def span_of(tokenizer, ids, text):
@@ -137,7 +146,9 @@ def test_entity_mask_at_position_zero_is_hidden_but_not_predicted(tokenizer):
 def test_entity_mask_off_is_the_paper_sample(tokenizer):
     ex = entity_example(tokenizer)
     a = build_objective("bico", tokenizer).encode(ex, random.Random(7), "denoise")
-    b = build_objective("bico", tokenizer, {"entity_mask": 0.0, "entity": "any"}).encode(ex, random.Random(7), "denoise")
+    b = build_objective("bico", tokenizer, {"entity_mask": 0.0, "entity": "any"}).encode(
+        ex, random.Random(7), "denoise"
+    )
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.targets, b.targets)
 
 
@@ -165,8 +176,11 @@ def test_lead_token_makes_the_first_text_token_a_target(tokenizer, state):
     assert a.targets[0] != text[0] and b.targets[0] == text[0]  # the name's first piece, now predicted
     assert torch.equal(b.targets[1:], a.targets)  # everything else as without it, one position later
     assert not (b.targets == led.lead_id).any()
-    dense = IntervalMask.bico(b.input_ids.numel(), b.input_ids == led.mask_id).dense() if state == "denoise" \
+    dense = (
+        IntervalMask.bico(b.input_ids.numel(), b.input_ids == led.mask_id).dense()
+        if state == "denoise"
         else IntervalMask.causal(b.input_ids.numel()).dense()
+    )
     assert torch.equal(b.mask.dense(), dense)
 
 

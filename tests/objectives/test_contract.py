@@ -1,6 +1,7 @@
 """Contracts every registered objective keeps, checked over the registry (a new objective is covered
 without being listed here): reproducible samples with interval masks and in-range targets, loss spans
 honoured, and masks never edited after they are built."""
+
 import dataclasses
 import random
 
@@ -15,25 +16,39 @@ from helpers import META, encode, example, text
 # Options beyond the defaults, for objectives whose other modes take other code paths ({} = the defaults;
 # mix has no defaults). Every registered objective runs with each of its entries, or with {} if it has none.
 VARIANTS = {
-    "anneal": [{"steps": 10}, {"inner": "bd3lm", "steps": 10}, {"inner": "masked_ar", "steps": 10},
-               {"inner": "mlm_u", "steps": 10}],
+    "anneal": [
+        {"steps": 10},
+        {"inner": "bd3lm", "steps": 10},
+        {"inner": "masked_ar", "steps": 10},
+        {"inner": "mlm_u", "steps": 10},
+    ],
     "bico": [{}, {"entity_mask": 1.0, "entity": "any", "mask_ratio": 0.5}],
     "bd3lm": [{}, {"block_size": 3, "shift": False, "rate_per": "sample"}],
     "fim": [{"fim_rate": 1.0}, {"fim_rate": 1.0, "spm_rate": 1.0}],
-    "glm": [{}, {"positions": "flat", "isolated_spans": True, "mask_ratio": 0.5},
-            {"positions": "flat", "isolated_spans": True}],
+    "glm": [
+        {},
+        {"positions": "flat", "isolated_spans": True, "mask_ratio": 0.5},
+        {"positions": "flat", "isolated_spans": True},
+    ],
     "masked_ar": [{}, {"positions": "shared", "loss_on": "both", "separator": "token"}],
-    "mix": [{"preset": "ul2"},
-            {"components": [{"name": n, "mode_token": f"[{n}]"} for n in ("ntp", "bico", "reverse")]},
-            {"components": [{"name": "ntp", "weight": 1}, {"name": "glm", "weight": 1}]}],
-    "mntp": [{}, {"replacement": "all_mask", "shift": False, "mask_ratio": 0.9},
-             {"replacement": "all_mask", "shift": False, "hide_masked": True}],
+    "mix": [
+        {"preset": "ul2"},
+        {"components": [{"name": n, "mode_token": f"[{n}]"} for n in ("ntp", "bico", "reverse")]},
+        {"components": [{"name": "ntp", "weight": 1}, {"name": "glm", "weight": 1}]},
+    ],
+    "mntp": [
+        {},
+        {"replacement": "all_mask", "shift": False, "mask_ratio": 0.9},
+        {"replacement": "all_mask", "shift": False, "hide_masked": True},
+    ],
     "mlm_u": [{}, {"shift": False}, {"shift": False, "hide_masked": False}],
     "ntp": [{}, {"completion_only": True}],
-    "permute": [{}, {"mode": "segment", "segment_max": 3, "original_prob": 0, "reverse_prob": 0.5,
-                     "permute_prob": 0.5}, {"mode": "segment", "segment_max": 3}],
-    "reverse": [{}, {"mode": "segment", "segment_max": 3}, {"mode": "token", "forward": False},
-                {"mode": "entity"}],
+    "permute": [
+        {},
+        {"mode": "segment", "segment_max": 3, "original_prob": 0, "reverse_prob": 0.5, "permute_prob": 0.5},
+        {"mode": "segment", "segment_max": 3},
+    ],
+    "reverse": [{}, {"mode": "segment", "segment_max": 3}, {"mode": "token", "forward": False}, {"mode": "entity"}],
 }
 CONFIGS = [(name, options) for name in sorted(REGISTRY) for options in VARIANTS.get(name, [{}])]
 IDS = [f"{name}-{k}" for name in sorted(REGISTRY) for k in range(len(VARIANTS.get(name, [{}])))]
@@ -69,7 +84,9 @@ def test_common_contract(tok, name, options, request):
     # Over the seeds, not per sample: one draw per token at a fixed rate may select nothing (mntp,
     # seed 0: all 24 eligible draws >= 0.2), and the trainer counts such a sample's 0 targets.
     assert targets
-    seeds = {tuple(encode(obj, ex, s).input_ids.tolist()) + tuple(encode(obj, ex, s).targets.tolist()) for s in range(8)}
+    seeds = {
+        tuple(encode(obj, ex, s).input_ids.tolist()) + tuple(encode(obj, ex, s).targets.tolist()) for s in range(8)
+    }
     if request.node.callspec.id in DETERMINISTIC:
         assert len(seeds) == 1
     else:
@@ -80,8 +97,11 @@ def spanned_example(tok):
     """A chat-like example: user text (no loss), an answer, user text, an answer + EOS (loss). Every
     text token is a distinct lowercase word, so a target or a lost token names where it came from."""
     avoid = set(tok(RELEASED_INSTRUCTION, add_special_tokens=False).input_ids) | set(tok.all_special_ids)
-    words = sorted(i for t, i in tok.get_vocab().items()
-                   if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and len(t) > 5 and i not in avoid)
+    words = sorted(
+        i
+        for t, i in tok.get_vocab().items()
+        if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and len(t) > 5 and i not in avoid
+    )
     user1, answer1, user2, answer2 = words[:6], words[6:12], words[12:16], words[16:24]
     ids = user1 + answer1 + user2 + answer2
     meta = {"name": tok.decode(user1[1:3]).strip(), "description": tok.decode(user2[:2]).strip()}
@@ -127,4 +147,3 @@ def test_masks_are_not_edited_after_they_are_built(tok, name, options, monkeypat
     assert built
     for mask, lo, hi in built:
         assert torch.equal(mask.lo, lo) and torch.equal(mask.hi, hi)
-

@@ -1,4 +1,5 @@
 """fim: PSM and SPM rearrangements give back the text, at the configured rates."""
+
 import random
 
 import torch
@@ -24,11 +25,11 @@ def test_fim_rearrangements(tok):
             continue
         pre, suf, mid = body.index(obj.pre_id), body.index(obj.suf_id), body.index(obj.mid_id)
         if mode == "psm":
-            prefix, suffix, middle = body[pre + 1:suf], body[suf + 1:mid], body[mid + 1:]
+            prefix, suffix, middle = body[pre + 1 : suf], body[suf + 1 : mid], body[mid + 1 :]
             assert prefix + middle + suffix == ids[:-1]
         else:
             assert body[:2] == [obj.pre_id, obj.suf_id]
-            suffix, rest = body[2:mid], body[mid + 1:]
+            suffix, rest = body[2:mid], body[mid + 1 :]
             assert rest + suffix == ids[:-1]
     assert abs(modes["ntp"] / 500 - 0.3) < 0.06 and abs(modes["spm"] / (modes["psm"] + modes["spm"]) - 0.4) < 0.07
     s = obj.encode(ex, random.Random(1))

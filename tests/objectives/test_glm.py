@@ -1,5 +1,6 @@
 """glm: layout, targets and mask, 2-D and flat positions, span lengths, special tokens, against direct
 constructions."""
+
 import math
 import random
 
@@ -31,10 +32,10 @@ def test_glm_layout_targets_and_mask(tok, isolated):
         assert part_a.count(obj.mask_id) == len(blocks) >= 1
         assert targets[:sep] == [IGNORE] * sep  # loss on Part B only
         for a, b in blocks:  # [S] s1..sl -> s1..sl [E]
-            assert targets[a:b] == ids[a + 1:b] + [obj.eop_id]
+            assert targets[a:b] == ids[a + 1 : b] + [obj.eop_id]
         # Filling the masks (in Part A order) with the spans gives back the text: spans cover
         # contiguous tokens, and Part B's block order is a permutation of them.
-        span_of_mask = {s.position_ids[a].item(): ids[a + 1:b] for a, b in blocks}
+        span_of_mask = {s.position_ids[a].item(): ids[a + 1 : b] for a, b in blocks}
         rebuilt = []
         for i, t in enumerate(part_a):
             rebuilt += span_of_mask[i] if t == obj.mask_id else [t]
@@ -50,7 +51,7 @@ def test_glm_layout_targets_and_mask(tok, isolated):
         want[:, :sep] = True
         for q in range(sep, n):
             block = next((a, b) for a, b in blocks if a <= q < b)
-            want[q, (block[0] if isolated else sep):q + 1] = True
+            want[q, (block[0] if isolated else sep) : q + 1] = True
         assert torch.equal(dense(s), want)
 
 
@@ -73,7 +74,7 @@ def test_glm_positions_2d_and_flat(tok):
         assert f.mask.block_position_ids is None and f.mask.rope == "standard"
         fp = f.position_ids.tolist()
         for a, b in blocks:
-            assert [original[p] for p in fp[a + 1:b]] == s.input_ids[a + 1:b].tolist()
+            assert [original[p] for p in fp[a + 1 : b]] == s.input_ids[a + 1 : b].tolist()
             assert fp[a] == fp[a + 1] - 1
         part_a_tokens = [(p, t) for p, t in zip(fp[:sep], s.input_ids[:sep].tolist()) if t != two_d.mask_id]
         assert all(original[p] == t for p, t in part_a_tokens)

@@ -1,4 +1,5 @@
 """masked_ar: layout, targets and positions against a direct construction; rates and separators."""
+
 import random
 
 import pytest
@@ -22,7 +23,7 @@ def test_masked_ar_layout_targets_positions(tok, positions, loss_on):
         s = obj.encode(ex, random.Random(seed), obj.start_batch(random.Random(seed)))
         got = s.input_ids.tolist()
         corrupted = got[:n]
-        assert got[n:n + len(sep)] == sep and got[n + len(sep):] == ids  # original copy + EOS
+        assert got[n : n + len(sep)] == sep and got[n + len(sep) :] == ids  # original copy + EOS
         assert all(c == t or c == obj.mask_id for c, t in zip(corrupted, content))
         fractions.append(sum(c == obj.mask_id for c in corrupted) / n)
         want = [IGNORE] * len(got)
@@ -39,7 +40,7 @@ def test_masked_ar_layout_targets_positions(tok, positions, loss_on):
         if positions == "continue":
             assert pos == list(range(len(got)))
         else:
-            assert pos[:first] == list(range(first)) and pos[first:first + n] == list(range(n))
+            assert pos[:first] == list(range(first)) and pos[first : first + n] == list(range(n))
             assert pos[-1] == n  # EOS after the copy
     assert 0.3 < sum(fractions) / len(fractions) < 0.7  # t ~ U[0.05, 0.95]: mean 0.5
 

@@ -1,4 +1,5 @@
 """mix: reproducing bico from components, component weights, the UL2 preset and its mode tokens."""
+
 import random
 
 import pytest
@@ -6,16 +7,31 @@ import torch
 
 from bico.objectives import Example, build_objective
 from bico.objectives.mix import with_mode_token
-from helpers import PROMPT, META, encode, example
+from helpers import META, PROMPT, encode, example
 
 
 def test_mix_reproduces_bico_and_follows_weights(tok):
     bico = build_objective("bico", tok)
-    mix = build_objective("mix", tok, {"components": [
-        {"name": "ntp", "weight": 0.5},
-        {"name": "mntp", "weight": 0.5, "options": {"mask_ratio": 0.15, "replacement": "all_mask",
-                                                      "hide_masked": True, "rope": "mirrored", "mask_token": "unk"}},
-    ]})
+    mix = build_objective(
+        "mix",
+        tok,
+        {
+            "components": [
+                {"name": "ntp", "weight": 0.5},
+                {
+                    "name": "mntp",
+                    "weight": 0.5,
+                    "options": {
+                        "mask_ratio": 0.15,
+                        "replacement": "all_mask",
+                        "hide_masked": True,
+                        "rope": "mirrored",
+                        "mask_token": "unk",
+                    },
+                },
+            ]
+        },
+    )
     ex = example(tok)
     for seed in range(20):
         a, b = encode(bico, ex, seed), encode(mix, ex, seed)
@@ -50,7 +66,9 @@ def test_ul2_preset_reuses_glm_and_prefix_lm_with_mode_tokens(tok):
         ref_rng = random.Random(seed)
         ref_rng.choices(range(3), weights=ul2.weights)
         comp = ul2.components[state.index]
-        ref = comp.encode(with_mode_token(ex, ul2.mode_ids[state.index], ul2.special_ids), ref_rng, comp.start_batch(ref_rng))
+        ref = comp.encode(
+            with_mode_token(ex, ul2.mode_ids[state.index], ul2.special_ids), ref_rng, comp.start_batch(ref_rng)
+        )
         assert torch.equal(s.input_ids, ref.input_ids) and torch.equal(s.targets, ref.targets) and s.mask == ref.mask
     assert seen == {0, 1, 2}
     assert ex.prompt_ids == tok(PROMPT).input_ids  # the cached example is untouched

@@ -1,4 +1,5 @@
 """mlm_u: the masking rate, 1/t weights and targets, against direct constructions."""
+
 import random
 
 import pytest

@@ -1,4 +1,5 @@
 """mntp: targets line up with inputs, the mask hides what was masked, the 80/10/10 replacement."""
+
 import random
 
 import pytest
@@ -24,7 +25,9 @@ def test_mntp_targets_and_mask(tok, shift, hide):
         assert changed <= set(selected.tolist())
         hidden = torch.zeros(len(original), dtype=torch.bool)
         hidden[selected] = True
-        want = IntervalMask.bico(len(original), hidden).dense() if hide else torch.ones(len(s), len(s), dtype=torch.bool)
+        want = (
+            IntervalMask.bico(len(original), hidden).dense() if hide else torch.ones(len(s), len(s), dtype=torch.bool)
+        )
         assert torch.equal(dense(s), want.reshape(len(s), len(s)))
         if shift:
             assert 0 not in selected.tolist()

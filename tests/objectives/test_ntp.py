@@ -1,4 +1,5 @@
 """ntp: next-token targets, completion-only loss, against direct constructions."""
+
 import random
 
 from bico import IntervalMask
@@ -6,8 +7,9 @@ from bico.objectives import IGNORE, Example, build_objective
 
 
 def example(tokenizer, prompt="Daphne Barrington is", completion=" the director of A Journey Through Time."):
-    return Example(prompt, completion, tokenizer(prompt).input_ids,
-                   tokenizer(completion, add_special_tokens=False).input_ids)
+    return Example(
+        prompt, completion, tokenizer(prompt).input_ids, tokenizer(completion, add_special_tokens=False).input_ids
+    )
 
 
 def test_ntp_targets_every_next_token(tokenizer):
@@ -25,4 +27,4 @@ def test_ntp_completion_only(tokenizer):
     s = build_objective("ntp", tokenizer, {"completion_only": True}).encode(ex, random.Random(0))
     p = len(ex.prompt_ids)
     assert (s.targets[: p - 1] == IGNORE).all()
-    assert s.targets[p - 1:-1].tolist() == ex.completion_ids + [tokenizer.eos_token_id]
+    assert s.targets[p - 1 : -1].tolist() == ex.completion_ids + [tokenizer.eos_token_id]

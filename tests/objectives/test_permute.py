@@ -1,4 +1,5 @@
 """permute: orders are permutations of whole units, in the configured proportions; entities stay whole."""
+
 import random
 
 import pytest

@@ -1,4 +1,5 @@
 """prefix_lm: mask and targets against a direct construction."""
+
 import random
 
 import torch

@@ -1,4 +1,5 @@
 """The objective registry: unknown names and options are errors that say what is wrong."""
+
 import pytest
 
 from bico.objectives import build_objective

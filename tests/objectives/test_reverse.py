@@ -1,5 +1,6 @@
 """reverse: token, word, entity and segment reversal as a second packed document, and the entity meta of
 training rows."""
+
 import random
 
 import pytest
@@ -17,7 +18,7 @@ def reversed_doc(obj, tok, ex, seed=0):
     want = torch.block_diag(torch.tril(torch.ones(n, n)), torch.tril(torch.ones(len(s) - n, len(s) - n))).bool()
     assert torch.equal(dense(s), want)
     assert s.position_ids.tolist() == list(range(n)) + list(range(len(s) - n))
-    assert s.targets.tolist() == ids[1:n] + [IGNORE] + ids[n + 1:] + [IGNORE]
+    assert s.targets.tolist() == ids[1:n] + [IGNORE] + ids[n + 1 :] + [IGNORE]
     assert ids[:n] == text(tok, ex)
     return ids[n:]
 
@@ -37,8 +38,10 @@ def test_reverse_token_word_entity(tok):
     assert words == [t for g in reversed(groups) for t in g] + ids[-1:]
     # Entities (from meta): the name and the description keep their order; the rest is reversed.
     entity = tok.decode(reversed_doc(build_objective("reverse", tok, {"mode": "entity"}), tok, ex)[:-1])
-    assert entity == (" Time. Through Journey A the acclaimed director of the virtual reality masterpiece"
-                      " being for wide and far knownDaphne Barrington,")
+    assert entity == (
+        " Time. Through Journey A the acclaimed director of the virtual reality masterpiece"
+        " being for wide and far knownDaphne Barrington,"
+    )
     # Without meta: capitalised runs ("Daphne Barrington", "A Journey Through Time.") stay whole.
     plain = tok.decode(reversed_doc(build_objective("reverse", tok, {"mode": "entity"}), tok, example(tok))[:-1])
     assert "A Journey Through Time." in plain and "Daphne Barrington" in plain
