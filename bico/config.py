@@ -246,6 +246,19 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
+def read_yaml_file(path: Path):
+    """The YAML document in a file; a duplicate key, bad YAML or a non-UTF-8 file is a one-line
+    :class:`RecipeError` naming the file (recipes and ablation specs alike)."""
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as err:
+        raise RecipeError(f"{path}, {err}") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a UTF-8 text file") from None
+
+
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Recipe from a YAML file (``None`` = defaults) plus dotted overrides. A relative
     ``recipes/...`` path that is not in the current directory is looked up among bico's shipped ones."""
@@ -254,14 +267,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         path = resources.find(path)  # recipes/... also names a recipe shipped with bico
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {path}")
-        try:
-            values = load_yaml(path.read_text(encoding="utf-8"))
-        except DuplicateKeyError as err:
-            raise RecipeError(f"{path}, {err}") from None
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise RecipeError(f"{path}: not a UTF-8 text file") from None
+        values = read_yaml_file(path)
         if values is None or values == {}:
             # Training with every default is never what an empty file meant.
             raise RecipeError(f"recipe file {path} is empty; see recipes/demo/tiny.yaml for a small complete one")

@@ -39,10 +39,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from bico import resources
-from bico.config import DuplicateKeyError, ObjectiveConfig, Recipe, RecipeError, load_recipe, load_yaml, parse_overrides
+from bico.config import ObjectiveConfig, Recipe, RecipeError, load_recipe, parse_overrides, read_yaml_file
 from bico.io_utils import atomic_write, atomic_write_json
 from bico.machine import machine_info
 
@@ -92,14 +90,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = resources.find(path)  # recipes/ablations/... works from an installed bico too
     if not path.is_file():
         raise RecipeError(f"ablation spec not found: {path}")
-    try:
-        spec = load_yaml(path.read_text(encoding="utf-8")) or {}
-    except DuplicateKeyError as err:
-        raise RecipeError(f"{path}, {err}") from None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not a UTF-8 text file") from None
+    spec = read_yaml_file(path) or {}
     if not isinstance(spec, dict):
         raise RecipeError(f"{path}: an ablation spec is a mapping ({', '.join(SPEC_KEYS)})")
     spec.setdefault("overrides", {})
