@@ -410,6 +410,8 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, reversal_dir):
             ],
             stderr=subprocess.PIPE,
             text=True,
+            # Ctrl-C as at a terminal: a background job (a CI runner's) starts with SIGINT ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)

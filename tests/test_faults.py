@@ -90,8 +90,19 @@ sys.exit(main(["train", *argv]))
 
 def _child(kind, count, argv, **kwargs):
     return subprocess.run(
-        [sys.executable, "-c", CHILD, kind, str(count), *argv], capture_output=True, text=True, timeout=600, **kwargs
+        [sys.executable, "-c", CHILD, kind, str(count), *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=terminal_sigint,
+        **kwargs,
     )
+
+
+def terminal_sigint():
+    """Ctrl-C as at a terminal: a shell starts a background job (``cmd &``, a CI runner's) with
+    SIGINT ignored, which its children inherit and Python then leaves alone (no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _one_line(stderr: str) -> str:
