@@ -9,7 +9,6 @@ classification), so one query tile and one gradient accumulator are live at a ti
 Device helpers (tile loads, scores and masks, rotating a gradient back, the head-dim layout) are in
 tiles.py; launch configs in configs.py, config_table.py and tuning.py.
 """
-
 from __future__ import annotations
 
 import logging
@@ -38,108 +37,27 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @triton.jit
-def _key_block(
-    qx,
-    kx_p,
-    v_p,
-    nb,
-    kind,
-    offs_m,
-    start_m,
-    lo_p,
-    hi_p,
-    skt,
-    svt,
-    col,
-    cvalid,
-    T,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRRORED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+               PREC: tl.constexpr, UPCAST: tl.constexpr):
     # One key block against the query tile (forward and dQ pass): its k and v tiles and the
     # masked, scaled scores.
     start_n = nb * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(kx_p, offs_n, skt, col, cvalid, T)
     v = _load_rows(v_p, offs_n, svt, col, cvalid, T)
-    s = _query_scores(
-        qx,
-        k,
-        offs_m,
-        offs_n,
-        start_m,
-        start_n,
-        kind,
-        lo_p,
-        hi_p,
-        T,
-        qk_scale,
-        BLOCK_M,
-        BLOCK_N,
-        MIRRORED,
-        SPLIT,
-        PREC,
-        UPCAST,
-    )
+    s = _query_scores(qx, k, offs_m, offs_n, start_m, start_n, kind, lo_p, hi_p, T, qk_scale,
+                      BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
     return k, v, s
 
 
 @triton.jit
-def _fwd_tile(
-    acc,
-    m_i,
-    l_i,
-    qx,
-    kx_p,
-    v_p,
-    nb,
-    kind,
-    offs_m,
-    start_m,
-    lo_p,
-    hi_p,
-    skt,
-    svt,
-    col,
-    cvalid,
-    T,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRRORED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _fwd_tile(acc, m_i, l_i, qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+              qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Online-softmax update with one key block (exp2 domain, fp32 statistics).
-    k, v, s = _key_block(
-        qx,
-        kx_p,
-        v_p,
-        nb,
-        kind,
-        offs_m,
-        start_m,
-        lo_p,
-        hi_p,
-        skt,
-        svt,
-        col,
-        cvalid,
-        T,
-        qk_scale,
-        BLOCK_M,
-        BLOCK_N,
-        MIRRORED,
-        SPLIT,
-        PREC,
-        UPCAST,
-    )
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid inf - inf
     alpha = tl.exp2(m_i - m_use)
@@ -150,45 +68,11 @@ def _fwd_tile(
 
 
 @triton.jit
-def _fwd_kernel(
-    Q,
-    K,
-    V,
-    QM,
-    KM,
-    O,  # noqa: E741 (the output pointer, named as in the papers)
-    LSE,
-    LO,
-    HI,
-    CLS,
-    KV_CNT,
-    KV_IDX,
-    M_ORD,
-    KV_LOW_CNT,
-    KV_UP_START,
-    sqb,
-    sqh,
-    sqt,
-    skb,
-    skh,
-    skt,
-    svb,
-    svh,
-    svt,
-    H,
-    GROUP,
-    T,
-    NM,
-    NN,
-    qk_scale,
-    HALF: tl.constexpr,
-    HP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRROR: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _fwd_kernel(Q, K, V, QM, KM, O, LSE, LO, HI, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT, KV_UP_START,  # noqa: E741 (O: the output pointer)
+                sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
+                H, GROUP, T, NM, NN, qk_scale,
+                HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # One program per (query block, batch, head). With MIRROR, the key blocks holding pairs j <= i
     # run first with q and k, then those holding pairs j > i with the mirrored tiles QM and KM
     # (rotated once on the host, laid out like q and k), so only one query tile is live and no
@@ -218,105 +102,30 @@ def _fwd_kernel(
     q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
     for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        acc, m_i, l_i = _fwd_tile(
-            acc,
-            m_i,
-            l_i,
-            q,
-            K + k_off,
-            v_p,
-            nb,
-            tl.load(CLS + row * NN + nb),
-            offs_m,
-            start_m,
-            lo_p,
-            hi_p,
-            skt,
-            svt,
-            col,
-            cvalid,
-            T,
-            qk_scale,
-            BLOCK_M,
-            BLOCK_N,
-            False,
-            MIRROR,
-            PREC,
-            UPCAST,
-        )
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                  start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                                  BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
     if MIRROR:
         qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
         for t in range(tl.load(KV_UP_START + row), cnt):
             nb = tl.load(KV_IDX + row * NN + t)
-            acc, m_i, l_i = _fwd_tile(
-                acc,
-                m_i,
-                l_i,
-                qm,
-                KM + k_off,
-                v_p,
-                nb,
-                tl.load(CLS + row * NN + nb),
-                offs_m,
-                start_m,
-                lo_p,
-                hi_p,
-                skt,
-                svt,
-                col,
-                cvalid,
-                T,
-                qk_scale,
-                BLOCK_M,
-                BLOCK_N,
-                True,
-                True,
-                PREC,
-                UPCAST,
-            )
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, qm, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m,
+                                      start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                                      BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
     empty = l_i == 0.0  # no visible key: output 0, lse = +inf so exp2(s - lse) = 0 in backward
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    tl.store(
-        O + q_off + offs_m[:, None] * sqt + col[None, :],
-        out.to(O.dtype.element_ty),  # O has q's strides
-        mask=(offs_m[:, None] < T) & cvalid[None, :],
-    )
-    tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)), mask=offs_m < T)
+    tl.store(O + q_off + offs_m[:, None] * sqt + col[None, :], out.to(O.dtype.element_ty),  # O has q's strides
+             mask=(offs_m[:, None] < T) & cvalid[None, :])
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)),
+             mask=offs_m < T)
 
 
 @triton.jit
-def _dkdv_tile(
-    dk,
-    dv,
-    kx,
-    v,
-    lo_n,
-    hi_n,
-    offs_n,
-    start_n,
-    mb,
-    kind,
-    qx_p,
-    do_p,
-    dq_p,
-    lse_p,
-    delta_p,
-    sqt,
-    sdt,
-    col,
-    cvalid,
-    T,
-    qk_scale,
-    scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRRORED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _dkdv_tile(dk, dv, kx, v, lo_n, hi_n, offs_n, start_n, mb, kind, qx_p, do_p, dq_p, lse_p, delta_p,
+               sqt, sdt, col, cvalid, T, qk_scale, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               MIRRORED: tl.constexpr, SPLIT: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
+               UPCAST: tl.constexpr):
     # One (key block, query block) tile, key-major: scores are S^T [keys, queries], so P^T and dS^T
     # are the register A operands of the dV and dK dots as computed (no transposes through shared
     # memory). MIRRORED: kx and the query tiles are the mirrored ones; SPLIT: the mirror is on, so a
@@ -342,69 +151,19 @@ def _dkdv_tile(
     dst = (pt * (_dot(v, tl.trans(do), PREC, UPCAST) - delta[None, :])).to(q.dtype)
     dk += _dot(dst, q, PREC, UPCAST)
     if ATOMIC_DQ:
-        tl.atomic_add(
-            dq_p + offs_m[:, None] * sqt + col[None, :],
-            _dot(tl.trans(dst), kx, PREC, UPCAST) * scale,
-            mask=(offs_m[:, None] < T) & cvalid[None, :],
-        )
+        tl.atomic_add(dq_p + offs_m[:, None] * sqt + col[None, :], _dot(tl.trans(dst), kx, PREC, UPCAST) * scale,
+                      mask=(offs_m[:, None] < T) & cvalid[None, :])
     return dk, dv
 
 
 @triton.jit
-def _bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    QM,
-    KM,
-    DO,
-    DK,
-    DV,
-    DQ,
-    DQM,
-    LSE,
-    DELTA,
-    LO,
-    HI,
-    COS,
-    SIN,
-    CLS,
-    Q_CNT,
-    Q_IDX,
-    N_ORD,
-    Q_UP_CNT,
-    Q_LOW_START,
-    sqb,
-    sqh,
-    sqt,
-    skb,
-    skh,
-    skt,
-    svb,
-    svh,
-    svt,
-    sdb,
-    sdh,
-    sdt,
-    scb,
-    sct,
-    H,
-    HKV,
-    GROUP,
-    T,
-    NM,
-    NN,
-    qk_scale,
-    scale,
-    HALF: tl.constexpr,
-    HP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRROR: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _bwd_dkdv_kernel(Q, K, V, QM, KM, DO, DK, DV, DQ, DQM, LSE, DELTA, LO, HI, COS, SIN, CLS, Q_CNT, Q_IDX, N_ORD,
+                     Q_UP_CNT, Q_LOW_START,
+                     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+                     H, HKV, GROUP, T, NM, NN, qk_scale, scale,
+                     HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MIRROR: tl.constexpr, ATOMIC_DQ: tl.constexpr, PREC: tl.constexpr,
+                     UPCAST: tl.constexpr):
     # One program per (key block, batch, kv head); loops over the GROUP query heads sharing it, so
     # dK/dV need neither atomics nor a repeated K/V. With ATOMIC_DQ, dQ is added here too (FA2 style;
     # the mirrored part into DQM, rotated back on the host).
@@ -438,37 +197,10 @@ def _bwd_dkdv_kernel(
             stat = (b64 * H + h) * T
             for t in range(0, up_cnt):
                 mb = tl.load(Q_IDX + colrow * NM + t)
-                dk, dv = _dkdv_tile(
-                    dk,
-                    dv,
-                    km,
-                    v,
-                    lo_n,
-                    hi_n,
-                    offs_n,
-                    start_n,
-                    mb,
-                    tl.load(CLS + (b * NM + mb) * NN + nb),
-                    QM + q_off,
-                    DO + b64 * sdb + h * sdh,
-                    DQM + q_off,
-                    LSE + stat,
-                    DELTA + stat,
-                    sqt,
-                    sdt,
-                    col,
-                    cvalid,
-                    T,
-                    qk_scale,
-                    scale,
-                    BLOCK_M,
-                    BLOCK_N,
-                    True,
-                    True,
-                    ATOMIC_DQ,
-                    PREC,
-                    UPCAST,
-                )
+                dk, dv = _dkdv_tile(dk, dv, km, v, lo_n, hi_n, offs_n, start_n, mb,
+                                    tl.load(CLS + (b * NM + mb) * NN + nb), QM + q_off, DO + b64 * sdb + h * sdh,
+                                    DQM + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
+                                    BLOCK_M, BLOCK_N, True, True, ATOMIC_DQ, PREC, UPCAST)
         dk = _unmirror(dk, COS + b64 * scb, SIN + b64 * scb, offs_n, sct, T, HALF, HP, BLOCK_N)
         low_start = tl.load(Q_LOW_START + colrow)
     k = _load_rows(K + k_off, offs_n, skt, col, cvalid, T)
@@ -478,95 +210,23 @@ def _bwd_dkdv_kernel(
         stat = (b64 * H + h) * T
         for t in range(low_start, cnt):
             mb = tl.load(Q_IDX + colrow * NM + t)
-            dk, dv = _dkdv_tile(
-                dk,
-                dv,
-                k,
-                v,
-                lo_n,
-                hi_n,
-                offs_n,
-                start_n,
-                mb,
-                tl.load(CLS + (b * NM + mb) * NN + nb),
-                Q + q_off,
-                DO + b64 * sdb + h * sdh,
-                DQ + q_off,
-                LSE + stat,
-                DELTA + stat,
-                sqt,
-                sdt,
-                col,
-                cvalid,
-                T,
-                qk_scale,
-                scale,
-                BLOCK_M,
-                BLOCK_N,
-                False,
-                MIRROR,
-                ATOMIC_DQ,
-                PREC,
-                UPCAST,
-            )
+            dk, dv = _dkdv_tile(dk, dv, k, v, lo_n, hi_n, offs_n, start_n, mb,
+                                tl.load(CLS + (b * NM + mb) * NN + nb), Q + q_off, DO + b64 * sdb + h * sdh,
+                                DQ + q_off, LSE + stat, DELTA + stat, sqt, sdt, col, cvalid, T, qk_scale, scale,
+                                BLOCK_M, BLOCK_N, False, MIRROR, ATOMIC_DQ, PREC, UPCAST)
     nmask2 = nmask[:, None] & cvalid[None, :]
-    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :], dv.to(DV.dtype.element_ty), mask=nmask2)
-    tl.store(
-        DK + k_off + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty), mask=nmask2
-    )  # DK has k's strides
+    tl.store(DV + b64 * svb + hk * svh + offs_n[:, None] * svt + col[None, :], dv.to(DV.dtype.element_ty),
+             mask=nmask2)
+    tl.store(DK + k_off + offs_n[:, None] * skt + col[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=nmask2)  # DK has k's strides
 
 
 @triton.jit
-def _dq_tile(
-    dq,
-    qx,
-    do,
-    lse,
-    delta,
-    kx_p,
-    v_p,
-    nb,
-    kind,
-    offs_m,
-    start_m,
-    lo_p,
-    hi_p,
-    skt,
-    svt,
-    col,
-    cvalid,
-    T,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRRORED: tl.constexpr,
-    SPLIT: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    k, v, s = _key_block(
-        qx,
-        kx_p,
-        v_p,
-        nb,
-        kind,
-        offs_m,
-        start_m,
-        lo_p,
-        hi_p,
-        skt,
-        svt,
-        col,
-        cvalid,
-        T,
-        qk_scale,
-        BLOCK_M,
-        BLOCK_N,
-        MIRRORED,
-        SPLIT,
-        PREC,
-        UPCAST,
-    )
+def _dq_tile(dq, qx, do, lse, delta, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T,
+             qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MIRRORED: tl.constexpr, SPLIT: tl.constexpr,
+             PREC: tl.constexpr, UPCAST: tl.constexpr):
+    k, v, s = _key_block(qx, kx_p, v_p, nb, kind, offs_m, start_m, lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale,
+                         BLOCK_M, BLOCK_N, MIRRORED, SPLIT, PREC, UPCAST)
     p = tl.exp2(s - lse[:, None])
     ds = p * (_dot(do, tl.trans(v), PREC, UPCAST) - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
@@ -574,55 +234,11 @@ def _dq_tile(
 
 
 @triton.jit
-def _bwd_dq_kernel(
-    Q,
-    K,
-    V,
-    QM,
-    KM,
-    DO,
-    DQ,
-    LSE,
-    DELTA,
-    LO,
-    HI,
-    COS,
-    SIN,
-    CLS,
-    KV_CNT,
-    KV_IDX,
-    M_ORD,
-    KV_LOW_CNT,
-    KV_UP_START,
-    sqb,
-    sqh,
-    sqt,
-    skb,
-    skh,
-    skt,
-    svb,
-    svh,
-    svt,
-    sdb,
-    sdh,
-    sdt,
-    scb,
-    sct,
-    H,
-    GROUP,
-    T,
-    NM,
-    NN,
-    qk_scale,
-    scale,
-    HALF: tl.constexpr,
-    HP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MIRROR: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+def _bwd_dq_kernel(Q, K, V, QM, KM, DO, DQ, LSE, DELTA, LO, HI, COS, SIN, CLS, KV_CNT, KV_IDX, M_ORD, KV_LOW_CNT,
+                   KV_UP_START, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt, scb, sct,
+                   H, GROUP, T, NM, NN, qk_scale, scale,
+                   HALF: tl.constexpr, HP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   MIRROR: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     # Deterministic dQ: one program per query block owns its rows; fixed summation order. With
     # MIRROR, the mirrored phase runs first into the one accumulator, which is rotated back
     # (R_{+2 theta}) before the plain phase adds to it, as in the dK/dV kernel.
@@ -652,74 +268,20 @@ def _bwd_dq_kernel(
         qm = _load_rows(QM + q_off, offs_m, sqt, col, cvalid, T)
         for t in range(tl.load(KV_UP_START + row), cnt):
             nb = tl.load(KV_IDX + row * NN + t)
-            dq = _dq_tile(
-                dq,
-                qm,
-                do,
-                lse,
-                delta,
-                KM + k_off,
-                v_p,
-                nb,
-                tl.load(CLS + row * NN + nb),
-                offs_m,
-                start_m,
-                lo_p,
-                hi_p,
-                skt,
-                svt,
-                col,
-                cvalid,
-                T,
-                qk_scale,
-                BLOCK_M,
-                BLOCK_N,
-                True,
-                True,
-                PREC,
-                UPCAST,
-            )
+            dq = _dq_tile(dq, qm, do, lse, delta, KM + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                          lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, True, True, PREC, UPCAST)
         dq = _unmirror(dq, COS + b64 * scb, SIN + b64 * scb, offs_m, sct, T, HALF, HP, BLOCK_M)
         low_cnt = tl.load(KV_LOW_CNT + row)
     q = _load_rows(Q + q_off, offs_m, sqt, col, cvalid, T)
     for t in range(0, low_cnt):
         nb = tl.load(KV_IDX + row * NN + t)
-        dq = _dq_tile(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            K + k_off,
-            v_p,
-            nb,
-            tl.load(CLS + row * NN + nb),
-            offs_m,
-            start_m,
-            lo_p,
-            hi_p,
-            skt,
-            svt,
-            col,
-            cvalid,
-            T,
-            qk_scale,
-            BLOCK_M,
-            BLOCK_N,
-            False,
-            MIRROR,
-            PREC,
-            UPCAST,
-        )
-    tl.store(
-        DQ + q_off + offs_m[:, None] * sqt + col[None, :],
-        (dq * scale).to(DQ.dtype.element_ty),
-        mask=(offs_m[:, None] < T) & cvalid[None, :],
-    )  # DQ has q's strides
+        dq = _dq_tile(dq, q, do, lse, delta, K + k_off, v_p, nb, tl.load(CLS + row * NN + nb), offs_m, start_m,
+                      lo_p, hi_p, skt, svt, col, cvalid, T, qk_scale, BLOCK_M, BLOCK_N, False, MIRROR, PREC, UPCAST)
+    tl.store(DQ + q_off + offs_m[:, None] * sqt + col[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < T) & cvalid[None, :])  # DQ has q's strides
 
 
 # ----------------------------------------------------------------------------- host side
-
 
 def _hp(D: int) -> int:
     return head_dim_tile(D) // 2  # half-tile width; 2*HP >= 16 for tl.dot
@@ -751,7 +313,6 @@ class Launch(NamedTuple):
     """One kernel launch exactly as the runtime issues it. The compile report specialises these same
     arguments (pointer alignment, which ints are 1 or divisible by 16), so it compiles what a GPU run
     compiles."""
-
     kernel: object
     grid: tuple
     args: tuple
@@ -759,15 +320,13 @@ class Launch(NamedTuple):
     config: KernelConfig
 
     def __call__(self):
-        self.kernel[self.grid](
-            *self.args, **self.constexprs, num_warps=self.config.num_warps, num_stages=self.config.num_stages
-        )
+        self.kernel[self.grid](*self.args, **self.constexprs, num_warps=self.config.num_warps,
+                               num_stages=self.config.num_stages)
 
 
 class Mirror(NamedTuple):
     """Mirrored RoPE inputs of the kernels: q and k rotated by -2 theta once per call (laid out like q
     and k, so the kernels load them like q and k), and the tables, for rotating gradients back."""
-
     qm: torch.Tensor
     km: torch.Tensor
     cos: torch.Tensor
@@ -776,11 +335,9 @@ class Mirror(NamedTuple):
 
 def mirrored(q, k, cos, sin) -> Mirror:
     """:class:`Mirror` for q, k with the [B, T, D] RoPE tables cos, sin."""
-
     def like(x):
         xm = mirror_rotate(x, cos, sin)
         return xm if xm.stride() == x.stride() else torch.empty_like(x).copy_(xm)  # kernels use x's strides
-
     return Mirror(like(q), like(k), cos, sin)
 
 
@@ -793,98 +350,32 @@ def _mirror_args(q, k, lo, mirror):
 
 def _constexprs(q, blocks, mirror, prec):
     D = q.shape[-1]
-    return dict(
-        HALF=D // 2,
-        HP=_hp(D),
-        BLOCK_M=blocks.block_m,
-        BLOCK_N=blocks.block_n,
-        MIRROR=mirror is not None,
-        PREC=prec,
-        UPCAST=_upcast(q),
-    )
+    return dict(HALF=D // 2, HP=_hp(D), BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, MIRROR=mirror is not None,
+                PREC=prec, UPCAST=_upcast(q))
 
 
 def fwd_launch(q, k, v, o, lse, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
     B, H, T, _ = q.shape
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     qm, km = _mirror_args(q, k, lo, mirror)[:2]
-    args = (
-        q,
-        k,
-        v,
-        qm,
-        km,
-        o,
-        lse,
-        lo,
-        hi,
-        blocks.cls,
-        blocks.kv_count,
-        blocks.kv_index,
-        blocks.m_order,
-        blocks.kv_low_count,
-        blocks.kv_up_start,
-        *_strides3(q),
-        *_strides3(k),
-        *_strides3(v),
-        H,
-        H // k.shape[1],
-        T,
-        NM,
-        NN,
-        scale * _LOG2E,
-    )
+    args = (q, k, v, qm, km, o, lse, lo, hi, blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order,
+            blocks.kv_low_count, blocks.kv_up_start, *_strides3(q), *_strides3(k), *_strides3(v),
+            H, H // k.shape[1], T, NM, NN, scale * _LOG2E)
     return Launch(_fwd_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
 
 
-def dkdv_launch(
-    q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, mirror, scale, blocks, prec, config, atomic_dq
-) -> Launch:
+def dkdv_launch(q, k, v, do, dk, dv, dq32, dqm, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
+                atomic_dq) -> Launch:
     B, H, T, _ = q.shape
     hkv = k.shape[1]
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
-    args = (
-        q,
-        k,
-        v,
-        qm,
-        km,
-        do,
-        dk,
-        dv,
-        dq32,
-        dqm,
-        lse,
-        delta,
-        lo,
-        hi,
-        cs,
-        sn,
-        blocks.cls,
-        blocks.q_count,
-        blocks.q_index,
-        blocks.n_order,
-        blocks.q_up_count,
-        blocks.q_low_start,
-        *_strides3(q),
-        *_strides3(k),
-        *_strides3(v),
-        *_strides3(do),
-        scb,
-        sct,
-        H,
-        hkv,
-        H // hkv,
-        T,
-        NM,
-        NN,
-        scale * _LOG2E,
-        scale,
-    )
-    return Launch(
-        _bwd_dkdv_kernel, (NN, B * hkv), args, dict(_constexprs(q, blocks, mirror, prec), ATOMIC_DQ=atomic_dq), config
-    )
+    args = (q, k, v, qm, km, do, dk, dv, dq32, dqm, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.q_count, blocks.q_index, blocks.n_order, blocks.q_up_count, blocks.q_low_start,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, hkv, H // hkv, T, NM, NN, scale * _LOG2E, scale)
+    return Launch(_bwd_dkdv_kernel, (NN, B * hkv), args,
+                  dict(_constexprs(q, blocks, mirror, prec), ATOMIC_DQ=atomic_dq), config)
 
 
 def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, mirror, scale, blocks, prec, config) -> Launch:
@@ -892,50 +383,19 @@ def dq_launch(q, k, v, do, dq, lse, delta, lo, hi, mirror, scale, blocks, prec, 
     hkv = k.shape[1]
     NM, NN = blocks.cls.shape[1], blocks.cls.shape[2]
     qm, km, cs, sn, scb, sct = _mirror_args(q, k, lo, mirror)
-    args = (
-        q,
-        k,
-        v,
-        qm,
-        km,
-        do,
-        dq,
-        lse,
-        delta,
-        lo,
-        hi,
-        cs,
-        sn,
-        blocks.cls,
-        blocks.kv_count,
-        blocks.kv_index,
-        blocks.m_order,
-        blocks.kv_low_count,
-        blocks.kv_up_start,
-        *_strides3(q),
-        *_strides3(k),
-        *_strides3(v),
-        *_strides3(do),
-        scb,
-        sct,
-        H,
-        H // hkv,
-        T,
-        NM,
-        NN,
-        scale * _LOG2E,
-        scale,
-    )
+    args = (q, k, v, qm, km, do, dq, lse, delta, lo, hi, cs, sn,
+            blocks.cls, blocks.kv_count, blocks.kv_index, blocks.m_order, blocks.kv_low_count, blocks.kv_up_start,
+            *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do), scb, sct,
+            H, H // hkv, T, NM, NN, scale * _LOG2E, scale)
     return Launch(_bwd_dq_kernel, (NM, B * H), args, _constexprs(q, blocks, mirror, prec), config)
 
 
 class _Plan(NamedTuple):
     """How one call launches its kernels: the caller's overrides, else per-kernel configs."""
-
     blocks: BlockClassification | None  # caller's classification: its block sizes win for every kernel
-    override: KernelConfig  # caller's block_m/block_n/num_warps/num_stages; None fields: not set
-    deterministic: bool  # no timing-based choice: tile sizes set the summation order
-    classify: object  # (block_m, block_n) -> BlockClassification, cached by the caller
+    override: KernelConfig              # caller's block_m/block_n/num_warps/num_stages; None fields: not set
+    deterministic: bool                 # no timing-based choice: tile sizes set the summation order
+    classify: object                    # (block_m, block_n) -> BlockClassification, cached by the caller
 
     def config(self, variant: Variant, seq_len: int, device: torch.device, bench) -> KernelConfig:
         if device.type != "cuda":
@@ -961,7 +421,6 @@ def _call_cache(lo, hi):
         if (block_m, block_n) not in memo:
             memo[(block_m, block_n)] = classify_blocks(lo, hi, block_m, block_n)
         return memo[(block_m, block_n)]
-
     return classify
 
 
@@ -969,7 +428,6 @@ def _choose(plan, variant, q, make):
     """Config for one kernel of this call; `make(config, blocks, scratch)` builds its Launch. Tuning
     (CUDA only) launches candidates into scratch outputs (atomic dQ would otherwise accumulate into
     the real one)."""
-
     def bench(c):
         return triton.testing.do_bench(make(c, plan.classification(c), True), warmup=5, rep=25)
 
@@ -1022,27 +480,12 @@ class MaskedAttentionFunction(torch.autograd.Function):
                 dq_s = dq32 if deterministic else torch.empty_like(dq32)
                 dqm_s = torch.empty_like(dqm) if mirror is not None and not deterministic else dq_s
                 outs = (torch.empty_like(dk), torch.empty_like(dv), dq_s, dqm_s)
-            return dkdv_launch(
-                q, k, v, do, *outs, lse, delta, lo, hi, mirror, scale, blocks, prec, config, not deterministic
-            )
+            return dkdv_launch(q, k, v, do, *outs, lse, delta, lo, hi, mirror, scale, blocks, prec, config,
+                               not deterministic)
 
         def make_dq(config, blocks, scratch):
-            return dq_launch(
-                q,
-                k,
-                v,
-                do,
-                torch.empty_like(dq) if scratch else dq,
-                lse,
-                delta,
-                lo,
-                hi,
-                mirror,
-                scale,
-                blocks,
-                prec,
-                config,
-            )
+            return dq_launch(q, k, v, do, torch.empty_like(dq) if scratch else dq, lse, delta, lo, hi, mirror,
+                             scale, blocks, prec, config)
 
         _choose(plan, Variant("dkdv", D, dtype, mirror is not None, not deterministic), q, make_dkdv)()
         if deterministic:
@@ -1054,23 +497,8 @@ class MaskedAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None, None
 
 
-def masked_attention(
-    q,
-    k,
-    v,
-    lo,
-    hi,
-    *,
-    scale=None,
-    mirror_rope=None,
-    deterministic=False,
-    blocks=None,
-    classify=None,
-    block_m=None,
-    block_n=None,
-    num_warps=None,
-    num_stages=None,
-):
+def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, deterministic=False, blocks=None,
+                     classify=None, block_m=None, block_n=None, num_warps=None, num_stages=None):
     """Fused masked attention (Triton). See ``bico_kernels.reference_masked_attention`` for the math.
 
     q: [B, Hq, T, D]; k, v: [B, Hkv, T, D] (GQA, Hq % Hkv == 0); lo, hi: int32 [B, T] on q's device;
@@ -1085,9 +513,8 @@ def masked_attention(
     every layer and the backward share it); default: classified once per call and tile size.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise ValueError(
-            f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-        )
+        raise ValueError(f"expected q [B,Hq,T,D], k=v [B,Hkv,T,D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
     B, H, T, D = q.shape
     if k.shape[0] != B or k.shape[2:] != q.shape[2:] or H % k.shape[1]:
         raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} (need Hq % Hkv == 0)")
@@ -1098,15 +525,10 @@ def masked_attention(
     if lo.shape != (B, T) or hi.shape != (B, T):
         raise ValueError(f"lo/hi must be [B, T] = {(B, T)}, got {tuple(lo.shape)}, {tuple(hi.shape)}")
     if q.device.type != "cuda" and not _INTERPRETED:
-        raise RuntimeError(
-            "masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton"
-        )
+        raise RuntimeError("masked_attention needs CUDA tensors, or TRITON_INTERPRET=1 set before bico_kernels loads triton")
     if _routes_to_reference(q):
-        log_once(
-            logger,
-            "bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
-            "tensor cores; use bf16 or fp16 for the fused kernel)",
-        )
+        log_once(logger, "bico_kernels: fp32 on CUDA runs the PyTorch reference path (the fp32 kernels spill and skip "
+                  "tensor cores; use bf16 or fp16 for the fused kernel)")
         return reference_masked_attention(q, k, v, lo, hi, scale=scale, mirror_rope=mirror_rope)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     lo = lo.to(device=q.device, dtype=torch.int32).contiguous()  # no-op (same object) when already so
@@ -1116,18 +538,13 @@ def masked_attention(
         cos, sin = (t.to(q.device).contiguous() for t in mirror_rope)
         if cos.shape != (B, T, D) or sin.shape != (B, T, D):
             raise ValueError(f"mirror_rope tables must be [B, T, D] = {(B, T, D)}, got {tuple(cos.shape)}")
-    if blocks is not None and (
-        not isinstance(blocks, BlockClassification)
-        or blocks.seq_len != T
-        or blocks.cls.shape[0] != B
-        or blocks.cls.device != q.device
-        or (block_m or blocks.block_m) != blocks.block_m
-        or (block_n or blocks.block_n) != blocks.block_n
-    ):
+    if blocks is not None and (not isinstance(blocks, BlockClassification) or blocks.seq_len != T
+                               or blocks.cls.shape[0] != B or blocks.cls.device != q.device
+                               or (block_m or blocks.block_m) != blocks.block_m
+                               or (block_n or blocks.block_n) != blocks.block_n):
         raise ValueError("blocks does not match this call (batch, length, device or block sizes)")
-    plan = _Plan(
-        blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic, classify or _call_cache(lo, hi)
-    )
+    plan = _Plan(blocks, KernelConfig(block_m, block_n, num_warps, num_stages), deterministic,
+                 classify or _call_cache(lo, hi))
     q, k, v = _kernel_ready(q), _kernel_ready(k), _kernel_ready(v)
     return MaskedAttentionFunction.apply(q, k, v, lo, hi, cos, sin, scale, plan, deterministic)
 
