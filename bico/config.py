@@ -144,6 +144,10 @@ class ReplayConfig:
     temperature: float = 1.0  # self: sampling temperature
     top_p: float = 0.95  # self: nucleus sampling
     seed: int = 0  # self: sampling seed
+    # self: what each sample continues. none: nothing (the start token only) | generic: bico's
+    # shipped openings of expository English (bico/data/replay/generic_prompts.txt) | the path of
+    # a .txt file, one opening per line. Samples are spread evenly over the openings.
+    prompts: str = "none"
 
 
 @dataclass
@@ -421,6 +425,19 @@ def check_recipe(recipe: Recipe) -> None:
 def _check_replay(replay: ReplayConfig) -> None:
     if replay.loss not in ("ntp", "kl"):
         raise RecipeError(f"recipe key 'replay.loss' must be ntp or kl, got {replay.loss!r}")
+    prompts = replay.prompts
+    if not isinstance(prompts, str) or not prompts.strip():
+        raise RecipeError("recipe key 'replay.prompts' must be none, generic or the path of a .txt file")
+    if prompts != "none" and replay.source != "self":
+        raise RecipeError(
+            "replay.prompts needs replay.source=self (a file's text is used as it is); set replay.prompts=none"
+        )
+    if prompts not in ("none", "generic") and replay.rows:
+        path = Path(prompts).expanduser()
+        if path.suffix != ".txt" or not path.is_file():
+            raise RecipeError(
+                f"replay.prompts {prompts}: no such .txt file; give one opening per line, or use none or generic"
+            )
     source = replay.source
     if not isinstance(source, str) or not source.strip():
         raise RecipeError("recipe key 'replay.source' must be self or the path of a .txt or .jsonl file")

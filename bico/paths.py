@@ -16,6 +16,7 @@ SHARED_DATA = Path("..") / "shared" / "data" / "reversal_curse"
 SHARED_REVERSAL_DATA = SHARED_DATA / "experiment1"
 # Shipped with bico: the prose sample and general-knowledge set of eval.retention (replay keeps out of them).
 RETENTION_DIR = Path(__file__).resolve().parent / "data" / "retention"
+GENERIC_PROMPTS = Path(__file__).resolve().parent / "data" / "replay" / "generic_prompts.txt"
 
 
 def cache_dir() -> Path:

@@ -8,7 +8,15 @@ import torch
 
 from bico.cli import main
 from bico.config import RecipeError, load_recipe
-from bico.training.replay import Contamination, load_replay, replay_batch, sample_from_model, start_token
+from bico.training.replay import (
+    Contamination,
+    _self_key,
+    load_replay,
+    read_prompts,
+    replay_batch,
+    sample_from_model,
+    start_token,
+)
 
 TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "demo" / "tiny.yaml")
 
@@ -53,6 +61,7 @@ def test_contamination_drops_retention_text_only():
         ("replay.top_p=0", ["replay.top_p", "(0, 1]"]),
         ("replay.source=/nonexistent/replay.txt", ["replay.source", "no such file"]),
         ("replay.source=notes.md", ["replay.source", ".txt or .jsonl"]),
+        ("replay.prompts=/nonexistent/openings.txt", ["replay.prompts", "no such .txt file"]),
     ],
 )
 def test_bad_replay_settings_are_one_line(override, words, tmp_path, capsys, reversal_dir):
@@ -181,3 +190,46 @@ def test_training_with_kl_replay_starts_at_zero(tmp_path, reversal_dir, monkeypa
     m = _metrics(out)
     assert abs(m[0]["replay_loss"]) < 1e-2 and m[-1]["replay_loss"] > m[0]["replay_loss"]
     assert list((tmp_path / "cache" / "replay").glob("*-top16.pt"))
+
+
+def test_sampling_continues_the_openings(tokenizer):
+    """With prompts, every sample is start token + one opening + what the model wrote after it,
+    spread evenly over the openings; the same seed gives the same samples."""
+    from helpers import make_llama
+
+    model = make_llama(vocab=len(tokenizer))
+    openings = ["The river", "In the year", "Bread"]
+    kw = dict(samples=7, length=3, temperature=1.0, top_p=1.0, seed=0, prompts=openings)
+    got = sample_from_model(model, tokenizer, **kw)
+    assert got == sample_from_model(model, tokenizer, **kw) and len(got) == 7
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in openings]
+    owner = [next(i for i, o in enumerate(ids) if s[1 : 1 + len(o)] == o) for s in got]
+    assert sorted(owner) == [0, 0, 0, 1, 1, 2, 2]
+    assert all(s[0] == start_token(tokenizer) and len(s) <= 1 + len(ids[o]) + 3 for s, o in zip(got, owner))
+
+
+def test_prompts_key_the_cache_and_none_keeps_the_old_key():
+    plain = load_recipe(TINY, SMALL)
+    assert _self_key(plain) == _self_key(load_recipe(TINY, [*SMALL, "replay.prompts=none"]))
+    assert _self_key(plain) != _self_key(load_recipe(TINY, [*SMALL, "replay.prompts=generic"]))
+
+
+def test_generic_openings_are_not_retention_prompts():
+    """The shipped openings are ordinary sentence starts: none but a bare article begins a
+    retention-set prompt, so the replay never asks the base for the retention answers."""
+    openings = read_prompts("generic")
+    assert len(openings) >= 30 and len(set(openings)) == len(openings)
+    rows = [
+        json.loads(line) for line in (Contamination.__init__.__globals__["RETENTION_DIR"] / "knowledge.jsonl").open()
+    ]
+    for opening in openings:
+        if opening in ("The", "A"):
+            continue
+        assert not [r["prompt"] for r in rows if r["prompt"].lower().startswith(opening.lower())], opening
+
+
+def test_prompts_need_self_sampling(tmp_path):
+    with pytest.raises(RecipeError, match="replay.prompts needs replay.source=self"):
+        load_recipe(
+            TINY, [*SMALL, "replay.rows=1", f"replay.source={_replay_file(tmp_path)}", "replay.prompts=generic"]
+        )

@@ -8,6 +8,11 @@ distribution, plus a constant, i.e. it pulls the tuned model back towards the ba
 puts its mass. A path instead names a ``.txt`` (documents separated by blank lines) or ``.jsonl``
 (a ``text`` field per row) file, cut into pieces of ``replay.length`` tokens.
 
+``replay.prompts`` makes each sample a continuation of an opening instead (``generic``: bico's
+shipped openings of expository English, "The", "The history of", "The city of", …; or a file of
+them), so that the replay text has the shapes the base model writes facts in ("X is …"), which a
+finetune on "A is B" facts otherwise overwrites.
+
 Samples that contain a prompt of the retention knowledge set or share a run of
 :data:`PROSE_RUN` words with its prose sample are dropped (counted in the log), so the retention
 scores never measure text that was trained on. Self-samples are cached under
@@ -41,7 +46,7 @@ import torch
 from bico.collate import collate
 from bico.errors import BicoError
 from bico.objectives.base import Example, next_token_sample
-from bico.paths import RETENTION_DIR
+from bico.paths import GENERIC_PROMPTS, RETENTION_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -87,25 +92,69 @@ def _self_key(recipe) -> str:
     model = model_identity(recipe.model)
     cfg = recipe.replay
     settings = {k: getattr(cfg, k) for k in ("samples", "length", "temperature", "top_p", "seed")}
+    if cfg.prompts != "none":  # absent otherwise, so the caches made before the option stay valid
+        settings["prompts"] = read_prompts(cfg.prompts)
     blob = json.dumps({"model": model, "settings": settings, "v": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def read_prompts(spec: str) -> list[str]:
+    """The openings ``replay.prompts`` names: ``generic`` (shipped) or a .txt file, one per line,
+    blank and ``#`` lines skipped; [] for ``none``."""
+    if spec == "none":
+        return []
+    path = GENERIC_PROMPTS if spec == "generic" else Path(spec).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ReplayError(
+            f"replay.prompts {spec}: cannot read it ({e.strerror}); give a .txt file, or none or generic"
+        ) from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ReplayError(f"replay.prompts {spec}: no opening in it; write one per line")
+    return prompts
+
+
+def _sampling_jobs(samples: int, prompts: list[list[int]]):
+    """(seed label, opening ids, how many) per generate call: samples spread evenly over the
+    openings in order, at most SAMPLE_BATCH per call, each call its own seed."""
+    if not prompts:
+        for first in range(0, samples, SAMPLE_BATCH):
+            yield str(first), [], min(SAMPLE_BATCH, samples - first)
+        return
+    counts = [samples // len(prompts) + (i < samples % len(prompts)) for i in range(len(prompts))]
+    for p, (ids, count) in enumerate(zip(prompts, counts)):
+        for first in range(0, count, SAMPLE_BATCH):
+            yield f"p{p}-{first}", ids, min(SAMPLE_BATCH, count - first)
+
+
 @torch.no_grad()
 def sample_from_model(
-    model, tokenizer, *, samples: int, length: int, temperature: float, top_p: float, seed: int, progress: bool = False
+    model,
+    tokenizer,
+    *,
+    samples: int,
+    length: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    prompts: list[str] = (),
+    progress: bool = False,
 ) -> list[list[int]]:
-    """``samples`` token sequences sampled from ``model`` after its start token (start token
-    included, cut at the first EOS)."""
+    """``samples`` token sequences sampled from ``model`` after its start token and, with
+    ``prompts``, an opening (start token and opening included, cut at the first EOS; ``length``
+    tokens sampled after the opening)."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     start, eos = start_token(tokenizer), tokenizer.eos_token_id
+    opening_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     out: list[list[int]] = []
-    for first in tqdm(range(0, samples, SAMPLE_BATCH), desc="replay: sampling", disable=not progress, leave=False):
-        n = min(SAMPLE_BATCH, samples - first)
-        torch.manual_seed(random.Random(f"replay-{seed}-{first}").getrandbits(63))
-        ids = torch.full((n, 1), start, dtype=torch.long, device=device)
+    jobs = list(_sampling_jobs(samples, opening_ids))
+    for label, opening, n in tqdm(jobs, desc="replay: sampling", disable=not progress, leave=False):
+        torch.manual_seed(random.Random(f"replay-{seed}-{label}").getrandbits(63))
+        ids = torch.tensor([[start] + opening] * n, dtype=torch.long, device=device)
         generated = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -118,10 +167,10 @@ def sample_from_model(
             eos_token_id=eos,
         )
         for row in generated.tolist():
-            body = row[1:]
+            body = row[1 + len(opening) :]
             if eos in body:
                 body = body[: body.index(eos)]
-            out.append([start] + body)
+            out.append([start] + opening + body)
     return out
 
 
@@ -148,15 +197,17 @@ def _self_samples(recipe, data_dir, progress: bool) -> list[list[int]]:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         seed=cfg.seed,
+        prompts=read_prompts(cfg.prompts),
         progress=progress,
     )
     lines = [json.dumps({"text": tokenizer.decode(s[1:]), "ids": s}) for s in seqs]
     atomic_write(path, "\n".join(lines) + "\n")
     logger.info(
-        "replay: sampled %d texts of <= %d tokens from %s in %.1f s -> %s",
+        "replay: sampled %d texts of <= %d tokens from %s (openings: %s) in %.1f s -> %s",
         len(seqs),
         cfg.length,
         recipe.model.name,
+        cfg.prompts,
         time.time() - began,
         path,
     )
