@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         results = cr.prune(variants, args.keep or 10**6, workers=args.workers, reuse=reuse, on_result=progress)
     else:
         results = cr.compile_many(pairs, workers=args.workers, on_result=progress)
-    table = cr.markdown_table(results)
+    table = cr.compile_table(results)
     print(table)
     bad = {r.variant.key() + " " + r.config.label(): cr.problems(r) for r in results if cr.problems(r)}
     name = args.name or ("candidates" if args.candidates else "defaults")

@@ -18,6 +18,15 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# The smallest Llama that exercises every code path (GQA 2:1, one layer): recipe overrides that
+# turn a recipe's model into it in tests that train.
+TINY_MODEL = [
+    "model.layers=1",
+    "model.hidden_size=32",
+    "model.heads=2",
+    "model.kv_heads=1",
+    "model.intermediate_size=64",
+]
 RANK_TIMEOUT = 150  # seconds for one 2-rank launch (about 20 s on 2 shared cores)
 
 

@@ -11,16 +11,13 @@ import pytest
 from bico.config import RecipeError
 from bico.evaluation import stats
 from bico.tools import ablate, ablate_report
+from helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SPEC = ROOT / "recipes" / "ablations" / "reversal_objectives_tiny.yaml"
 # The shipped tiny grid, made seconds-long: a smaller model, fewer facts, two epochs.
 SHRINK = [
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.epochs=2",
     "eval.max_new_tokens=8",
     "generate_data={facts_per_subset: 2, train_paraphrases: 4, test_paraphrases: 2, seed: 0}",

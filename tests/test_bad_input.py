@@ -15,15 +15,12 @@ from pathlib import Path
 import pytest
 
 from bico.cli import main
+from helpers import TINY_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "recipes" / "demo" / "tiny.yaml")
 SMALL = [
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.progress=false",
     "train.max_steps=2",
     "eval.limit=2",

@@ -12,14 +12,11 @@ from bico.objectives import build_objective
 from bico.objectives.base import IGNORE
 from bico.training.examples import load_training_rows, tokenize_examples
 from bico.training.train import train
+from helpers import TINY_MODEL
 
 TINY = [
     "model.name=tiny-random",
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.batch_size=2",
     "train.max_steps=2",
     "train.log_every=1",

@@ -24,17 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import launch
+from helpers import TINY_MODEL, launch
 
 LOSS_TOL = 1e-4  # |2-rank loss - 1-process loss| per step; measured: <= 1e-6 (metrics keep 6 decimals)
 LOGIT_TOL = 1e-4  # exported model (plain transformers) vs the engine's forward
 TINY = [
     "model.name=tiny-random",
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "data.train_files=[p2d_prompts_train.jsonl]",
     "data.max_length=96",
     "train.batch_size=2",

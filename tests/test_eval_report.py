@@ -10,15 +10,11 @@ from bico.config import load_recipe
 from bico.evaluation.reversal import base_scores, evaluate_split, perplexity, retention, write_report
 from bico.evaluation.stats import wilson_interval
 from bico.paths import RETENTION_DIR
-from helpers import make_llama
+from helpers import TINY_MODEL, make_llama
 
 TINY = [
     "model.name=tiny-random",
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.progress=false",
     "eval.limit=4",
     "eval.max_new_tokens=4",

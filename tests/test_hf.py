@@ -18,16 +18,13 @@ from bico.config import load_recipe
 from bico.training.examples import load_training_rows
 from bico.training.step import StepPlan, make_batch
 from bico.training.train import train
+from helpers import TINY_MODEL
 
 DS_SETUP = ["objective.name=bico", "finetune.method=lora", "finetune.lora_r=4", "finetune.lora_dropout=0.1"]
 LOSS_TOL = 1e-5  # |Trainer loss - bico train loss| per step
 TINY = [
     "model.name=tiny-random",
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "data.train_files=[p2d_prompts_train.jsonl]",
     "data.max_length=96",
     "train.batch_size=2",

@@ -73,14 +73,14 @@ elif kind == "checkpoint-write":
 
     torch.save = save
 elif kind == "metrics-append":
-    from bico.training.rundir import METRICS, RunDir
+    from bico.training.rundir import METRICS_LOG, RunDir
     real_append = RunDir.append_metrics
 
     def append(self, record):
         if due():
             import json
             line = json.dumps(record)
-            with open(self.path / METRICS, "a") as f:
+            with open(self.path / METRICS_LOG, "a") as f:
                 f.write(line[: len(line) // 2])
             die()
         return real_append(self, record)

@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is in the test extra: pip install -e '.[test]'")
 
 from bico.cli import main
+from helpers import TINY_MODEL
 
 # The harness puts its target_delimiter (" ") between the prompt and each choice.
 QUESTIONS = [
@@ -29,11 +30,7 @@ QUESTIONS = [
 ]
 TASK = "bico_tiny_mc"
 SMALL = [
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.progress=false",
     "train.max_steps=3",
     "eval.enabled=false",

@@ -17,15 +17,12 @@ from bico.training.replay import (
     sample_from_model,
     start_token,
 )
+from helpers import TINY_MODEL
 
 TINY = str(Path(__file__).resolve().parent.parent / "recipes" / "demo" / "tiny.yaml")
 
 SMALL = [
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "train.progress=false",
     "eval.enabled=false",
     "train.log_every=1",

@@ -12,15 +12,11 @@ from bico.config import RecipeError, load_recipe
 from bico.objectives import IGNORE, build_objective
 from bico.training.step import batch_loss
 from bico.training.train import TrainingError, train
-from helpers import example, make_llama
+from helpers import TINY_MODEL, example, make_llama
 
 TINY = [
     "model.name=tiny-random",
-    "model.layers=1",
-    "model.hidden_size=32",
-    "model.heads=2",
-    "model.kv_heads=1",
-    "model.intermediate_size=64",
+    *TINY_MODEL,
     "data.train_files=[p2d_prompts_train.jsonl]",
     "data.max_length=96",
     "train.batch_size=4",

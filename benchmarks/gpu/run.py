@@ -1098,7 +1098,7 @@ def stage_bench(ctx: Ctx) -> dict:
         "",
         "All records (median ms, exact-pair TFLOP/s, max abs err at the check length):",
         "",
-        bench.markdown_table(result) if result["records"] else "(none)",
+        bench.bench_table(result) if result["records"] else "(none)",
     ]
     if result["skipped"]:
         md += ["", "Skipped:"] + [

@@ -194,7 +194,7 @@ def markdown(result: dict, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: str | Path, label: str) -> Path:
+def plot_celebrity(result: dict, path: str | Path, label: str) -> Path:
     from bico.io_utils import pyplot, save_figure
 
     plt = pyplot()
@@ -226,5 +226,5 @@ def write_report(result: dict, folder: str | Path, label: str) -> dict:
     }
     atomic_write_json(folder / "celebrity.json", {"model": label, **slim})
     atomic_write(folder / "celebrity.md", markdown(result, label))
-    plot(result, folder / "celebrity.png", label)
+    plot_celebrity(result, folder / "celebrity.png", label)
     return {name: folder / f"celebrity.{name}" for name in ("json", "md", "png")}

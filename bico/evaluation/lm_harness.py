@@ -122,7 +122,7 @@ def _task_scores(name: str, metrics: dict, raw: dict) -> dict:
     }
 
 
-def markdown_table(runs: dict[str, dict], settings: dict) -> str:
+def harness_table(runs: dict[str, dict], settings: dict) -> str:
     """One row per (task, metric); one column per run (base first), then each run's difference from
     the first (``Δ``)."""
     labels = list(runs)
@@ -165,7 +165,7 @@ def write_report(runs: dict[str, dict], folder: str | Path, settings: dict, stem
     """``stem.json`` (settings + each run's scores) and ``stem.md`` in ``folder``, written atomically."""
     folder = Path(folder)
     atomic_write_json(folder / f"{stem}.json", {"settings": settings, "runs": runs})
-    atomic_write(folder / f"{stem}.md", markdown_table(runs, settings))
+    atomic_write(folder / f"{stem}.md", harness_table(runs, settings))
     return {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md"}
 
 

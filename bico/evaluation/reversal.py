@@ -296,7 +296,7 @@ def _with_ci(m: dict, name: str) -> str:
     return f"{m[name]:.3f}" if math.isnan(low) else f"{m[name]:.3f} [{low:.2f}, {high:.2f}]"
 
 
-def markdown_table(runs: dict[str, dict]) -> str:
+def eval_table(runs: dict[str, dict]) -> str:
     """One row per (run, split), then retention per run where measured. ``runs`` maps a label
     (e.g. objective; ``base`` = before finetuning) to evaluate()'s output."""
     lines = [
@@ -367,6 +367,6 @@ def write_report(
         payload["base"] = base
         shown = {"base": base, **runs}
     atomic_write_json(folder / f"{stem}.json", payload)
-    atomic_write(folder / f"{stem}.md", markdown_table(shown))
+    atomic_write(folder / f"{stem}.md", eval_table(shown))
     plot_runs(shown, folder / f"{stem}.png")
     return {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md", "png": folder / f"{stem}.png"}

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from bico.io_utils import atomic_savefig, pyplot, save_figure
 from bico.training.report import draw_loss, read_metrics
-from bico.training.rundir import METRICS
+from bico.training.rundir import METRICS_LOG
 
 SEED_STYLES = ("-", "--", ":", "-.")
 
 
-def plot(rows: list[dict], out_dir: Path) -> dict:
+def plot_grid(rows: list[dict], out_dir: Path) -> dict:
     plt = pyplot()
     groups = list(dict.fromkeys(r["group"] for r in rows))
     splits = [s for s in dict.fromkeys(r["split"] for r in rows) if s != "reverse (mean)"]
@@ -77,7 +77,7 @@ def plot_loss_curves(cells: list, out_dir: Path) -> dict:
 
     groups: dict[str, list] = {}
     for cell in cells:
-        records = read_metrics(Path(cell.recipe.train.output_dir) / METRICS)
+        records = read_metrics(Path(cell.recipe.train.output_dir) / METRICS_LOG)
         if records:
             groups.setdefault(cell.group, []).append((cell.seed, records))
     if not groups:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bico.evaluation.stats import mean_ci, wilson_interval
 from bico.io_utils import atomic_write
-from bico.tools.ablate_plots import plot, plot_loss_curves  # matplotlib loads only when they plot
+from bico.tools.ablate_plots import plot_grid, plot_loss_curves  # matplotlib loads only when they plot
 
 METRICS = ("exact_match", "substring_match", "logprob_win_rate")
 
@@ -160,7 +160,7 @@ def write_results(results: list[dict], cells: list, out_dir: Path) -> dict:
         "csv": atomic_write(out_dir / "results.csv", buffer.getvalue()),
         "md": atomic_write(out_dir / "results.md", markdown(rows)),
     }
-    paths.update(plot(rows, out_dir))
+    paths.update(plot_grid(rows, out_dir))
     finished = {r["cell"] for r in results}
     paths.update(plot_loss_curves([c for c in cells if c.key in finished], out_dir))
     return paths

@@ -325,7 +325,7 @@ def metadata(cfg: dict) -> dict:
     }
 
 
-def plot(result: dict, path: Path) -> Path:
+def plot_bench(result: dict, path: Path) -> Path:
     """One subplot per (case, mode): median ms vs T per provider, log-log, p20-p80 error bars."""
     plt = pyplot()
     cfg = result["config"]
@@ -353,7 +353,7 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def markdown_table(result: dict) -> str:
+def bench_table(result: dict) -> str:
     providers = list(dict.fromkeys(r["provider"] for r in result["records"]))
     at = {(r["case"], r["mode"], r["T"], r["provider"]): r for r in result["records"]}
     lines = [
@@ -411,8 +411,8 @@ def run_command(args) -> int:
     result = run_bench(config_from_args(args), progress=not args.no_progress)
     json_path, png_path = output_paths(args.out, result["device"])
     atomic_write_json(json_path, result)
-    plot(result, png_path)
-    print(markdown_table(result))
+    plot_bench(result, png_path)
+    print(bench_table(result))
     for s in result["skipped"]:
         where = " ".join(f"{k}={s[k]}" for k in ("case", "mode", "T") if s[k] is not None)
         print(f"skipped {s['provider']}{f' ({where})' if where else ''}: {s['reason']}")

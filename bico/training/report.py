@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from bico.io_utils import atomic_write, pyplot, save_figure
-from bico.training.rundir import LOSS_PNG, METRICS, TENSORBOARD, WANDB
+from bico.training.rundir import LOSS_PNG, METRICS_LOG, TENSORBOARD, WANDB
 
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -146,11 +146,11 @@ class _Wandb:
         self.run.finish()
 
 
-BACKENDS = {TENSORBOARD: _TensorBoard, WANDB: _Wandb}
+TRACKERS = {TENSORBOARD: _TensorBoard, WANDB: _Wandb}
 
 
 def _open(recipe, folder: Path, start_step: int | None) -> list:
-    return [BACKENDS[name](folder, recipe, start_step) for name in recipe.train.report_to]
+    return [TRACKERS[name](folder, recipe, start_step) for name in recipe.train.report_to]
 
 
 class Reporter:
@@ -235,7 +235,7 @@ def plot_loss(folder: str | Path) -> Path | None:
     """``loss.png`` in ``folder``: training loss per logged step, one series per mode."""
     plt = pyplot()
     folder = Path(folder)
-    records = read_metrics(folder / METRICS)
+    records = read_metrics(folder / METRICS_LOG)
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

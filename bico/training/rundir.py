@@ -42,11 +42,11 @@ from bico.training.checkpoints import CHECKPOINTS, all_checkpoints, checkpoint_p
 logger = logging.getLogger(__name__)
 
 LOCK = ".bico.lock"
-METRICS, RECIPE, SUMMARY = "metrics.jsonl", "recipe.json", "train_summary.json"
+METRICS_LOG, RECIPE_JSON, SUMMARY_JSON = "metrics.jsonl", "recipe.json", "train_summary.json"
 EVAL_FILES = ("eval.json", "eval.md", "eval.png")  # written by `bico train` after training
 LOSS_PNG, TENSORBOARD, WANDB = "loss.png", "tensorboard", "wandb"  # written by bico.training.report
 REPORT_FILES, REPORT_FOLDERS = (LOSS_PNG,), (TENSORBOARD, WANDB)
-RUN_FILES = (RECIPE, METRICS, SUMMARY, *EVAL_FILES, *REPORT_FILES)
+RUN_FILES = (RECIPE_JSON, METRICS_LOG, SUMMARY_JSON, *EVAL_FILES, *REPORT_FILES)
 RUN_FOLDERS = (CHECKPOINTS, "model", *REPORT_FOLDERS)
 # Recipe keys that may differ between a run and its resumption: the step budget, evaluation, and
 # keys that change where or how visibly the run goes or what it keeps on disk. None of them
@@ -314,7 +314,7 @@ class RunDir:
                     "or start over with train.overwrite=true"
                 )
         else:
-            saved_recipe = self._read_json(RECIPE)
+            saved_recipe = self._read_json(RECIPE_JSON)
         differences = recipe_differences(saved_recipe, self.recipe.to_dict())
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
@@ -344,7 +344,7 @@ class RunDir:
 
     def finished_summary(self) -> dict | None:
         """The summary of a run that finished in this dir, or None."""
-        return self._read_json(SUMMARY) if (self.path / SUMMARY).is_file() else None
+        return self._read_json(SUMMARY_JSON) if (self.path / SUMMARY_JSON).is_file() else None
 
     def already_finished(self, total_steps: int) -> dict | None:
         """On resume: the finished run's summary if it already did ``total_steps``; an error if it
@@ -372,17 +372,17 @@ class RunDir:
         for name in self.to_delete:
             _remove(self.path / name)
         if self.resume:
-            for name in (SUMMARY, *EVAL_FILES):  # a finished run trained further: its results are stale
+            for name in (SUMMARY_JSON, *EVAL_FILES):  # a finished run trained further: its results are stale
                 (self.path / name).unlink(missing_ok=True)
             self._cut_metrics(start_step)
-        atomic_write_json(self.path / RECIPE, recipe_dict)
+        atomic_write_json(self.path / RECIPE_JSON, recipe_dict)
 
     # -- the metrics log -----------------------------------------------------------------
     def _cut_metrics(self, step: int) -> None:
         """Keep the log lines up to ``step`` (the checkpoint), so the resumed curve has no
         duplicates. A torn last line (the run was killed while appending it) is dropped; a bad
         line elsewhere is an error that names it."""
-        path = self.path / METRICS
+        path = self.path / METRICS_LOG
         if not path.exists():
             return
         text = path.read_bytes().decode("utf-8", errors="replace")
@@ -409,9 +409,9 @@ class RunDir:
         """One JSON line, in one write: a kill can only tear the last line, which resume drops."""
         line = json.dumps(json_safe(record), allow_nan=False) + "\n"
         with os.fdopen(
-            open_in_run_dir(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w", encoding="utf-8"
+            open_in_run_dir(self.path / METRICS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "w", encoding="utf-8"
         ) as f:
             f.write(line)
 
     def write_summary(self, summary: dict) -> None:
-        atomic_write_json(self.path / SUMMARY, summary)
+        atomic_write_json(self.path / SUMMARY_JSON, summary)

@@ -34,7 +34,7 @@ from bico.training.diskspace import full_disk_is_an_error, no_space_error, out_o
 from bico.training.engine import Engine, TorchEngine
 from bico.training.examples import tokenize_examples, training_data
 from bico.training.report import Reporter
-from bico.training.rundir import LOSS_PNG, METRICS, SUMMARY, RunDir
+from bico.training.rundir import LOSS_PNG, METRICS_LOG, SUMMARY_JSON, RunDir
 from bico.training.step import StepPlan, batch_loss, make_batch, normalised_loss, target_logits, torch_seed
 
 logger = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             if replay:
                 record["replay_loss"] = round(replay_loss, 6)
             if main:
-                with full_disk_is_an_error(run.path / METRICS, "the metrics log", run.path, TrainingError):
+                with full_disk_is_an_error(run.path / METRICS_LOG, "the metrics log", run.path, TrainingError):
                     run.append_metrics(record)
                 reporter.log(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -368,7 +368,7 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
             writing = ("the model", run.path / "model")
             save_model(model, tokenizer, run.path / "model")
         if main:
-            writing = ("the summary", run.path / SUMMARY)
+            writing = ("the summary", run.path / SUMMARY_JSON)
             run.write_summary(summary)
     except Exception as err:
         if not out_of_space(err, run.path):

@@ -40,7 +40,7 @@ __all__ = [
     "compile_many",
     "problems",
     "ptxas_available",
-    "markdown_table",
+    "compile_table",
     "markdown_row",
     "default_pairs",
     "render_config_table",
@@ -343,7 +343,7 @@ def markdown_row(r: CompileResult) -> str:
     )
 
 
-def markdown_table(results) -> str:
+def compile_table(results) -> str:
     return (
         "| variant | config | regs | spill st/ld (B) | smem (B) | wgmma | warnings | compile s |\n"
         "|---|---|---|---|---|---|---|---|\n" + "".join(markdown_row(r) + "\n" for r in results)
