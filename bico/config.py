@@ -25,10 +25,30 @@ class RecipeError(BicoError, ValueError):
     """A recipe or override is wrong; the message says what and how to fix it."""
 
 
+# One vocabulary for number formats in a recipe (model.dtype, train.precision) and in `bico bench
+# --dtype`: fp32 | bf16 | fp16. torch's names are read as the same.
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_KEYS = (("model", "dtype"), ("train", "precision"))
+
+
+def canonical_dtype(value):
+    """``fp32``/``bf16``/``fp16`` for torch's long names; anything else as it is."""
+    return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+def canonical_recipe_dict(recipe: dict) -> dict:
+    """A recipe's dict (e.g. a saved ``recipe.json``) with its number formats in the one vocabulary,
+    so that a run saved as ``model.dtype: float32`` equals one that says ``fp32``."""
+    for section, key in DTYPE_KEYS:
+        if isinstance(recipe.get(section), dict) and key in recipe[section]:
+            recipe[section][key] = canonical_dtype(recipe[section][key])
+    return recipe
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny-random"  # smollm2-135m | tiny-random | a local Hugging Face folder
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (weights)
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (the weights' format; float32 etc. read as the same)
     attn_implementation: str = "bico"
     # auto: the model's own tokenizer (SmolLM2's for tiny-random); words: tiny-random only, a
     # word-level vocabulary built from data.dir (fast from-scratch experiments)
@@ -282,6 +302,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     for key, value in parse_overrides(overrides or []):
         _merge(recipe, _dotted(key, value), "")
     _expand_home(recipe)
+    for section, key in DTYPE_KEYS:
+        part = getattr(recipe, section)
+        setattr(part, key, canonical_dtype(getattr(part, key)))
     check_recipe(recipe)
     return recipe
 

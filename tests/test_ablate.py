@@ -293,3 +293,18 @@ def test_a_cell_finished_before_a_new_recipe_key_stays_finished(tmp_path):
     assert ablate.load_result(path, expected) is not None
     cell.recipe.replay.rows = 4
     assert ablate.load_result(path, ablate.fingerprint(cell, spec)) is None
+
+
+def test_cells_saved_with_torch_dtype_names_stay_finished(tmp_path):
+    """``model.dtype: float32`` (the old vocabulary) and ``fp32`` are the same recipe."""
+    spec = ablate.load_spec(TINY_SPEC, SHRINK + [f"output_dir={tmp_path}"])
+    cell = ablate.build_cells(spec)[0]
+    expected = ablate.fingerprint(cell, spec)
+    old = json.loads(json.dumps(expected))
+    old["recipe"]["model"]["dtype"], old["recipe"]["train"]["precision"] = "float32", "auto"
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"cell": cell.key, "fingerprint": old}))
+    assert ablate.load_result(path, expected) is not None
+    old["recipe"]["model"]["dtype"] = "bfloat16"
+    path.write_text(json.dumps({"cell": cell.key, "fingerprint": old}))
+    assert ablate.load_result(path, expected) is None

@@ -307,3 +307,20 @@ def test_resume_never_appends_metrics_through_a_link(tmp_path, reversal_dir, cap
     with pytest.raises(RunDirError, match="symbolic link"):
         RunDir(run, tiny_recipe(run, reversal_dir)).append_metrics({"step": 99})
     assert outside.read_bytes() == before
+
+
+def test_one_vocabulary_for_number_formats():
+    """model.dtype and train.precision both say fp32 | bf16 | fp16; torch's names mean the same,
+    also in a run saved before (its recipe.json resumes without a difference)."""
+    from bico.config import load_recipe
+
+    long = load_recipe(None, ["model.dtype=bfloat16", "train.precision=float32"])
+    short = load_recipe(None, ["model.dtype=bf16", "train.precision=fp32"])
+    assert (long.model.dtype, long.train.precision) == ("bf16", "fp32") and long.to_dict() == short.to_dict()
+    saved = load_recipe(None, []).to_dict()
+    saved["model"]["dtype"] = "float32"
+    assert recipe_differences(saved, load_recipe(None, []).to_dict()) == []
+    assert recipe_differences(saved, short.to_dict()) == [
+        "model.dtype: 'fp32' -> 'bf16'",
+        "train.precision: 'auto' -> 'fp32'",
+    ]

@@ -278,10 +278,11 @@ def _comparable(fp):
     """A fingerprint without the keys that hold their default: a cell finished before a key (or a
     section, such as ``replay``) existed stays valid, since a new key's default keeps the old
     behaviour."""
-    from bico.config import Recipe
+    from bico.config import Recipe, canonical_recipe_dict
 
     recipe = (fp or {}).get("recipe")
     if isinstance(recipe, dict):
+        canonical_recipe_dict(recipe)  # cells saved as model.dtype: float32 equal fp32 ones
         defaults = json.loads(json.dumps(Recipe().to_dict()))
         for section in list(recipe):
             values, default = recipe[section], defaults.get(section)

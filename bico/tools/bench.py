@@ -23,6 +23,7 @@ import torch
 from bico.config import RecipeError
 from bico.io_utils import atomic_write_json, pyplot, save_figure
 from bico.masks import IntervalMask
+from bico.models import DTYPES  # the same formats as bench_options.DTYPE_NAMES
 from bico.tools.bench_options import (
     CASE_NAMES,
     CHECK_MAX_T,
@@ -34,7 +35,6 @@ from bico.tools.bench_options import (
     output_paths,
 )
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # bench_options.DTYPE_NAMES
 CPU_NOTE = (
     "CPU run: only the PyTorch reference (sdpa-dense) ran; the fused Triton kernel and flex attention "
     "need CUDA, so these numbers say nothing about GPU speed."

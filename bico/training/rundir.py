@@ -76,7 +76,10 @@ class RunDirError(BicoError, ValueError):
 
 def recipe_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`FREE_ON_RESUME`, as ``key: old -> new``."""
-    old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    from bico.config import canonical_recipe_dict
+
+    old = _flatten(canonical_recipe_dict(json.loads(json.dumps(saved))))
+    new = _flatten(canonical_recipe_dict(json.loads(json.dumps(current))))
     keys = sorted(
         k for k in old.keys() | new.keys() if k not in FREE_ON_RESUME and not k.startswith(FREE_SECTIONS_ON_RESUME)
     )
