@@ -550,7 +550,7 @@ def masked_attention(q, k, v, lo, hi, *, scale=None, mirror_rope=None, determini
 
 
 def _routes_to_reference(q) -> bool:
-    # fp32 compiled for sm_90a: no wgmma with IEEE dots, tens of KB spilled per thread (issue 14's
-    # measurements), and TF32 would change the numbers users asked for. The interpreter keeps
+    # fp32 compiled for sm_90a: no wgmma with IEEE dots, tens of KB spilled per thread (docs/kernel.md,
+    # dtypes), and TF32 would change the numbers users asked for. The interpreter keeps
     # running the fp32 kernels: they are the tightest correctness check of the kernel code.
     return q.dtype == torch.float32 and q.device.type == "cuda"
