@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bico.machine import machine_info
 
 STAGE = """
 import json, sys, time
@@ -98,12 +98,7 @@ def main() -> None:
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "note": "shared 2-core machine; other jobs ran",
-        },
+        "machine": {**machine_info(), "note": "shared 2-core machine; other jobs ran"},
         "rows": a.rows,
         "cases": {},
     }

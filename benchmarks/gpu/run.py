@@ -1011,12 +1011,9 @@ def targets_md(rows: list) -> str:
 
 
 def plot_tflops(result: dict, path: Path) -> None:
-    import matplotlib
+    from bico.io_utils import atomic_savefig, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bico.io_utils import atomic_savefig
+    plt = pyplot()
 
     recs, cfg = result["records"], result["config"]
     cases = list(dict.fromkeys(r["case"] for r in recs)) or cfg["cases"]
@@ -1090,7 +1087,7 @@ def stage_bench(ctx: Ctx) -> dict:
     rows = target_rows(result["records"])
     pngs = []
     if result["records"]:
-        bench.plot(result, ctx.out / "bench-ms.png")
+        bench.plot_bench(result, ctx.out / "bench-ms.png")
         plot_tflops(result, ctx.out / "bench-tflops.png")
         pngs = ["bench-ms.png", "bench-tflops.png"]
     md = [
@@ -1290,12 +1287,9 @@ def stage_training(ctx: Ctx) -> dict:
 
 
 def plot_training(runs: list, ctx: Ctx, path: Path) -> None:
-    import matplotlib
+    from bico.io_utils import atomic_savefig, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bico.io_utils import atomic_savefig
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     labels = [f"{r['model'].split(' ')[0]}\n{r['objective']}" for r in runs]
