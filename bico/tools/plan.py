@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bico.config import ModelConfig
 from bico.errors import UsageError
 
 GIB = 1024**3
@@ -23,13 +24,25 @@ GIB = 1024**3
 # One checkpoint a line (a table: the formatter leaves it so).
 # fmt: off
 PRESET_CONFIGS = {
-    "tiny-random": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, vocab_size=49152, tie_word_embeddings=True),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
     "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
     "llama-2-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=32000, tie_word_embeddings=False),
 }
 # fmt: on
+_TINY = ModelConfig()  # tiny-random's sizes are the recipe defaults (SmolLM2's vocabulary, tied)
+PRESET_CONFIGS = {
+    "tiny-random": dict(
+        hidden_size=_TINY.hidden_size,
+        intermediate_size=_TINY.intermediate_size,
+        num_hidden_layers=_TINY.layers,
+        num_attention_heads=_TINY.heads,
+        num_key_value_heads=_TINY.kv_heads,
+        vocab_size=PRESET_CONFIGS["smollm2-135m"]["vocab_size"],
+        tie_word_embeddings=True,
+    ),
+    **PRESET_CONFIGS,
+}
 
 # (label, shipped recipe or None, stage, offload optimizer, offload parameters)
 SETUPS = [
