@@ -39,6 +39,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -139,7 +140,7 @@ def sample_from_model(
     temperature: float,
     top_p: float,
     seed: int,
-    prompts: list[str] = (),
+    prompts: Sequence[str] = (),
     progress: bool = False,
 ) -> list[list[int]]:
     """``samples`` token sequences sampled from ``model`` after its start token and, with
