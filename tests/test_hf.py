@@ -318,6 +318,7 @@ def worker(argv: list[str]) -> None:
     trainer.train()
     if distributed.rank() == 0:
         out.write_text(json.dumps({"losses": step_losses(trainer), "engine": type(trainer.model_wrapped).__name__}))
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)  # before torch loads: a bad recipe fails at once
     from bico.tools.pipeline import train_and_evaluate
+    from bico.training import distributed
 
     outcome = train_and_evaluate(recipe, say=print)
+    distributed.teardown()  # every rank gets here; a failing one exits with its error instead
     if outcome.report:
         print(outcome.report["md"].read_text(), end="")
     return 0

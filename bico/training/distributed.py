@@ -119,6 +119,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def teardown() -> None:
+    """In a launched rank, leave the process group once every rank is done with it: a group left to
+    the interpreter's exit can still have communicator threads running, which aborts the rank
+    ("terminate called without an active exception") after its work is done. One process keeps
+    its group (DeepSpeed's size-1 group is reused by the next run in the same process)."""
+    if launched() and initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks (float64); the values themselves when there is one rank."""
     if not initialized() or world_size() == 1:
