@@ -23,7 +23,7 @@ GIB = 1024**3
 # Architecture sizes of well-known checkpoints (from their published config.json files).
 # One checkpoint a line (a table: the formatter leaves it so).
 # fmt: off
-PRESET_CONFIGS = {
+_CHECKPOINTS = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False),
     "llama-2-13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40, vocab_size=32000, tie_word_embeddings=False),
@@ -38,10 +38,10 @@ PRESET_CONFIGS = {
         num_hidden_layers=_TINY.layers,
         num_attention_heads=_TINY.heads,
         num_key_value_heads=_TINY.kv_heads,
-        vocab_size=PRESET_CONFIGS["smollm2-135m"]["vocab_size"],
+        vocab_size=_CHECKPOINTS["smollm2-135m"]["vocab_size"],
         tie_word_embeddings=True,
     ),
-    **PRESET_CONFIGS,
+    **_CHECKPOINTS,
 }
 
 # (label, shipped recipe or None, stage, offload optimizer, offload parameters)

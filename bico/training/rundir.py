@@ -35,6 +35,7 @@ import socket
 import time
 from pathlib import Path
 
+from bico.config import canonical_recipe_dict
 from bico.errors import BicoError
 from bico.io_utils import atomic_write, atomic_write_json, json_safe
 from bico.training.checkpoints import CHECKPOINTS, all_checkpoints, checkpoint_problem, read_trainer_state
@@ -76,8 +77,6 @@ class RunDirError(BicoError, ValueError):
 
 def recipe_differences(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ, ignoring :data:`FREE_ON_RESUME`, as ``key: old -> new``."""
-    from bico.config import canonical_recipe_dict
-
     old = _flatten(canonical_recipe_dict(json.loads(json.dumps(saved))))
     new = _flatten(canonical_recipe_dict(json.loads(json.dumps(current))))
     keys = sorted(
