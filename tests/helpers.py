@@ -6,6 +6,7 @@ works however pytest is started, without the repository root on sys.path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -28,6 +29,19 @@ TINY_MODEL = [
     "model.intermediate_size=64",
 ]
 RANK_TIMEOUT = 150  # seconds for one 2-rank launch (about 20 s on 2 shared cores)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Runs compared bit for bit use one torch thread, in this process and in its children alike:
+    float reductions (the gradient norm, the loss) are summed in an order that follows the thread
+    count, so two processes with different counts can differ in the last bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_llama(

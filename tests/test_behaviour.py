@@ -25,12 +25,12 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-import torch
 
 from bico.config import load_recipe
 from bico.data import generate_reversal_dataset
 from bico.evaluation.reversal import evaluate
 from bico.training.train import train
+from helpers import one_torch_thread
 
 SPLITS = ["p2d_prompts_test", "p2d_reverse_prompts_test"]
 
@@ -75,12 +75,8 @@ def run(objective, data_dir, out_dir, seed=0):
 
 
 def run_one_thread(objective, data_dir, out_dir):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as measured; results depend on float summation order
-    try:
+    with one_torch_thread():  # as measured
         return run(objective, data_dir, out_dir)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from test_kill import _argv, _finish, _same_run, uninterrupted  # noqa: F401  (a
 from test_rundir import records, summary
 
 from bico.cli import main
+from helpers import one_torch_thread
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="signals, /proc")
 
@@ -336,6 +337,13 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Every run in this module is compared bit for bit with another, some in a child process."""
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(scope="module")
 def six_steps(tmp_path_factory, reversal_dir):
     out = tmp_path_factory.mktemp("six")
@@ -425,6 +433,9 @@ import os, sys
 from pathlib import Path
 
 when, argv = sys.argv[1], sys.argv[2:]
+import torch
+
+torch.set_num_threads(1)  # as the runs it is compared with (one_torch_thread)
 import bico.training.engine
 from transformers import PreTrainedModel
 

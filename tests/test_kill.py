@@ -22,6 +22,7 @@ from test_cli import SMALL, TINY
 from test_rundir import records, summary
 
 from bico.cli import main
+from helpers import one_torch_thread
 
 RUN = [
     *SMALL[:-2],
@@ -109,12 +110,8 @@ def _argv(reversal_dir, out):
 def uninterrupted(tmp_path_factory, reversal_dir, tokenizer):
     """The reference run, one torch thread like the children (the same float reductions)."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         assert main(["train", *_argv(reversal_dir, out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -126,16 +123,12 @@ def _weights(folder):
 
 def _finish(out, reversal_dir, capsys):
     """What a user does after a crash: resume; with no checkpoint yet, start over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         code = main(["train", *_argv(reversal_dir, out), "train.resume=true"])
         err = capsys.readouterr().err
         if code == 2 and ("no checkpoint" in err or "does not exist" in err):
             code = main(["train", *_argv(reversal_dir, out), "train.overwrite=true"])
             err = capsys.readouterr().err
-    finally:
-        torch.set_num_threads(threads)
     assert code == 0, err
 
 
