@@ -71,6 +71,9 @@ class FinetuneConfig:
     lora_targets: list = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # full only: parameters that do not train, as fnmatch patterns over their names, e.g.
+    # ["model.embed_tokens.*"] (SmolLM2 ties it to the LM head) or ["model.layers.[0-9].*"]
+    freeze: list = field(default_factory=list)
 
 
 @dataclass
@@ -418,6 +421,7 @@ def check_recipe(recipe: Recipe) -> None:
     if not (isinstance(train_files, list) and train_files and all(isinstance(f, str) and f for f in train_files)):
         raise RecipeError(f"recipe key 'data.train_files' must be a non-empty list of file names, got {train_files!r}")
     _check_data(recipe.data)
+    _check_freeze(recipe)
     if not isinstance(recipe.eval.splits, list) or not all(isinstance(s, str) for s in recipe.eval.splits):
         raise RecipeError(f"recipe key 'eval.splits' must be a list of split names, got {recipe.eval.splits!r}")
     if not isinstance(recipe.train.device, str) or not _DEVICE.fullmatch(recipe.train.device):
@@ -443,6 +447,20 @@ def check_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"model.hidden_size={model.hidden_size} must be a multiple of model.heads={model.heads}")
         if model.heads % model.kv_heads:
             raise RecipeError(f"model.heads={model.heads} must be a multiple of model.kv_heads={model.kv_heads}")
+
+
+def _check_freeze(recipe: Recipe) -> None:
+    freeze = recipe.finetune.freeze
+    if not (isinstance(freeze, list) and all(isinstance(p, str) and p.strip() for p in freeze)):
+        raise RecipeError(
+            f"recipe key 'finetune.freeze' must be a list of parameter-name patterns, e.g. [model.embed_tokens.*], "
+            f"got {freeze!r}"
+        )
+    if freeze and recipe.finetune.method != "full":
+        raise RecipeError(
+            "finetune.freeze is for finetune.method=full (LoRA trains only its adapters already); "
+            "set finetune.method=full or finetune.freeze=[]"
+        )
 
 
 def _check_replay(replay: ReplayConfig) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -221,9 +223,10 @@ def fit_embeddings(model, tokenizer) -> list[int]:
 
 
 def apply_finetuning(model, cfg: FinetuneConfig, new_token_ids: list[int] | None = None):
-    """Wrap the model for LoRA (peft) or leave every weight trainable (full)."""
+    """Wrap the model for LoRA (peft) or leave every weight trainable (full) but ``cfg.freeze``."""
     if cfg.method == "full":
         model.requires_grad_(True)
+        freeze_parameters(model, cfg.freeze, new_token_ids or [])
         return model
     if cfg.method != "lora":
         raise ModelError(f"finetune.method {cfg.method!r}: use lora or full")
@@ -243,6 +246,46 @@ def apply_finetuning(model, cfg: FinetuneConfig, new_token_ids: list[int] | None
         **extra,
     )
     return get_peft_model(model, lora)
+
+
+def freeze_parameters(model, patterns: list[str], new_token_ids: list[int]) -> list[str]:
+    """Stop the parameters whose names match ``patterns`` (fnmatch) from training; returns their names.
+
+    A frozen input embedding keeps the rows of tokens an objective added trainable (they start as
+    the mean row and must learn): the parameter still trains, but a gradient hook zeroes every
+    other row, so AdamW's update of those rows is exactly 0 (with train.weight_decay=0, which
+    :func:`setup_model` requires then)."""
+    names = dict(model.named_parameters())  # a tied LM head is listed once, as the embedding
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = sorted({_layer_pattern(name) for name in names})
+            raise ModelError(
+                f"finetune.freeze pattern {pattern!r} matches no parameter of this model; its parameters: "
+                f"{', '.join(shown)}"
+            )
+    frozen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    embedding = model.get_input_embeddings().weight
+    for name in frozen:
+        param = names[name]
+        if param is embedding and new_token_ids:
+            rows = torch.zeros(param.shape[0], 1, dtype=param.dtype, device=param.device)
+            rows[new_token_ids] = 1
+            param.register_hook(lambda grad, rows=rows: grad * rows.to(grad.device, grad.dtype))
+            continue
+        param.requires_grad_(False)
+    if frozen:
+        logger.info("finetune.freeze: %d parameter tensors frozen (%s ...)", len(frozen), frozen[0])
+    return frozen
+
+
+def _freezes_embedding(model, patterns: list[str]) -> bool:
+    embedding = model.get_input_embeddings().weight
+    name = next(name for name, param in model.named_parameters() if param is embedding)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _layer_pattern(name: str) -> str:
+    return re.sub(r"\.layers\.\d+\.", ".layers.N.", name)
 
 
 def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device | str = "cpu"):
@@ -265,6 +308,12 @@ def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device
     model, tokenizer = load_model(recipe.model, data_dir=data_dir)
     objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
     new_ids = fit_embeddings(model, tokenizer)
+    if new_ids and recipe.train.weight_decay and _freezes_embedding(model, recipe.finetune.freeze):
+        raise ModelError(
+            f"finetune.freeze with train.weight_decay={recipe.train.weight_decay}: the objective added tokens, so "
+            "a frozen embedding trains their rows only, and weight decay would still shrink the frozen rows; "
+            "set train.weight_decay=0"
+        )
     model = apply_finetuning(model, recipe.finetune, new_ids).to(device)
     return model, tokenizer, objective
 
