@@ -17,6 +17,7 @@ CUDA when available). The choice is logged once per backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -209,17 +210,24 @@ def bico_attention_forward(
             query, key, value, mask.lo, mask.hi, scale=scale, mirror_rope=mirror, classify=mask.blocks
         )
     else:
-        out = reference_masked_attention(
-            query,
-            key,
-            value,
-            mask.lo,
-            mask.hi,
-            scale=scale,
-            mirror_rope=mirror,
-            dropout=dropout,
-            use_sdpa=mirror is None,
-        )
+        # CPU autocast: attention in fp32. PyTorch's CPU flash attention runs 2-4x slower in bf16
+        # than in fp32 (forward + backward, benchmarks/NOTES-cpu-speed.md) and at these lengths it
+        # is a small share of the FLOPs; the output projection casts the result as autocast would.
+        in_fp32 = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False) if in_fp32 else contextlib.nullcontext():
+            if in_fp32:
+                query, key, value = query.float(), key.float(), value.float()
+            out = reference_masked_attention(
+                query,
+                key,
+                value,
+                mask.lo,
+                mask.hi,
+                scale=scale,
+                mirror_rope=mirror,
+                dropout=dropout,
+                use_sdpa=mirror is None,
+            )
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -188,6 +188,31 @@ def test_rows_without_keys_output_zero_and_no_nan():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("rope", ["standard", "mirrored"])
+def test_cpu_autocast_runs_the_masked_attention_in_fp32(rope):
+    """Under bf16 autocast on CPU the attention itself runs in fp32 (faster there than bf16, and
+    closer to the reference): the model's logits equal those of the fp32 attention on the same
+    bf16 projections, to bf16's rounding of the layers around it, and the mask still acts."""
+    model = make_llama("bico")
+    ids = torch.randint(3, 128, (1, 11))
+    mask = IntervalMask.bidirectional(11, rope=rope)
+    seen = []
+    real = bico.attention.reference_masked_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return real(q, k, v, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bico.attention, "reference_masked_attention", spy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids, bico_mask=mask).logits
+    assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen), seen
+    exact = model(input_ids=ids, bico_mask=mask).logits
+    causal = model(input_ids=ids, bico_mask=IntervalMask.causal(11, rope=rope)).logits
+    assert (logits.float() - exact).abs().max() < 0.1 * (causal - exact).abs().max()
+
+
 def test_mask_errors(monkeypatch):
     model = make_llama()
     ids = torch.randint(0, 128, (1, 4))
