@@ -33,6 +33,9 @@ from bico.masks import IntervalMask
 from bico_kernels import log_once, reference_masked_attention, rotate_half
 
 logger = logging.getLogger(__name__)
+# Under CPU autocast the masked attention runs in fp32 (see bico_attention_forward); False only to
+# measure the difference (benchmarks/train_throughput.py).
+CPU_AUTOCAST_FP32 = True
 BACKENDS = ("auto", "triton", "reference")
 # Llama-family attention: q/k/v projections, GQA, rotate-half RoPE applied before the attention
 # function, position_ids reaching it. Other architectures (GPT-2, Gemma's extra scaling, ...) would
@@ -213,7 +216,7 @@ def bico_attention_forward(
         # CPU autocast: attention in fp32. PyTorch's CPU flash attention runs 2-4x slower in bf16
         # than in fp32 (forward + backward, benchmarks/NOTES-cpu-speed.md) and at these lengths it
         # is a small share of the FLOPs; the output projection casts the result as autocast would.
-        in_fp32 = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        in_fp32 = CPU_AUTOCAST_FP32 and query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         with torch.autocast("cpu", enabled=False) if in_fp32 else contextlib.nullcontext():
             if in_fp32:
                 query, key, value = query.float(), key.float(), value.float()
