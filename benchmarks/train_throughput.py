@@ -127,6 +127,39 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
     }
 
 
+def plot(result: dict, path: Path) -> None:
+    """tokens/s per objective and setting (``--replot`` redraws it from a throughput.json)."""
+    runs, machine = result["runs"], result["machine"]
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    labels = [f"{r['objective']} {r['setting']}" for r in runs]
+    colors = {
+        "fp32-before": "#999",
+        "fp32": "#6a9",
+        "bf16-attn-bf16": "#8ac",
+        "bf16": "#27c",
+        "bf16-compile": "#83c",
+        "bf16-frozen-embedding": "#2a8",
+        "bf16-batch32": "#c72",
+    }
+    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
+    ax.bar_label(
+        bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7
+    )
+    ax.set_ylabel("training tokens/s")
+    ax.tick_params(axis="x", labelsize=6, rotation=40)
+    plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    ax.set_title(
+        f"SmolLM2-135M full FT, demo step, {machine['cpu']} (bf16 flags: {', '.join(machine['cpu_bf16']) or 'none'}), "
+        f"{machine['torch_threads']} threads, "
+        f"torch {machine['versions']['torch']}",
+        fontsize=7,
+    )
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+
+
 FUSED_ADAMW = E.adamw
 SETTINGS = ("fp32-before", "fp32", "bf16-attn-bf16", "bf16", "bf16-compile", "bf16-frozen-embedding", "bf16-batch32")
 
@@ -138,8 +171,12 @@ def main() -> None:
     ap.add_argument("--objectives", default="ntp,bico_names")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="benchmarks/results/throughput-cpu")
+    ap.add_argument("--replot", action="store_true", help="only redraw --out's plot from its throughput.json")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.replot:
+        plot(json.loads((out / "throughput.json").read_text()), out / "throughput.png")
+        return
     data_dir = Path(tempfile.mkdtemp()) / "data"
     generate_reversal_dataset(data_dir, **DATA)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -169,32 +206,7 @@ def main() -> None:
             f"{r['speedup_vs_fp32_before']:.2f}x | {r['model_gflops']} | {r['fraction_of_peak']:.0%} | "
             f"{r['warmup_excess_s']} |"
         )
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    labels = [f"{r['objective']}\n{r['setting']}" for r in runs]
-    colors = {
-        "fp32-before": "#999",
-        "fp32": "#6a9",
-        "bf16-attn-bf16": "#8ac",
-        "bf16": "#27c",
-        "bf16-compile": "#83c",
-        "bf16-frozen-embedding": "#2a8",
-        "bf16-batch32": "#c72",
-    }
-    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
-    ax.bar_label(
-        bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7
-    )
-    ax.set_ylabel("training tokens/s")
-    ax.tick_params(axis="x", labelsize=6)
-    ax.set_title(
-        f"SmolLM2-135M full FT, demo step, {machine['cpu']}, {machine['torch_threads']} threads, "
-        f"torch {machine['versions']['torch']}",
-        fontsize=7,
-    )
-    fig.tight_layout()
-    atomic_savefig(fig, out / "throughput.png", dpi=120)
+    plot(result, out / "throughput.png")
 
 
 if __name__ == "__main__":
