@@ -308,6 +308,12 @@ def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device
     model, tokenizer = load_model(recipe.model, data_dir=data_dir)
     objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
     new_ids = fit_embeddings(model, tokenizer)
+    if new_ids and recipe.train.deepspeed and _freezes_embedding(model, recipe.finetune.freeze):
+        raise ModelError(
+            "finetune.freeze with a frozen embedding trains only the added tokens' rows, through a gradient hook "
+            "that DeepSpeed's partitioned parameters bypass; train without train.deepspeed, or leave the "
+            "embedding out of finetune.freeze"
+        )
     if new_ids and recipe.train.weight_decay and _freezes_embedding(model, recipe.finetune.freeze):
         raise ModelError(
             f"finetune.freeze with train.weight_decay={recipe.train.weight_decay}: the objective added tokens, so "

@@ -47,6 +47,19 @@ def test_a_frozen_embedding_still_trains_the_rows_of_added_tokens(tmp_path, reve
     )
     old, new = trained[EMBED][:-1], trained[EMBED][-1]
     assert torch.equal(old, initial[EMBED][:-1]) and not torch.equal(new, initial[EMBED][-1])
+    with pytest.raises(ModelError, match="that DeepSpeed's partitioned parameters bypass"):
+        setup_model(
+            tiny_recipe(
+                tmp_path,
+                reversal_dir,
+                "objective.name=bico",
+                "objective.options.mask_token=added",
+                "finetune.method=full",
+                "finetune.freeze=[model.embed_tokens.*]",
+                "train.deepspeed=zero2",
+            ),
+            reversal_dir,
+        )
     with pytest.raises(ModelError, match=r"set train.weight_decay=0$"):
         setup_model(
             tiny_recipe(
