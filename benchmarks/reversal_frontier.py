@@ -21,8 +21,13 @@ from bico.io_utils import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PANELS = {
-    "bico-generator": ["reversal-both-directions", "reversal-retention-replay", "reversal-retention-prompts"],
-    "alt-generator": ["reversal-both-directions-alt", "reversal-retention-kl-alt"],
+    "bico-generator": [
+        "reversal-both-directions",
+        "reversal-retention-replay",
+        "reversal-retention-prompts",
+        "reversal-retention-freeze",
+    ],
+    "alt-generator": ["reversal-both-directions-alt", "reversal-retention-kl-alt", "reversal-retention-prompts-alt"],
     "berglund-files": ["reversal-retention-berglund"],
 }
 
