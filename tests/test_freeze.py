@@ -37,42 +37,21 @@ def test_frozen_parameters_keep_their_values_and_the_rest_trains(tmp_path, rever
 
 def test_a_frozen_embedding_still_trains_the_rows_of_added_tokens(tmp_path, reversal_dir):
     """BICO's added mask token starts as the mean row: it must learn although the table is frozen."""
-    trained, initial = _trained_and_initial(
-        tmp_path,
-        reversal_dir,
+    added_and_frozen = [
         "objective.name=bico",
         "objective.options.mask_token=added",
         "finetune.method=full",
         "finetune.freeze=[model.embed_tokens.*]",
-    )
+    ]
+    trained, initial = _trained_and_initial(tmp_path, reversal_dir, *added_and_frozen)
     old, new = trained[EMBED][:-1], trained[EMBED][-1]
     assert torch.equal(old, initial[EMBED][:-1]) and not torch.equal(new, initial[EMBED][-1])
-    with pytest.raises(ModelError, match="that DeepSpeed's partitioned parameters bypass"):
-        setup_model(
-            tiny_recipe(
-                tmp_path,
-                reversal_dir,
-                "objective.name=bico",
-                "objective.options.mask_token=added",
-                "finetune.method=full",
-                "finetune.freeze=[model.embed_tokens.*]",
-                "train.deepspeed=zero2",
-            ),
-            reversal_dir,
-        )
-    with pytest.raises(ModelError, match=r"set train.weight_decay=0$"):
-        setup_model(
-            tiny_recipe(
-                tmp_path,
-                reversal_dir,
-                "objective.name=bico",
-                "objective.options.mask_token=added",
-                "finetune.method=full",
-                "finetune.freeze=[model.embed_tokens.*]",
-                "train.weight_decay=0.1",
-            ),
-            reversal_dir,
-        )
+    for extra, message in [
+        ("train.deepspeed=zero2", "that DeepSpeed's partitioned parameters bypass"),
+        ("train.weight_decay=0.1", r"set train.weight_decay=0$"),
+    ]:
+        with pytest.raises(ModelError, match=message):
+            setup_model(tiny_recipe(tmp_path, reversal_dir, *added_and_frozen, extra), reversal_dir)
 
 
 def test_bad_freeze_settings_are_one_line_errors(tmp_path, reversal_dir, capsys):
