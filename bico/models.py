@@ -308,13 +308,14 @@ def setup_model(recipe, data_dir: str | Path | None = None, device: torch.device
     model, tokenizer = load_model(recipe.model, data_dir=data_dir)
     objective = build_objective(recipe.objective.name, tokenizer, recipe.objective.options)
     new_ids = fit_embeddings(model, tokenizer)
-    if new_ids and recipe.train.deepspeed and _freezes_embedding(model, recipe.finetune.freeze):
+    rows_only = bool(new_ids) and _freezes_embedding(model, recipe.finetune.freeze)  # see freeze_parameters
+    if rows_only and recipe.train.deepspeed:
         raise ModelError(
             "finetune.freeze with a frozen embedding trains only the added tokens' rows, through a gradient hook "
             "that DeepSpeed's partitioned parameters bypass; train without train.deepspeed, or leave the "
             "embedding out of finetune.freeze"
         )
-    if new_ids and recipe.train.weight_decay and _freezes_embedding(model, recipe.finetune.freeze):
+    if rows_only and recipe.train.weight_decay:
         raise ModelError(
             f"finetune.freeze with train.weight_decay={recipe.train.weight_decay}: the objective added tokens, so "
             "a frozen embedding trains their rows only, and weight decay would still shrink the frozen rows; "
