@@ -11,8 +11,14 @@ hits all alike):
   rows, the demo's data; LM head only where a target is) for NTP and BICO (the demo's bico_names
   recipe), in three settings:
   - ``fp32-before``: fp32 with the per-tensor AdamW loop (bico before the bf16 work, b330f0d);
-  - ``fp32``: fp32 with the fused AdamW (what ``train.precision=auto`` picks on CPUs without bf16 hardware);
-  - ``bf16-attn-bf16``: bf16 autocast with the attention in bf16 too (bico before 2026-12-07);
+  - ``fp32-fused-adamw``: fp32 with the fused AdamW, freed memory returned to the OS as glibc does
+    (bico before 2026-12-07 evening);
+  - ``fp32``: that, with freed memory kept for reuse (``bico.machine.keep_freed_memory``): what
+    ``train.precision=auto`` picks on CPUs without bf16 hardware;
+  - ``bf16-attn-bf16``: bf16 autocast with the attention in bf16 too, glibc's freeing (bico before
+    2026-12-07);
+  - ``bf16-glibc-free``: bf16 autocast with the attention in fp32, glibc's freeing (bico on the
+    afternoon of 2026-12-07);
   - ``bf16``: bf16 autocast with fp32 master weights (what auto picks on CPUs with AMX or
     AVX512-BF16), the masked attention in fp32;
   - ``bf16-compile``: the same with ``train.compile=true`` (its compile time reported apart: the
@@ -22,8 +28,9 @@ hits all alike):
   - ``bf16-batch32``: bf16 with 32 examples per step instead of 8 (not the demo's recipe: it shows
     how much of the step is fixed cost that a larger batch amortises);
 * model FLOP/s = 6 x parameters x tokens/s and its fraction of the matmul peak of that precision.
-Per setting: seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl), tokens counted
-without padding. Writes throughput.json and throughput.png under --out.
+Per setting: the median of the seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl; the
+median, because this workplace's CPUs are shared and single steps can be slow), tokens per step
+counted without padding, their mean. Writes throughput.json and throughput.png under --out.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 import torch
 
 import bico.attention
+import bico.machine
 import bico.training.engine as E
 import bico.training.train as T
 from bico.config import load_recipe
@@ -89,6 +97,9 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
         "bf16-batch32": ["train.batch_size=32"],
     }.get(setting, [])
     bico.attention.CPU_AUTOCAST_FP32 = setting != "bf16-attn-bf16"
+    before = setting in ("fp32-before", "fp32-fused-adamw", "bf16-attn-bf16", "bf16-glibc-free")
+    bico.machine.KEEP_FREED_MEMORY = not before
+    bico.machine.keep_freed_memory(not before)  # training only ever turns it on
     torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out:
         recipe = load_recipe(
@@ -106,12 +117,14 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
         )
         params = T.train(recipe).summary["total_params"]
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    first, last = rows[warmup - 1], rows[-1]
-    seconds = last["elapsed_s"] - first["elapsed_s"]
-    tokens = last["tokens"] - first["tokens"]
+    timed = rows[warmup - 1 :]
+    step_s = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(timed, timed[1:])]
+    step_tokens = [b["tokens"] - a["tokens"] for a, b in zip(timed, timed[1:])]
+    seconds = statistics.median(step_s) * steps
+    tokens = sum(step_tokens)
     tps = tokens / seconds
     # the warm-up's excess over steady steps: compile time where compiled, else start-up noise
-    warmup_excess = first["elapsed_s"] - warmup * seconds / steps
+    warmup_excess = timed[0]["elapsed_s"] - warmup * seconds / steps
     return {
         "objective": objective,
         "setting": setting,
@@ -136,14 +149,16 @@ def plot(result: dict, path: Path) -> None:
     labels = [f"{r['objective']} {r['setting']}" for r in runs]
     colors = {
         "fp32-before": "#999",
-        "fp32": "#6a9",
+        "fp32-fused-adamw": "#6a9",
+        "fp32": "#396",
         "bf16-attn-bf16": "#8ac",
+        "bf16-glibc-free": "#59d",
         "bf16": "#27c",
         "bf16-compile": "#83c",
         "bf16-frozen-embedding": "#2a8",
         "bf16-batch32": "#c72",
     }
-    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors[r["setting"]] for r in runs])
+    bars = ax.bar(labels, [r["tokens_per_s"] for r in runs], color=[colors.get(r["setting"], "#555") for r in runs])
     ax.bar_label(
         bars, labels=[f"{r['tokens_per_s']:.0f}\n{r['speedup_vs_fp32_before']:.2f}x" for r in runs], fontsize=7
     )
@@ -161,7 +176,17 @@ def plot(result: dict, path: Path) -> None:
 
 
 FUSED_ADAMW = E.adamw
-SETTINGS = ("fp32-before", "fp32", "bf16-attn-bf16", "bf16", "bf16-compile", "bf16-frozen-embedding", "bf16-batch32")
+SETTINGS = (
+    "fp32-before",
+    "fp32-fused-adamw",
+    "fp32",
+    "bf16-attn-bf16",
+    "bf16-glibc-free",
+    "bf16",
+    "bf16-compile",
+    "bf16-frozen-embedding",
+    "bf16-batch32",
+)
 
 
 def main() -> None:

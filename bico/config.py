@@ -74,6 +74,9 @@ class FinetuneConfig:
     # full only: parameters that do not train, as fnmatch patterns over their names, e.g.
     # ["model.embed_tokens.*"] (SmolLM2 ties it to the LM head) or ["model.layers.[0-9].*"]
     freeze: list = field(default_factory=list)
+    # full only: train only this fraction of each layer's MLP neurons, those the training text uses most
+    # relative to the replay text (bico/training/sparse_mlp.py); 0 trains every weight
+    mlp_neurons: float = 0.0
 
 
 @dataclass
@@ -364,6 +367,7 @@ _RANGES = {
     "finetune.lora_r": _AT_LEAST_1,
     "finetune.lora_alpha": _POSITIVE,
     "finetune.lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "finetune.mlp_neurons": (lambda v: 0 <= v <= 1, "in [0, 1] (0: off)"),
     "data.max_length": (lambda v: v >= 2, ">= 2 (a prompt token and EOS)"),
     "data.chunk_overlap": _AT_LEAST_0,
     "train.epochs": _POSITIVE,
@@ -422,6 +426,7 @@ def check_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"recipe key 'data.train_files' must be a non-empty list of file names, got {train_files!r}")
     _check_data(recipe.data)
     _check_freeze(recipe)
+    _check_mlp_neurons(recipe)
     if not isinstance(recipe.eval.splits, list) or not all(isinstance(s, str) for s in recipe.eval.splits):
         raise RecipeError(f"recipe key 'eval.splits' must be a list of split names, got {recipe.eval.splits!r}")
     if not isinstance(recipe.train.device, str) or not _DEVICE.fullmatch(recipe.train.device):
@@ -460,6 +465,27 @@ def _check_freeze(recipe: Recipe) -> None:
         raise RecipeError(
             "finetune.freeze is for finetune.method=full (LoRA trains only its adapters already); "
             "set finetune.method=full or finetune.freeze=[]"
+        )
+
+
+def _check_mlp_neurons(recipe: Recipe) -> None:
+    if not recipe.finetune.mlp_neurons:
+        return
+    why = (
+        "finetune.method is not full"
+        if recipe.finetune.method != "full"
+        else "train.deepspeed is set"
+        if recipe.train.deepspeed
+        else f"train.weight_decay={recipe.train.weight_decay} would move the frozen neurons"
+        if recipe.train.weight_decay
+        else "replay.rows is 0: the neurons are ranked against the replay text"
+        if not recipe.replay.rows
+        else None
+    )
+    if why:
+        raise RecipeError(
+            f"finetune.mlp_neurons={recipe.finetune.mlp_neurons:g} needs full finetuning without DeepSpeed or weight "
+            f"decay, with replay rows, but {why}; fix that or set finetune.mlp_neurons=0"
         )
 
 

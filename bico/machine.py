@@ -1,4 +1,5 @@
-"""What a result was measured on: the CPU, its bf16 hardware, torch threads and library versions.
+"""What a result was measured on (the CPU, its bf16 hardware, torch threads, library versions),
+and the one process setting CPU training makes: freed memory kept for reuse.
 
 Recorded in the JSON of ``bico demo``, ``bico ablate`` and the benchmarks. Results are bit-for-bit
 repeatable only on the same CPU model with the same versions; elsewhere float rounding differs.
@@ -6,6 +7,8 @@ repeatable only on the same CPU model with the same versions; elsewhere float ro
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import platform
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -38,6 +41,31 @@ def cpu_bf16_flags() -> list[str]:
     """The native-bf16 flags this CPU reports (empty: no bf16 matmul hardware, or not Linux)."""
     flags = set(_cpuinfo().get("flags", "").split())
     return [f for f in BF16_FLAGS if f in flags]
+
+
+# glibc's mallopt parameters (malloc.h) and glibc's defaults for them
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
+KEEP_FREED_MEMORY = True  # what CPU training asks for; benchmarks/train_throughput.py sets it to measure both
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Keep freed memory in the process for reuse instead of returning it to the OS (glibc only).
+
+    glibc serves every allocation above 32 MB by mmap and unmaps it on free, so a CPU training step
+    faults its large tensors in anew each time (the tied embedding's 113 MB gradient, the logits):
+    5x the page faults of a SmolLM2 step (NOTES-cpu-speed.md section 4). With mmap off and trimming
+    off, freed blocks are reused, as a caching allocator would reuse them; the price is that the
+    process keeps its peak memory until it exits. ``keep=False`` restores glibc's defaults.
+    ``True`` where the setting took effect.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only: another libc's mallopt means other things
+    except (OSError, AttributeError, TypeError):
+        return False
+    wanted = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**31 - 1} if keep else _GLIBC_DEFAULTS
+    return all(libc.mallopt(param, value) == 1 for param, value in wanted.items())
 
 
 def library_versions() -> dict:

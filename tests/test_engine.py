@@ -191,3 +191,35 @@ def test_raising_the_step_budget_on_resume_goes_on_with_the_new_schedule(tmp_pat
         resumed = TorchEngine(torch.nn.Linear(3, 2), recipe, total_steps=total, device=torch.device("cpu"))
         assert resumed.load_checkpoint(latest_checkpoint(tmp_path)) == 2
         assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(lr) and resumed.lr() == pytest.approx(lr)
+
+
+def test_cpu_training_keeps_freed_memory_for_reuse():
+    """With glibc, a 128 MB tensor freed and allocated again faults its pages in anew every time,
+    unless ``keep_freed_memory`` is on (what ``bico train`` sets on CPU). Counted in a child process,
+    so that this process's allocator keeps its defaults."""
+    import platform
+    import subprocess
+    import sys
+
+    child = (
+        "import resource, sys, torch\n"
+        "from bico.machine import keep_freed_memory\n"
+        "assert keep_freed_memory(sys.argv[1] == 'keep')\n"
+        "for _ in range(15):\n"  # glibc's heap settles after a few (posix_memalign splits blocks)
+        "    torch.empty(2**25).fill_(1.0)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    torch.empty(2**25).fill_(1.0)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_freed_memory acts on glibc's allocator only")
+    faults = {
+        mode: int(
+            subprocess.run([sys.executable, "-c", child, mode], capture_output=True, text=True, check=True).stdout
+        )
+        for mode in ("keep", "default")
+    }
+    pages = 5 * 2**27 // 4096  # five 128 MB tensors in 4 KiB pages
+    assert faults["default"] > pages // 2, faults  # glibc maps and unmaps each one
+    assert faults["keep"] < pages // 10, faults  # reused: no new pages

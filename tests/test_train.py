@@ -162,3 +162,13 @@ def test_loss_on_target_positions_equals_the_full_logits_loss(tokenizer, lora):
     torch.testing.assert_close(whole, full, rtol=1e-5, atol=1e-5)
     fast.backward()
     assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_train_on_cpu_keeps_freed_memory_for_reuse(monkeypatch, tmp_path, reversal_dir):
+    """``bico train`` on CPU turns on ``bico.machine.keep_freed_memory`` (tested in test_engine)."""
+    import bico.training.train as T
+
+    calls = []
+    monkeypatch.setattr(T, "keep_freed_memory", lambda: calls.append(True) or True)
+    train(tiny_recipe(tmp_path, reversal_dir, "train.max_steps=1", "train.save_model=false"))
+    assert calls == [True]

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from bico import machine
 from bico.attention import check_environment
 from bico.config import Recipe, check_recipe
 from bico.errors import TrainingError
+from bico.machine import keep_freed_memory
 from bico.models import count_parameters, save_model, setup_model
 from bico.termination import StopRequest
 from bico.training import distributed
@@ -177,6 +179,8 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
     device = distributed.setup(device, use_deepspeed=bool(cfg.deepspeed))
     world, rank = distributed.world_size(), distributed.rank()
 
+    if device.type == "cpu" and machine.KEEP_FREED_MEMORY and keep_freed_memory():
+        logger.info("CPU: freed memory is kept for reuse (glibc mmap off), which saves page faults")
     model, tokenizer, objective = setup_model(recipe, data_dir, device)
     trainable, total = count_parameters(model)
     examples = tokenize_examples(rows, tokenizer, recipe.data.max_length, sources, data=recipe.data)
@@ -185,6 +189,18 @@ def _train_in(run: RunDir, recipe: Recipe, device, data_dir, rows, sources, stop
         from bico.training.replay import load_replay
 
         replay = load_replay(recipe, tokenizer, data_dir, progress=cfg.progress and rank == 0)
+    if recipe.finetune.mlp_neurons:
+        from bico.training.sparse_mlp import sparse_mlp_update
+
+        texts = [e.prompt_ids + e.completion_ids for e in examples]
+        sparse_mlp_update(
+            model,
+            recipe.finetune.mlp_neurons,
+            texts,
+            [e.prompt_ids + e.completion_ids for e in replay],
+            tokenizer.pad_token_id,
+        )
+        trainable, total = count_parameters(model)
 
     plan = StepPlan(len(examples), cfg.batch_size, cfg.grad_accum * world, cfg.seed)  # the global batch
     total_steps = cfg.max_steps or cfg.epochs * plan.steps_per_epoch
