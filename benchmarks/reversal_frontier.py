@@ -26,6 +26,7 @@ PANELS = {
         "reversal-retention-replay",
         "reversal-retention-prompts",
         "reversal-retention-freeze",
+        "reversal-retention-sparse",
     ],
     "alt-generator": ["reversal-both-directions-alt", "reversal-retention-kl-alt", "reversal-retention-prompts-alt"],
     "berglund-files": ["reversal-retention-berglund"],

@@ -1,7 +1,7 @@
 """Training throughput of SmolLM2-135M on this CPU: the demo's step in fp32 as it was, fp32 with the
 fused AdamW, and bf16 autocast, against this CPU's own fp32 and bf16 matmul peaks.
 
-    python benchmarks/train_throughput.py [--steps 16] [--warmup 4] [--out benchmarks/results/throughput-cpu]
+    python benchmarks/train_throughput.py [--steps 16] [--warmup 4] [--repeats 1] [--out benchmarks/results/throughput-cpu]
 
 Measures, with nothing else running (the settings interleave per objective, so that slow drift
 hits all alike):
@@ -30,7 +30,8 @@ hits all alike):
 * model FLOP/s = 6 x parameters x tokens/s and its fraction of the matmul peak of that precision.
 Per setting: the median of the seconds of steps warmup+1 .. warmup+steps (from metrics.jsonl; the
 median, because this workplace's CPUs are shared and single steps can be slow), tokens per step
-counted without padding, their mean. Writes throughput.json and throughput.png under --out.
+counted without padding, their mean. ``--repeats N`` runs N whole rounds over the settings and keeps
+each setting's median round (of two, the slower). Writes throughput.json and throughput.png under --out.
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ def measure(objective: str, setting: str, data_dir: Path, steps: int, warmup: in
     }
 
 
+def median_run(same: list[dict]) -> dict:
+    """The run of median speed among one setting's repeats, with every repeat's tokens/s beside it."""
+    ordered = sorted(same, key=lambda r: r["tokens_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "repeats_tokens_per_s": [r["tokens_per_s"] for r in same]}
+
+
 def plot(result: dict, path: Path) -> None:
     """tokens/s per objective and setting (``--replot`` redraws it from a throughput.json)."""
     runs, machine = result["runs"], result["machine"]
@@ -195,6 +202,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=4)
     ap.add_argument("--objectives", default="ntp,bico_names")
     ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over every setting; the median round counts")
     ap.add_argument("--out", default="benchmarks/results/throughput-cpu")
     ap.add_argument("--replot", action="store_true", help="only redraw --out's plot from its throughput.json")
     args = ap.parse_args()
@@ -205,11 +213,12 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp()) / "data"
     generate_reversal_dataset(data_dir, **DATA)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    runs = [
-        measure(o, s, data_dir, args.steps, args.warmup)
-        for o in args.objectives.split(",")
-        for s in args.settings.split(",")
-    ]
+    runs = []
+    for o in args.objectives.split(","):
+        rounds = [[measure(o, s, data_dir, args.steps, args.warmup) for s in args.settings.split(",")]]
+        for _ in range(args.repeats - 1):  # whole rounds again, so that slow spells hit every setting
+            rounds.append([measure(o, s, data_dir, args.steps, args.warmup) for s in args.settings.split(",")])
+        runs += [median_run(list(same)) for same in zip(*rounds)]
     for r in runs:
         r["fraction_of_peak"] = round(r["model_gflops"] / peaks[r["precision"]]["gflops"], 3)
         base = next(b for b in runs if b["objective"] == r["objective"] and b["setting"] == "fp32-before")
