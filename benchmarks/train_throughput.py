@@ -215,9 +215,11 @@ def main() -> None:
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     runs = []
     for o in args.objectives.split(","):
-        rounds = [[measure(o, s, data_dir, args.steps, args.warmup) for s in args.settings.split(",")]]
-        for _ in range(args.repeats - 1):  # whole rounds again, so that slow spells hit every setting
-            rounds.append([measure(o, s, data_dir, args.steps, args.warmup) for s in args.settings.split(",")])
+        # whole rounds over the settings, so that slow spells hit every setting alike
+        rounds = [
+            [measure(o, s, data_dir, args.steps, args.warmup) for s in args.settings.split(",")]
+            for _ in range(args.repeats)
+        ]
         runs += [median_run(list(same)) for same in zip(*rounds)]
     for r in runs:
         r["fraction_of_peak"] = round(r["model_gflops"] / peaks[r["precision"]]["gflops"], 3)
